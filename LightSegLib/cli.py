@@ -1,0 +1,42 @@
+"""``lightseg``: one sub-command per module, each registered by ``register(subparsers)``.
+
+Sub-command modules import heavy packages (torch, MONAI) inside their ``run`` only, so ``lightseg segment``
+starts fast and works without them. User errors (LightSegError) print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import LightSegError
+
+COMMAND_MODULES = [
+    "LightSegLib.commands.segment",
+    "LightSegLib.commands.models",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightseg", description="Lightweight CPU medical image segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LightSegError as err:
+        print(f"lightseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lightseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``lightseg models``: what is registered, with size, cost, status and licence."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("models", help="list the registered models")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of model entries")
+    parser.set_defaults(func=run)
+
+
+def describe(card) -> dict:
+    path = card.path()
+    return {**card.entry, "file_bytes": path.stat().st_size if path.is_file() else None}
+
+
+def run(args) -> int:
+    from ..registry import list_models
+
+    cards = list_models(include_reference=True)
+    if args.json:
+        print(json.dumps([describe(c) for c in cards], indent=1))
+        return 0
+    if not cards:
+        print("no models registered")
+        return 0
+    rows = [("id", "status", "task", "modality", "params", "MACs/slice", "file", "licence")]
+    for card in cards:
+        info = describe(card)
+        size = f"{info['file_bytes'] / 1e6:.2f} MB" if info["file_bytes"] else "missing"
+        rows.append((card.id, card.status, card.task, card.modality, f"{card.params:,}", f"{card.macs / 1e6:.0f} M",
+                     size, card.licence.split(";")[0][:40]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0

@@ -1,0 +1,169 @@
+"""``lightseg segment``: one volume, several, or a folder of them, to labelmaps on the inputs' grids."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ..errors import LightSegError
+
+FORMATS = ("nii.gz", "nrrd", "mha", "seg.nrrd")
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "segment", help="segment volumes with a registered model",
+        description="INPUT is a volume file (NIfTI, NRRD, MHA) or a DICOM folder; OUTPUT a labelmap file "
+                    "(.nii.gz, .nrrd, .mha) or a Slicer .seg.nrrd on the input's grid. With several inputs, or a "
+                    "folder of volumes, OUTPUT is an existing folder.")
+    parser.add_argument("paths", nargs="+", metavar="INPUT... OUTPUT")
+    parser.add_argument("--model", required=True, help="model id (see 'lightseg models')")
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all, at most 8)")
+    parser.add_argument("--int8", action="store_true", help="use the model's int8 version (faster, if it has one)")
+    parser.add_argument("--frame", type=int, default=None, help="time frame to segment in a 4D image")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes for several inputs")
+    parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="output type in folder mode")
+    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                        help="'jsonl': one JSON object per line on stdout, for programs (the Slicer module)")
+    parser.set_defaults(func=run)
+
+
+def plan(paths: list[str], fmt: str, overwrite: bool) -> list[tuple[Path, Path]]:
+    """Pair every input with its output, checking all outputs before any work starts."""
+    from ..io import VOLUME_SUFFIXES, check_output, is_volume_file, suffix_of
+
+    if len(paths) < 2:
+        raise LightSegError("give an INPUT and an OUTPUT")
+    *inputs, output = (Path(p) for p in paths)
+    for path in inputs:
+        if not path.exists():
+            raise LightSegError(f"input not found: {path}")
+    volumes_in_folder = (len(inputs) == 1 and inputs[0].is_dir()
+                         and sorted(p for p in inputs[0].iterdir() if is_volume_file(p)))
+    if len(inputs) == 1 and not volumes_in_folder and not output.is_dir():
+        return [(inputs[0], check_output(output, overwrite))]
+    sources = volumes_in_folder or inputs
+    if not output.is_dir():
+        raise LightSegError(f"output folder does not exist: {output}")
+    pairs = []
+    for source in sources:
+        stem = source.name[: -len(suffix_of(source))] if suffix_of(source) in VOLUME_SUFFIXES else source.name
+        pairs.append((source, check_output(output / f"{stem}.{fmt}", overwrite)))
+    names = [o for _, o in pairs]
+    if len(set(names)) != len(names):
+        raise LightSegError("two inputs would write the same output name; rename them or segment them apart")
+    return pairs
+
+
+class Reporter:
+    """Progress as a terminal bar, JSON lines for programs, or nothing."""
+
+    def __init__(self, mode: str, name: str):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "none"
+        self.mode, self.bar, self.last = mode, None, 0.0
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, desc=name, unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        if self.mode == "jsonl":
+            now = time.monotonic()
+            if fraction >= 1.0 or stage != "infer" or now - self.last > 0.2:
+                self.last = now
+                print(json.dumps({"stage": stage, "progress": round(fraction, 4)}), flush=True)
+        elif self.bar is not None:
+            self.bar.set_description_str(stage)
+            self.bar.update(round(100 * fraction) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def segment_file(source: Path, target: Path, args) -> dict:
+    from ..inference import segment_image
+    from ..io import read_image, write_output
+    from ..registry import get_model
+
+    card = get_model(args.model)
+    reporter = Reporter(args.progress, source.name)
+    try:
+        t = time.perf_counter()
+        reporter(0.0, "read")
+        notes: list[str] = []
+        image = read_image(source, frame=args.frame, notes=notes)
+        read_s = time.perf_counter() - t
+        result = segment_image(image, card, backend=args.backend, threads=args.threads, int8=args.int8,
+                               progress=reporter)
+        t = time.perf_counter()
+        reporter(1.0, "write")
+        write_output(result.labelmap, target, card.labels, overwrite=args.overwrite)
+        seconds = {"read": read_s, **result.seconds, "write": time.perf_counter() - t}
+    finally:
+        reporter.close()
+    return {"input": str(source), "output": str(target), "model": card.id, "seconds": seconds,
+            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes + result.notes}
+
+
+def summary_line(info: dict) -> str:
+    stages = " ".join(f"{k} {v:.2f}s" for k, v in info["seconds"].items())
+    voxels = ", ".join(f"{name} {n:,}" for name, n in info["voxels"].items())
+    return (f"{Path(info['input']).name} -> {info['output']} | {info['total_seconds']:.2f} s ({stages}) | "
+            f"voxels: {voxels}")
+
+
+def _job(source: Path, target: Path, args) -> dict:
+    try:
+        return segment_file(source, target, args)
+    except LightSegError as err:
+        return {"input": str(source), "error": str(err)}
+
+
+def run(args) -> int:
+    from ..registry import get_model
+
+    card = get_model(args.model)
+    card.verified_path("int8_file" if args.int8 else "file")
+    if args.threads is not None and args.threads < 1:
+        raise LightSegError("--threads must be at least 1")
+    if args.jobs < 1:
+        raise LightSegError("--jobs must be at least 1")
+    pairs = plan(args.paths, args.format, args.overwrite)
+    if card.status == "preview":
+        print(f"lightseg: note: '{card.id}' is a preview model; read its card before trusting the result",
+              file=sys.stderr)
+    if len(pairs) > 1 and args.jobs > 1:
+        if args.threads is None:
+            from ..inference import default_threads
+
+            args.threads = max(1, default_threads() // args.jobs)
+        args.progress = "none" if args.progress != "jsonl" else "jsonl"
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(_job, *zip(*[(s, t, args) for s, t in pairs])))
+    else:
+        results = [_job(s, t, args) for s, t in pairs]
+    failures = 0
+    for info in results:
+        if "error" in info:
+            failures += 1
+            print(f"lightseg: error: {info['input']}: {info['error']}", file=sys.stderr)
+            continue
+        for note in info["notes"]:
+            print(f"lightseg: note: {note}", file=sys.stderr)
+        if args.progress == "jsonl":
+            print(json.dumps({"done": True, "output": info["output"], "summary": info}), flush=True)
+        else:
+            print(summary_line(info))
+    if failures and len(pairs) == 1:
+        return 2
+    if failures:
+        print(f"lightseg: {failures} of {len(pairs)} inputs failed", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,202 @@
+"""The inference engine: volume in, labelmap on the same grid out. One path for the CLI, the Python API and
+the Slicer logic.
+
+Slices are processed in batches, from input pixels to labels, so memory stays bounded by the input, the
+uint8 output and one batch of scores, whatever the volume size.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import postprocess, preprocess
+from .errors import Cancelled, LightSegError
+from .io import check_intensities
+from .registry import ModelCard, get_model
+
+Progress = Callable[[float, str], None]
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class OnnxRunner:
+    """ONNX Runtime on the CPU: the default backend (no torch needed)."""
+
+    def __init__(self, path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise LightSegError(f"cannot load model file {path}: {str(err).splitlines()[0][:200]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+class TorchRunner:
+    """PyTorch eager, for checking ONNX parity and for researchers' checkpoints (needs the training extras)."""
+
+    def __init__(self, card: ModelCard, threads: int):
+        try:
+            import torch
+        except ImportError:
+            raise LightSegError("--backend torch needs PyTorch: pip install 'LightSegLib[train]'") from None
+        from .nets import build
+
+        if "torch_file" not in card.entry or "architecture" not in card.entry:
+            raise LightSegError(f"model '{card.id}' has no torch weights; use --backend onnx")
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.net = build(card.architecture)
+        state = torch.load(card.verified_path("torch_file"), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state.get("model", state))
+        self.net.eval()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.net(self.torch.from_numpy(batch)).numpy()
+
+
+def make_runner(card: ModelCard, backend: str = "onnx", threads: int | None = None, int8: bool = False):
+    threads = threads or default_threads()
+    if backend == "onnx":
+        if int8 and not card.has_int8():
+            raise LightSegError(f"model '{card.id}' has no int8 version")
+        return OnnxRunner(card.verified_path("int8_file" if int8 else "file"), threads)
+    if backend == "torch":
+        return TorchRunner(card, threads)
+    raise LightSegError(f"unknown backend '{backend}' (use onnx or torch)")
+
+
+@dataclass
+class Result:
+    labelmap: sitk.Image
+    seconds: dict[str, float] = field(default_factory=dict)
+    voxels: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _cancel_check(cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel
+
+
+def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: str = "onnx",
+                  threads: int | None = None, int8: bool = False, progress: Progress | None = None,
+                  cancel=None) -> Result:
+    """Segment a 3D SimpleITK image; the labelmap has the image's exact size, spacing, origin and direction."""
+    report = progress or (lambda fraction, stage: None)
+    cancelled = _cancel_check(cancel)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if image.GetDimension() != 3:
+        raise LightSegError(f"a 3D volume is needed, got {image.GetDimension()}D")
+    check_intensities(image, "input")
+    runner = runner or make_runner(card, backend, threads, int8)
+    seconds["load"] = time.perf_counter() - t0
+
+    spec_in = card.input
+    orientation = preprocess.orientation_for(image.GetDirection(), spec_in["orientation"])
+    volume = orientation.apply(sitk.GetArrayViewFromImage(image))
+    spacing = orientation.spacing(image.GetSpacing())
+    depth = volume.shape[0]
+    context = int(spec_in.get("context_slices", 0))
+    geometry = preprocess.plane_geometry(volume.shape[1:], spacing[1:], spec_in["inplane"])
+    stats = preprocess.intensity_stats(volume, card.normalization)
+    pad_value = float(spec_in.get("pad_value", 0.0))
+    batch = int(spec_in.get("batch_slices", 8))
+    notes = _plausibility_notes(card, image, volume, stats)
+
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    t_pre = t_net = t_back = 0.0
+    report(0.0, "infer")
+    for start in range(0, depth, batch):
+        if cancelled():
+            raise Cancelled("cancelled")
+        stop = min(start + batch, depth)
+        t = time.perf_counter()
+        slab = preprocess.normalise(volume[preprocess.context_indices(start, stop, context, depth)],
+                                    card.normalization, stats)
+        x = preprocess.with_context(geometry.to_model(slab, pad_value), context)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t_pre += time.perf_counter() - t
+        t = time.perf_counter()
+        logits = runner(x)
+        t_net += time.perf_counter() - t
+        t = time.perf_counter()
+        scores = geometry.from_model(np.ascontiguousarray(logits.transpose(0, 2, 3, 1)))
+        labels[start:stop] = np.argmax(scores, axis=-1).astype(np.uint8)
+        t_back += time.perf_counter() - t
+        report(stop / depth, "infer")
+    seconds.update(preprocess=t_pre, infer=t_net, resample=t_back)
+
+    if cancelled():
+        raise Cancelled("cancelled")
+    t = time.perf_counter()
+    report(1.0, "postprocess")
+    labels = np.ascontiguousarray(orientation.invert(labels))
+    postprocess.apply(labels, card.postprocessing)
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(image)
+    seconds["postprocess"] = time.perf_counter() - t
+    names = card.label_names()
+    counts = postprocess.voxel_counts(labels, names)
+    return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes)
+
+
+def _plausibility_notes(card: ModelCard, image: sitk.Image, volume: np.ndarray, stats: dict) -> list[str]:
+    """Warnings for inputs that read fine but may not be what the model was made for."""
+    notes = []
+    if card.modality == "MR" and image.GetPixelID() in (sitk.sitkInt16, sitk.sitkInt32):
+        low = float(np.percentile(volume[::2, ::4, ::4], 1))
+        if low < -500:
+            notes.append("intensities look like CT (values below -500), not MRI: check the modality")
+    if card.modality == "CT":
+        high = float(np.max(volume[::2, ::4, ::4]))
+        if high <= 1.0:
+            notes.append("intensities are within [0, 1]: this does not look like a CT in Hounsfield units")
+    return notes
+
+
+def segment(image, model, *, spacing=None, origin=None, direction=None, backend: str = "onnx",
+            threads: int | None = None, int8: bool = False, progress: Progress | None = None, cancel=None):
+    """Segment a SimpleITK image, or a numpy array ``[z, y, x]`` with its geometry, with a registered model.
+
+    Returns a uint8 labelmap on the same grid: a SimpleITK image for an image, a numpy array for an array.
+    ``progress(fraction, stage)`` is called as slices are done; ``cancel`` (a threading.Event or a callable
+    returning True) stops the work with ``Cancelled``.
+    """
+    card = model if isinstance(model, ModelCard) else get_model(model)
+    as_array = isinstance(image, np.ndarray)
+    if as_array:
+        if image.ndim != 3:
+            raise LightSegError(f"a 3D array [z, y, x] is needed, got shape {image.shape}")
+        array = image
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        if spacing is not None:
+            image.SetSpacing([float(s) for s in spacing])
+        if origin is not None:
+            image.SetOrigin([float(o) for o in origin])
+        if direction is not None:
+            image.SetDirection([float(d) for d in np.asarray(direction).ravel()])
+    result = segment_image(image, card, backend=backend, threads=threads, int8=int8, progress=progress,
+                           cancel=cancel)
+    return sitk.GetArrayFromImage(result.labelmap) if as_array else result.labelmap

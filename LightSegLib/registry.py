@@ -1,0 +1,132 @@
+"""The model registry: ``Resources/Models/models.json``, validated against its JSON schema.
+
+A model card carries everything inference needs (labels, terminology, orientation, spacing, normalisation,
+post-processing), so adding a model is adding a file and an entry, not code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LightSegError
+
+STATUSES = ("stable", "preview", "reference")
+
+
+def models_dir() -> Path:
+    """``$LIGHTSEG_MODELS_DIR``, else ``Resources/Models`` beside the package (source tree and Slicer install)."""
+    env = os.environ.get("LIGHTSEG_MODELS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "Resources" / "Models"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    entry: dict
+    folder: Path
+    _verified: set = field(default_factory=set, repr=False)
+
+    def __getattr__(self, name):  # card fields read as attributes: card.labels, card.input, ...
+        try:
+            return self.__dict__["entry"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def num_classes(self) -> int:
+        return max(label["value"] for label in self.entry["labels"]) + 1
+
+    def label_names(self) -> dict[int, str]:
+        return {label["value"]: label["name"] for label in self.entry["labels"]}
+
+    def path(self, key: str = "file") -> Path:
+        return self.folder / self.entry[key]
+
+    def has_int8(self) -> bool:
+        return "int8_file" in self.entry
+
+    def verified_path(self, key: str = "file") -> Path:
+        """The model file, after checking it exists and matches the registry's sha256."""
+        path = self.path(key)
+        if key in self._verified:
+            return path
+        if not path.is_file():
+            raise LightSegError(f"model file for '{self.id}' is missing: {path}")
+        expected = self.entry.get("int8_sha256" if key == "int8_file" else "sha256")
+        if expected and key != "torch_file" and sha256_of(path) != expected:
+            raise LightSegError(f"model file for '{self.id}' is corrupt (sha256 mismatch): {path}")
+        self._verified.add(key)
+        return path
+
+
+def _schema() -> dict:
+    return json.loads((Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json").read_text())
+
+
+def validate(document: dict) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validate(document, _schema())
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise LightSegError(f"model registry is invalid at '{where}': {err.message}") from None
+    ids = [m["id"] for m in document["models"]]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise LightSegError(f"model registry lists these ids twice: {', '.join(sorted(dupes))}")
+
+
+def read_registry(folder: Path | None = None) -> dict:
+    folder = Path(folder) if folder else models_dir()
+    path = folder / "models.json"
+    if not path.is_file():
+        raise LightSegError(f"model registry not found: {path}")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LightSegError(f"model registry {path} is not valid JSON: {err}") from None
+    validate(document)
+    return document
+
+
+def list_models(include_reference: bool = True, folder: Path | None = None) -> list[ModelCard]:
+    folder = Path(folder) if folder else models_dir()
+    cards = [ModelCard(m, folder) for m in read_registry(folder)["models"]]
+    return [c for c in cards if include_reference or c.status != "reference"]
+
+
+def get_model(model_id: str, folder: Path | None = None) -> ModelCard:
+    cards = list_models(folder=folder)
+    for card in cards:
+        if card.id == model_id:
+            return card
+    known = ", ".join(c.id for c in cards) or "none registered"
+    raise LightSegError(f"unknown model id '{model_id}' (known: {known})")
+
+
+def register_model(entry: dict, folder: Path | None = None) -> None:
+    """Add or replace a registry entry (by id), validating the whole registry, written atomically."""
+    folder = Path(folder) if folder else models_dir()
+    path = folder / "models.json"
+    document = read_registry(folder) if path.is_file() else {"version": 1, "models": []}
+    models = [m for m in document["models"] if m["id"] != entry["id"]]
+    models.append(entry)
+    document["models"] = sorted(models, key=lambda m: m["id"])
+    validate(document)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".models.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
