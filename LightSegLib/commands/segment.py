@@ -87,12 +87,18 @@ class Reporter:
             self.bar.close()
 
 
+_RUNNERS: dict = {}
+
+
 def segment_file(source: Path, target: Path, args) -> dict:
-    from ..inference import segment_image
+    from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
     from ..registry import get_model
 
     card = get_model(args.model)
+    key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
+    if key not in _RUNNERS:  # one model session per process, reused across a batch
+        _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)
     reporter = Reporter(args.progress, source.name)
     try:
         t = time.perf_counter()
@@ -100,8 +106,7 @@ def segment_file(source: Path, target: Path, args) -> dict:
         notes: list[str] = []
         image = read_image(source, frame=args.frame, notes=notes)
         read_s = time.perf_counter() - t
-        result = segment_image(image, card, backend=args.backend, threads=args.threads, int8=args.int8,
-                               progress=reporter)
+        result = segment_image(image, card, _RUNNERS[key], progress=reporter)
         t = time.perf_counter()
         reporter(1.0, "write")
         write_output(result.labelmap, target, card.labels, overwrite=args.overwrite)

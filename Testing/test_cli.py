@@ -1,0 +1,181 @@
+"""The `lightseg` contract: outputs, batch mode, progress lines, and a one-line error (exit 2) for bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO, shared
+from LightSegLib.cli import main
+from model_fixtures import expected_labels
+
+
+@pytest.fixture
+def volume(tmp_path):
+    array = np.random.default_rng(2).integers(-20, 120, size=(6, 24, 32)).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.7, 0.7, 2.5))
+    path = tmp_path / "vol.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def run_cli(*args):
+    """The real entry point in its own process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "LightSegLib.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, env=dict(os.environ), timeout=120)
+
+
+def assert_user_error(capsys, args, pattern, no_file=None):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("lightseg: error:") and pattern in lines[-1], err
+    assert "Traceback" not in err
+    if no_file is not None:
+        assert not no_file.exists()
+
+
+def test_segment_writes_labelmap_and_summary(quantiser, volume, tmp_path):
+    out = tmp_path / "out.nii.gz"
+    proc = run_cli("segment", "--model", "test-quantiser", "--threads", "1", volume, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "preview" in proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "vol.nrrd ->" in line and "infer" in line and "level 1" in line
+    expected = expected_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(volume))))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), expected)
+
+
+def test_jsonl_progress_for_programs(quantiser, volume, tmp_path):
+    out = tmp_path / "out.seg.nrrd"
+    proc = run_cli("segment", "--model", "test-quantiser", "--progress", "jsonl", volume, out)
+    assert proc.returncode == 0, proc.stderr
+    messages = [json.loads(line) for line in proc.stdout.splitlines()]
+    stages = [m["stage"] for m in messages if "stage" in m]
+    assert stages[0] == "read" and "infer" in stages and stages[-1] == "write"
+    assert messages[-1]["done"] is True and messages[-1]["output"] == str(out)
+    assert out.is_file()
+
+
+def test_batch_folder_with_jobs(quantiser, volume, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        shutil.copy(volume, inputs / f"case{i}.nrrd")
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    assert main(["segment", "--model", "test-quantiser", "--jobs", "2", "--format", "mha", str(inputs), str(outputs)]) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["case0.mha", "case1.mha", "case2.mha"]
+    assert main(["segment", "--model", "test-quantiser", "--format", "mha", str(inputs / "case0.nrrd"),
+                 str(inputs / "case1.nrrd"), str(outputs)]) == 2  # exist already
+    assert main(["segment", "--model", "test-quantiser", "--format", "mha", "--overwrite", str(inputs / "case0.nrrd"),
+                 str(inputs / "case1.nrrd"), str(outputs)]) == 0
+
+
+def test_models_json_lists_id_and_params(quantiser, capsys):
+    assert main(["models", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    assert [(m["id"], m["params"]) for m in models] == [("test-quantiser", 8)]
+
+
+def test_missing_input(quantiser, tmp_path, capsys):
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", tmp_path / "nope.nii.gz", tmp_path / "o.nii.gz"],
+                      "input not found", tmp_path / "o.nii.gz")
+
+
+def test_not_an_image(quantiser, tmp_path, capsys):
+    bad = tmp_path / "notes.nii.gz"
+    bad.write_text("this is not a volume")
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", bad, tmp_path / "o.nii.gz"],
+                      "not a readable image", tmp_path / "o.nii.gz")
+
+
+def test_two_d_image(quantiser, tmp_path, capsys):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(64, dtype=np.int16).reshape(8, 8)), str(path))
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", path, tmp_path / "o.nii.gz"],
+                      "is 2D: a 3D volume is needed", tmp_path / "o.nii.gz")
+
+
+def test_four_d_image_names_the_frame_option(quantiser, tmp_path, capsys):
+    path = tmp_path / "cine.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((2, 3, 8, 8), np.int16), isVector=False), str(path))
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", path, tmp_path / "o.nii.gz"],
+                      "--frame N", tmp_path / "o.nii.gz")
+
+
+@pytest.mark.parametrize("fill,message", [(0.0, "constant"), (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")])
+def test_constant_or_non_finite_volume(quantiser, tmp_path, capsys, fill, message):
+    array = np.zeros((4, 8, 8), np.float32)
+    if not np.isnan(fill) and not np.isinf(fill):
+        array[:] = 7
+    else:
+        array[1, 2, 3] = fill
+        array[0] = 5
+    path = tmp_path / "v.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", path, tmp_path / "o.nii.gz"], message,
+                      tmp_path / "o.nii.gz")
+
+
+def test_empty_volume_file(quantiser, tmp_path, capsys):
+    path = tmp_path / "empty.nii.gz"
+    path.write_bytes(b"")
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", path, tmp_path / "o.nii.gz"],
+                      "not a readable image", tmp_path / "o.nii.gz")
+
+
+def test_unknown_model(quantiser, volume, tmp_path, capsys):
+    assert_user_error(capsys, ["segment", "--model", "no-such-model", volume, tmp_path / "o.nii.gz"],
+                      "unknown model id 'no-such-model' (known: test-quantiser)", tmp_path / "o.nii.gz")
+
+
+def test_corrupt_model_file(quantiser, volume, tmp_path, capsys):
+    model = quantiser / "test-quantiser.onnx"
+    model.write_bytes(model.read_bytes()[:-7])
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", volume, tmp_path / "o.nii.gz"],
+                      "corrupt (sha256 mismatch)", tmp_path / "o.nii.gz")
+
+
+def test_output_folder_missing(quantiser, volume, tmp_path, capsys):
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", volume, tmp_path / "no" / "o.nii.gz"],
+                      "output folder does not exist")
+
+
+def test_output_exists_without_overwrite(quantiser, volume, tmp_path, capsys):
+    out = tmp_path / "o.nii.gz"
+    out.write_bytes(b"keep me")
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", volume, out], "use --overwrite")
+    assert out.read_bytes() == b"keep me"
+
+
+def test_unreadable_dicom_folder(quantiser, tmp_path, capsys):
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    (folder / "IM0001").write_bytes(b"DICM" + bytes(300))
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", folder, tmp_path / "o.nii.gz"],
+                      "no readable DICOM series", tmp_path / "o.nii.gz")
+
+
+def test_several_series_use_largest_and_say_so(quantiser, tmp_path):
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for source in list(shared("dcmqi_ct3slice").glob("*.dcm")) + list(shared("totalseg_example/example_ct_dicom").iterdir()):
+        shutil.copy(source, folder / source.name)
+    out = tmp_path / "o.nrrd"
+    proc = run_cli("segment", "--model", "test-quantiser", folder, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 DICOM series; using the largest" in proc.stderr
+    assert sitk.ReadImage(str(out)).GetSize() == (512, 512, 20)
+
+
+def test_real_entry_point_error_has_no_traceback(quantiser, tmp_path):
+    proc = run_cli("segment", "--model", "test-quantiser", tmp_path / "missing.nrrd", tmp_path / "o.nrrd")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"lightseg: error: input not found: {tmp_path / 'missing.nrrd'}"]

@@ -1,0 +1,132 @@
+"""The engine end to end with the analytic quantiser model (mechanics, not accuracy)."""
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import LightSegLib as L
+from conftest import shared
+from LightSegLib import postprocess, preprocess
+from LightSegLib.errors import Cancelled, LightSegError
+from model_fixtures import expected_labels, make_model_folder
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return sitk.ReadImage(str(shared("totalseg_example/example_ct_sm.nii.gz")))
+
+
+def signed_permutations():
+    for perm in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 2, 1]):
+        for signs in ([1, 1, 1], [-1, 1, -1], [1, -1, -1], [-1, -1, 1]):
+            d = np.zeros((3, 3))
+            for axis, (p, s) in enumerate(zip(perm, signs)):
+                d[p, axis] = s
+            yield d
+
+
+@pytest.mark.parametrize("direction", list(signed_permutations()))
+def test_lps_orientation_puts_slices_in_radiological_view(direction):
+    """After orientation, array axes (z, y, x) run towards superior, posterior and patient left."""
+    image = sitk.Image(5, 6, 7, sitk.sitkFloat32)
+    image.SetDirection((direction @ np.diag([1.0, 1.0, 1.0]) + 0.05 * np.eye(3)[[1, 2, 0]]).ravel().tolist())
+    orient = preprocess.orientation_for(image.GetDirection(), "LPS")
+    index = np.indices(image.GetSize()[::-1]).reshape(3, -1).T[:, ::-1]  # (i, j, k) per voxel in array order
+    physical = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, ijk))) for ijk in index])
+    oriented = [orient.apply(physical[:, p].reshape(image.GetSize()[::-1])) for p in range(3)]
+    assert np.all(np.diff(oriented[0], axis=2) > 0)  # x: towards L
+    assert np.all(np.diff(oriented[1], axis=1) > 0)  # y: towards P
+    assert np.all(np.diff(oriented[2], axis=0) > 0)  # z: towards S
+    volume = np.arange(5 * 6 * 7).reshape(7, 6, 5)
+    np.testing.assert_array_equal(orient.invert(orient.apply(volume)), volume)
+    assert sorted(orient.spacing((1.0, 2.0, 3.0))) == [1.0, 2.0, 3.0]
+
+
+def test_normalise_window_and_percentile_do_not_touch_input():
+    x = np.array([-100.0, 0.0, 50.0, 300.0], np.float32)
+    before = x.copy()
+    np.testing.assert_allclose(preprocess.normalise(x, {"type": "window", "window": [0, 200]}), [0, 0, 0.25, 1])
+    np.testing.assert_array_equal(x, before)
+    volume = np.linspace(0, 1000, 1000, dtype=np.float32).reshape(10, 10, 10)
+    out = preprocess.normalise(volume, {"type": "percentile", "lower": 1, "upper": 99})
+    assert out.min() == 0 and abs(out.max() - 1) < 1e-6 and abs(float(np.median(out)) - 0.5) < 0.01
+
+
+def test_resize_slices_keeps_extent_and_round_trips_smooth_data():
+    yy, xx = np.mgrid[0:64, 0:48]
+    ramp = (0.5 * yy + 0.25 * xx).astype(np.float32)[None]
+    small = preprocess.resize_slices(ramp, (32, 24))
+    # pixel-edge alignment: the coarse pixel centre (0, 0) sits at fine (0.5, 0.5)
+    assert abs(small[0, 0, 0] - (0.5 * 0.5 + 0.25 * 0.5)) < 1e-4
+    back = preprocess.resize_slices(small, (64, 48))
+    np.testing.assert_allclose(back[0, 2:-2, 2:-2], ramp[0, 2:-2, 2:-2], atol=1e-4)
+
+
+@pytest.mark.parametrize("inplane", [{"mode": "spacing", "spacing": [4.5, 4.5]}, {"mode": "fit", "size": [64, 64]}])
+def test_resampled_models_return_labels_on_input_grid(ct, tmp_path, monkeypatch, inplane):
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(make_model_folder(tmp_path, inplane=inplane)))
+    label = L.segment(ct, "test-quantiser")
+    assert label.GetSize() == ct.GetSize() and label.GetSpacing() == ct.GetSpacing()
+    assert label.GetDirection() == ct.GetDirection() and label.GetOrigin() == ct.GetOrigin()
+    expected = expected_labels(sitk.GetArrayViewFromImage(ct))
+    agreement = (sitk.GetArrayViewFromImage(label) == expected).mean()
+    assert agreement > 0.85, agreement  # a coarser grid blurs edges; the bulk must agree
+
+
+def test_context_slices_reach_the_network_and_centre_slice_decides(ct, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(make_model_folder(tmp_path, context=2)))
+    label = L.segment(ct, "test-quantiser")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(label), expected_labels(sitk.GetArrayViewFromImage(ct)))
+
+
+def test_numpy_api_progress_and_geometry(quantiser):
+    array = np.random.default_rng(0).integers(-50, 150, size=(7, 20, 30)).astype(np.int16)
+    seen = []
+    out = L.segment(array, "test-quantiser", spacing=(0.5, 0.5, 3), progress=lambda f, s: seen.append((f, s)))
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected_labels(array))
+    fractions = [f for f, s in seen if s == "infer"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1][1] == "postprocess"
+
+
+def test_cancel_flag_stops_the_work(quantiser):
+    array = np.random.default_rng(1).integers(0, 100, size=(40, 16, 16)).astype(np.int16)
+    flag = threading.Event()
+
+    def progress(fraction, stage):
+        if fraction > 0.2:
+            flag.set()
+
+    with pytest.raises(Cancelled):
+        L.segment(array, "test-quantiser", progress=progress, cancel=flag)
+
+
+def test_checksum_mismatch_is_refused(quantiser):
+    path = quantiser / "test-quantiser.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(LightSegError, match="sha256"):
+        L.segment(np.ones((2, 8, 8), np.int16) * np.arange(8, dtype=np.int16), "test-quantiser")
+
+
+def test_registry_rejects_invalid_entries(quantiser):
+    from LightSegLib.registry import register_model
+
+    entry = dict(L.get_model("test-quantiser").entry, id="bad-model")
+    del entry["labels"]
+    with pytest.raises(LightSegError, match="labels"):
+        register_model(entry, quantiser)
+    assert [c.id for c in L.list_models()] == ["test-quantiser"]
+
+
+def test_largest_component_and_hole_filling():
+    labels = np.zeros((5, 20, 20), np.uint8)
+    labels[1:4, 2:12, 2:12] = 3          # a big blob with a hole
+    labels[2, 6:8, 6:8] = 0
+    labels[0, 17:19, 17:19] = 3          # a stray speck
+    labels[4, 15:18, 1:3] = 1            # another label, untouched by label 3's rules
+    postprocess.apply(labels, {"largest_component": [3], "fill_holes": [3]})
+    assert labels[0, 17:19, 17:19].sum() == 0
+    assert (labels[2, 6:8, 6:8] == 3).all()
+    assert (labels[4, 15:18, 1:3] == 1).all()
+    assert (labels == 3).sum() == 3 * 100
