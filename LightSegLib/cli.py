@@ -14,6 +14,7 @@ from .errors import LightSegError
 COMMAND_MODULES = [
     "LightSegLib.commands.segment",
     "LightSegLib.commands.models",
+    "LightSegLib.commands.demo",
 ]
 
 
