@@ -142,8 +142,7 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
         logits = runner(x)
         t_net += time.perf_counter() - t
         t = time.perf_counter()
-        scores = geometry.from_model(np.ascontiguousarray(logits.transpose(0, 2, 3, 1)))
-        labels[start:stop] = np.argmax(scores, axis=-1).astype(np.uint8)
+        labels[start:stop] = geometry.labels_from_model(logits)
         t_back += time.perf_counter() - t
         report(stop / depth, "infer")
     seconds.update(preprocess=t_pre, infer=t_net, resample=t_back)

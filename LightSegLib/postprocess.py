@@ -6,8 +6,13 @@ from scipy import ndimage
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    boxes = ndimage.find_objects(mask.astype(np.uint8, copy=False))
-    return boxes[0] if boxes else None
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    if z.size == 0:
+        return None
+    sub = mask[z[0]:z[-1] + 1]
+    y = np.flatnonzero(sub.any(axis=(0, 2)))
+    x = np.flatnonzero(sub.any(axis=(0, 1)))
+    return slice(z[0], z[-1] + 1), slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1)
 
 
 def keep_largest_component(labels: np.ndarray, value: int) -> None:
@@ -21,7 +26,10 @@ def keep_largest_component(labels: np.ndarray, value: int) -> None:
     components, count = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return
-    sizes = np.bincount(components.ravel())
+    # counted a few slices at a time: bincount widens its input to 64-bit, a full-size copy otherwise
+    sizes = np.zeros(count + 1, np.int64)
+    for z in range(0, components.shape[0], 16):
+        sizes += np.bincount(components[z:z + 16].ravel(), minlength=count + 1)
     sizes[0] = 0
     drop = sub & (components != int(np.argmax(sizes)))
     labels[box][drop] = 0
@@ -50,5 +58,4 @@ def apply(labels: np.ndarray, spec: dict) -> np.ndarray:
 
 
 def voxel_counts(labels: np.ndarray, values) -> dict[int, int]:
-    counts = np.bincount(labels.ravel(), minlength=256)
-    return {int(v): int(counts[v]) for v in values}
+    return {int(v): int(np.count_nonzero(labels == v)) for v in values}

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import LightSegError
 
@@ -103,24 +102,38 @@ def normalise(array: np.ndarray, spec: dict, stats: dict | None = None) -> np.nd
 
 
 # ---------------------------------------------------------------- in-plane geometry
-def resize_slices(array: np.ndarray, out_hw: tuple[int, int], linear: bool = True) -> np.ndarray:
-    """Resize each slice of ``[n, h, w]`` (or ``[n, h, w, c]``) to ``out_hw`` keeping the slice's physical
-    extent (pixel edges align, like ``align_corners=False``). float32 out for linear, same dtype for nearest."""
-    n, h, w = array.shape[:3]
+def _taps(in_len: int, out_len: int, start: int = 0, stop: int | None = None):
+    """Linear-interpolation taps for output pixels ``start..stop`` when ``in_len`` pixels become ``out_len``
+    over the same extent (pixel edges align, like ``align_corners=False``; edges clamp)."""
+    centres = (np.arange(start, out_len if stop is None else stop) + 0.5) * (in_len / out_len) - 0.5
+    centres = np.clip(centres, 0, in_len - 1)
+    i0 = np.floor(centres).astype(np.intp)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    return i0, i1, (centres - i0).astype(np.float32)
+
+
+def _linear_axis(x: np.ndarray, axis: int, out_len: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    i0, i1, w = _taps(x.shape[axis], out_len, start, stop)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    a = np.take(x, i0, axis=axis)
+    a += (np.take(x, i1, axis=axis) - a) * w.reshape(shape)
+    return a
+
+
+def resize_slices(array: np.ndarray, out_hw: tuple[int, int], linear: bool = True, axes=(1, 2)) -> np.ndarray:
+    """Resize the in-plane ``axes`` (default: ``[n, h, w, ...]``) to ``out_hw`` keeping the slice's physical
+    extent. Linear gives float32 (for images and scores); nearest keeps the dtype (for labels)."""
     oh, ow = int(out_hw[0]), int(out_hw[1])
-    if (h, w) == (oh, ow):
+    ay, ax = axes
+    if (array.shape[ay], array.shape[ax]) == (oh, ow):
         return array
-    vector = array.ndim == 4
-    src = np.ascontiguousarray(array, dtype=np.float32 if linear else array.dtype)
-    img = sitk.GetImageFromArray(src, isVector=vector)
-    img.SetSpacing((1.0, 1.0, 1.0))
-    sx, sy = w / ow, h / oh
-    ref = sitk.Image([ow, oh, n], img.GetPixelID(), img.GetNumberOfComponentsPerPixel())
-    ref.SetSpacing((sx, sy, 1.0))
-    ref.SetOrigin((-0.5 + 0.5 * sx, -0.5 + 0.5 * sy, 0.0))
-    interp = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
-    out = sitk.Resample(img, ref, sitk.Transform(), interp, 0.0, img.GetPixelID(), True)
-    return sitk.GetArrayFromImage(out)
+    if not linear:
+        rows = np.minimum(((np.arange(oh) + 0.5) * array.shape[ay] / oh).astype(np.intp), array.shape[ay] - 1)
+        cols = np.minimum(((np.arange(ow) + 0.5) * array.shape[ax] / ow).astype(np.intp), array.shape[ax] - 1)
+        return np.take(np.take(array, rows, axis=ay), cols, axis=ax)
+    x = np.asarray(array, dtype=np.float32)
+    return _linear_axis(_linear_axis(x, ay, oh), ax, ow)
 
 
 @dataclass(frozen=True)
@@ -138,12 +151,32 @@ class PlaneGeometry:
             slices = np.pad(slices, widths, constant_values=pad_value)
         return resize_slices(slices, self.model_hw, linear=True)
 
-    def from_model(self, maps: np.ndarray) -> np.ndarray:
-        """Scores ``[n, h', w', c]`` back to the input slice size (linear, float32)."""
+    def labels_from_model(self, logits: np.ndarray) -> np.ndarray:
+        """Logits ``[n, K, h', w']`` to uint8 labels ``[n, h, w]`` on the input slices: interpolate the logits
+        linearly, then argmax. Only the window around the foreground is interpolated: where all four
+        neighbouring model pixels are background, so is any convex mix of their logits."""
+        n = logits.shape[0]
+        h, w = self.in_hw
         t, b, l, r = self.pad
-        padded_hw = (self.in_hw[0] + t + b, self.in_hw[1] + l + r)
-        out = resize_slices(maps, padded_hw, linear=True)
-        return out[:, t:t + self.in_hw[0], l:l + self.in_hw[1]]
+        out = np.zeros((n, h, w), np.uint8)
+        coarse = np.argmax(logits, axis=1)
+        fg_rows = np.flatnonzero(coarse.any(axis=(0, 2)))
+        if fg_rows.size == 0:
+            return out
+        fg_cols = np.flatnonzero(coarse.any(axis=(0, 1)))
+        window = []
+        for (lo, hi), size_in, size, offset, pad_end in (((fg_rows[0], fg_rows[-1]), logits.shape[2], h, t, b),
+                                                         ((fg_cols[0], fg_cols[-1]), logits.shape[3], w, l, r)):
+            i0, i1, _ = _taps(size_in, size + offset + pad_end)
+            touched = np.flatnonzero((i1 >= lo) & (i0 <= hi))
+            window.append((max(int(touched[0]), offset), min(int(touched[-1]) + 1, offset + size)))
+        (r0, r1), (c0, c1) = window
+        if r0 >= r1 or c0 >= c1:
+            return out
+        scores = _linear_axis(np.asarray(logits, dtype=np.float32), 2, h + t + b, r0, r1)
+        scores = _linear_axis(scores, 3, w + l + r, c0, c1)
+        out[:, r0 - t:r1 - t, c0 - l:c1 - l] = np.argmax(scores, axis=1)
+        return out
 
 
 def plane_geometry(in_hw, spacing_yx, spec: dict) -> PlaneGeometry:

@@ -130,3 +130,21 @@ def test_largest_component_and_hole_filling():
     assert (labels[2, 6:8, 6:8] == 3).all()
     assert (labels[4, 15:18, 1:3] == 1).all()
     assert (labels == 3).sum() == 3 * 100
+
+
+@pytest.mark.parametrize("in_hw,spec", [((70, 50), {"mode": "fit", "size": [32, 32]}),
+                                        ((37, 61), {"mode": "spacing", "spacing": [2.3, 1.7]}),
+                                        ((20, 24), {"mode": "keep"})])
+def test_foreground_window_gives_the_same_labels_as_full_interpolation(in_hw, spec):
+    geometry = preprocess.plane_geometry(in_hw, (1.0, 1.0), spec)
+    rng = np.random.default_rng(3)
+    logits = np.zeros((3, 4) + geometry.model_hw, np.float32)
+    logits[:, 0] = 2.0
+    logits[0, 1:, 5:9, 6:12] = rng.normal(2, 2, size=(3, 4, 6))   # a blob of mixed foreground
+    logits[2, 3, -3:, -2:] = 5.0                                    # foreground at the far corner
+    fast = geometry.labels_from_model(logits)
+    t, b, l, r = geometry.pad
+    full = preprocess.resize_slices(logits, (in_hw[0] + t + b, in_hw[1] + l + r), axes=(2, 3))
+    slow = np.argmax(full, axis=1)[:, t:t + in_hw[0], l:l + in_hw[1]]
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.shape == (3,) + in_hw and fast[1].max() == 0 and fast[0].max() > 0
