@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "LightSegLib.commands.segment",
     "LightSegLib.commands.models",
     "LightSegLib.commands.demo",
+    "LightSegLib.commands.train",
+    "LightSegLib.commands.cardiac_function",
 ]
 
 

@@ -1,0 +1,67 @@
+"""Cardiac function against values computed by hand from manual ACDC validation labels."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO, shared
+from LightSegLib.cardiac import cardiac_function
+from LightSegLib.cli import main
+from LightSegLib.errors import LightSegError
+from LightSegLib.io import write_output
+
+SAMPLES = REPO / "Resources" / "Samples"
+CARDIAC_LABELS = [{"value": v, "name": n, "color": [200, 50 * v, 40], "terminology": {
+    "category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", c, n]}}
+    for v, n, c in ((1, "right ventricle", "53085002"), (2, "myocardium", "74281007"), (3, "left ventricle", "87878005"))]
+
+
+def by_hand(ed_path, es_path):
+    ed = sitk.GetArrayFromImage(sitk.ReadImage(str(ed_path)))
+    es = sitk.GetArrayFromImage(sitk.ReadImage(str(es_path)))
+    ml = 1.5 * 1.5 * 10.0 / 1000.0  # the files' spacing
+    lv_edv, lv_esv = (ed == 3).sum() * ml, (es == 3).sum() * ml
+    rv_edv, rv_esv = (ed == 1).sum() * ml, (es == 1).sum() * ml
+    return {"lv_edv_ml": lv_edv, "lv_esv_ml": lv_esv, "lv_sv_ml": lv_edv - lv_esv,
+            "lv_ef_percent": 100 * (lv_edv - lv_esv) / lv_edv, "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv,
+            "rv_ef_percent": 100 * (rv_edv - rv_esv) / rv_edv, "lv_myocardial_mass_g": (ed == 2).sum() * ml * 1.05}
+
+
+@pytest.mark.parametrize("patient", ["patient028", "patient085", "patient019"])
+def test_function_matches_hand_computation_on_validation_labels(patient):
+    ed, es = (shared(f"acdc/labelsTr/{patient}_frame0{i}.nii.gz") for i in (1, 2))
+    result = cardiac_function(sitk.ReadImage(str(ed)), sitk.ReadImage(str(es))).as_dict()
+    for key, value in by_hand(ed, es).items():
+        assert result[key] == pytest.approx(value, rel=1e-9), key
+    assert 0 < result["lv_ef_percent"] < 100 and result["lv_myocardial_mass_g"] > 30
+    assert any("nominal" in note for note in result["notes"])
+
+
+def test_cli_json_and_seg_nrrd_inputs_agree(tmp_path, capsys):
+    ed, es = SAMPLES / "acdc_patient002_ED_label.nii.gz", SAMPLES / "acdc_patient002_ES_label.nii.gz"
+    assert main(["cardiac-function", "--ed", str(ed), "--es", str(es), "--json"]) == 0
+    from_labelmaps = json.loads(capsys.readouterr().out)
+    for phase, path in (("ed", ed), ("es", es)):
+        write_output(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkUInt8), tmp_path / f"{phase}.seg.nrrd",
+                     CARDIAC_LABELS)
+    assert main(["cardiac-function", "--ed", str(tmp_path / "ed.seg.nrrd"), "--es", str(tmp_path / "es.seg.nrrd"),
+                 "--json"]) == 0
+    from_segmentations = json.loads(capsys.readouterr().out)
+    assert from_segmentations == from_labelmaps
+    expected = by_hand(ed, es)
+    assert from_labelmaps["lv_ef_percent"] == pytest.approx(expected["lv_ef_percent"])
+
+
+def test_absent_structure_and_mismatched_grids():
+    ed = np.zeros((4, 10, 10), np.uint8)
+    ed[1:3, 2:6, 2:6] = 3
+    es = ed.copy()
+    es[2] = 0                      # LV absent from one ES slice
+    img = lambda a: sitk.GetImageFromArray(a)
+    result = cardiac_function(img(ed), img(es))
+    assert result.lv_ef_percent == pytest.approx(50.0)
+    assert result.rv_ef_percent is None and any("no RV" in n for n in result.notes)
+    assert result.slices_with["ES LV"] == 1 and result.slices_with["ED LV"] == 2
+    with pytest.raises(LightSegError, match="different grids"):
+        cardiac_function(img(ed), img(es[:3]))
