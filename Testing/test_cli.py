@@ -179,3 +179,26 @@ def test_real_entry_point_error_has_no_traceback(quantiser, tmp_path):
     proc = run_cli("segment", "--model", "test-quantiser", tmp_path / "missing.nrrd", tmp_path / "o.nrrd")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"lightseg: error: input not found: {tmp_path / 'missing.nrrd'}"]
+
+
+def test_frame_all_writes_one_output_per_frame(quantiser, tmp_path):
+    frames = np.stack([np.full((3, 8, 8), 10 * f, np.int16) + np.arange(8, dtype=np.int16) for f in range(4)])
+    path = tmp_path / "cine.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(frames, isVector=False), str(path))
+    assert main(["segment", "--model", "test-quantiser", "--frame", "all", str(path), str(tmp_path / "lab.nrrd")]) == 0
+    outputs = sorted(tmp_path.glob("lab_frame*.nrrd"))
+    assert [p.name for p in outputs] == [f"lab_frame{f:02d}.nrrd" for f in range(4)]
+    for f, out in enumerate(outputs):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), expected_labels(frames[f]))
+    assert main(["segment", "--model", "test-quantiser", "--frame", "2", str(path), str(tmp_path / "two.nrrd")]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two.nrrd"))),
+                                  expected_labels(frames[2]))
+
+
+def test_single_slice_volume_and_nothing_found_note(quantiser, tmp_path, capsys):
+    path = tmp_path / "one.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.linspace(-500, -100, 64, dtype=np.float32).reshape(1, 8, 8)), str(path))
+    assert main(["segment", "--model", "test-quantiser", str(path), str(tmp_path / "o.nrrd")]) == 0
+    captured = capsys.readouterr()
+    assert "nothing found" in captured.err
+    assert sitk.ReadImage(str(tmp_path / "o.nrrd")).GetSize() == (8, 8, 1)

@@ -1,11 +1,14 @@
 """``lightseg segment``: one volume, several, or a folder of them, to labelmaps on the inputs' grids."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import SimpleITK as sitk
 
 from ..errors import LightSegError
 
@@ -23,13 +26,56 @@ def register(sub) -> None:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all, at most 8)")
     parser.add_argument("--int8", action="store_true", help="use the model's int8 version (faster, if it has one)")
-    parser.add_argument("--frame", type=int, default=None, help="time frame to segment in a 4D image")
+    parser.add_argument("--frame", type=frame_arg, default=None, metavar="N|all",
+                        help="time frame of a 4D (cine) image; 'all' writes one output per frame, "
+                             "named OUTPUT_frameNN")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for several inputs")
     parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="output type in folder mode")
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
                         help="'jsonl': one JSON object per line on stdout, for programs (the Slicer module)")
     parser.set_defaults(func=run)
+
+
+def frame_arg(text: str):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a frame number or 'all'") from None
+
+
+def frame_count(path: Path) -> int:
+    """Time frames of a 4D file, from its header alone (1 for a 3D file or a DICOM folder)."""
+    if path.is_dir():
+        return 1
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 1  # reading the image itself will say what is wrong
+    return reader.GetSize()[3] if reader.GetDimension() == 4 else 1
+
+
+def with_frames(pairs: list[tuple[Path, Path]], frame, overwrite: bool) -> list[tuple[Path, object, Path]]:
+    """``--frame all``: one job per time frame, each writing ``<output stem>_frameNN<suffix>``."""
+    from ..io import check_output, suffix_of
+
+    if frame != "all":
+        return [(source, frame, target) for source, target in pairs]
+    jobs = []
+    for source, target in pairs:
+        count = frame_count(source)
+        if count == 1:
+            jobs.append((source, None, target))
+            continue
+        suffix = suffix_of(target)
+        stem = target.name[: -len(suffix)]
+        for f in range(count):
+            jobs.append((source, f, check_output(target.parent / f"{stem}_frame{f:02d}{suffix}", overwrite)))
+    return jobs
 
 
 def plan(paths: list[str], fmt: str, overwrite: bool) -> list[tuple[Path, Path]]:
@@ -90,7 +136,7 @@ class Reporter:
 _RUNNERS: dict = {}
 
 
-def segment_file(source: Path, target: Path, args) -> dict:
+def segment_file(source: Path, frame, target: Path, args) -> dict:
     from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
     from ..registry import get_model
@@ -104,7 +150,7 @@ def segment_file(source: Path, target: Path, args) -> dict:
         t = time.perf_counter()
         reporter(0.0, "read")
         notes: list[str] = []
-        image = read_image(source, frame=args.frame, notes=notes)
+        image = read_image(source, frame=frame, notes=notes)
         read_s = time.perf_counter() - t
         result = segment_image(image, card, _RUNNERS[key], progress=reporter)
         t = time.perf_counter()
@@ -113,7 +159,9 @@ def segment_file(source: Path, target: Path, args) -> dict:
         seconds = {"read": read_s, **result.seconds, "write": time.perf_counter() - t}
     finally:
         reporter.close()
-    return {"input": str(source), "output": str(target), "model": card.id, "seconds": seconds,
+    if not any(result.voxels.values()):
+        notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")
+    return {"input": str(source), "frame": frame, "output": str(target), "model": card.id, "seconds": seconds,
             "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes + result.notes}
 
 
@@ -124,9 +172,9 @@ def summary_line(info: dict) -> str:
             f"voxels: {voxels}")
 
 
-def _job(source: Path, target: Path, args) -> dict:
+def _job(source: Path, frame, target: Path, args) -> dict:
     try:
-        return segment_file(source, target, args)
+        return segment_file(source, frame, target, args)
     except LightSegError as err:
         return {"input": str(source), "error": str(err)}
 
@@ -140,7 +188,7 @@ def run(args) -> int:
         raise LightSegError("--threads must be at least 1")
     if args.jobs < 1:
         raise LightSegError("--jobs must be at least 1")
-    pairs = plan(args.paths, args.format, args.overwrite)
+    pairs = with_frames(plan(args.paths, args.format, args.overwrite), args.frame, args.overwrite)
     if card.status == "preview":
         print(f"lightseg: note: '{card.id}' is a preview model; read its card before trusting the result",
               file=sys.stderr)
@@ -151,9 +199,9 @@ def run(args) -> int:
             args.threads = max(1, default_threads() // args.jobs)
         args.progress = "none" if args.progress != "jsonl" else "jsonl"
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(_job, *zip(*[(s, t, args) for s, t in pairs])))
+            results = list(pool.map(_job, *zip(*[(s, f, t, args) for s, f, t in pairs])))
     else:
-        results = [_job(s, t, args) for s, t in pairs]
+        results = [_job(s, f, t, args) for s, f, t in pairs]
     failures = 0
     for info in results:
         if "error" in info:
