@@ -1,0 +1,42 @@
+"""Reference U-Net (Ronneberger et al. 2015) with BN: the teacher, and the width-list model pruning rebuilds."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import DoubleConv, pad_to_multiple
+
+
+class UNet(nn.Module):
+    """``widths`` = channels per stage, shallow to deep (e.g. [64, 128, 256, 512, 1024]); ``len(widths) - 1``
+    poolings. Decoder: 2x2 transposed conv to the skip's width, concat, double conv. Any H, W (padded inside)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, widths=(64, 128, 256, 512, 1024),
+                 conv: str = "standard"):
+        super().__init__()
+        widths = [int(w) for w in widths]
+        self.widths = widths
+        self.multiple = 2 ** (len(widths) - 1)
+        self.encoders = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.encoders.append(DoubleConv(cin, w, conv))
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in range(len(widths) - 2, -1, -1):
+            self.ups.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
+            self.decoders.append(DoubleConv(2 * widths[i], widths[i], conv))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, h, w = pad_to_multiple(x, self.multiple)
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.ups, self.decoders):
+            x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)[:, :, :h, :w]

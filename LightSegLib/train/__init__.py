@@ -1,0 +1,1 @@
+"""Training: TOML config, trainer (DiceCE, deep supervision, AdamW + poly/cosine, checkpoints, time budget), DDP."""

@@ -1,0 +1,98 @@
+"""Training configuration: a TOML file merged over defaults, so a config only states what it changes."""
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+
+from ..errors import LightSegError
+
+DEFAULTS = {
+    "model": {"name": "unet", "in_channels": 1, "num_classes": 2, "widths": [16, 32, 64, 128, 256]},
+    "data": {
+        "dataset": "",
+        "train_split": "training",
+        "val_split": "validation",
+        "patch": [160, 160],
+        "foreground_prob": 0.33,
+        "crop_margin": 1.25,
+        "orientation": "native",
+        "context_slices": 0,
+        "inplane": {"mode": "spacing", "spacing": [1.5, 1.5]},
+        "normalization": {"type": "percentile", "lower": 0.5, "upper": 99.5},
+        "num_workers": 1,
+    },
+    "augment": {"affine_prob": 0.5, "rotate_deg": 30.0, "scale": 0.15, "elastic_prob": 0.1, "noise_prob": 0.15,
+                "blur_prob": 0.1, "intensity_prob": 0.3, "gamma_prob": 0.3, "flip_prob": 0.0},
+    "train": {
+        "seed": 0,
+        "batch_size": 16,
+        "epochs": 100,
+        "iters_per_epoch": 100,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "poly",       # poly | cosine
+        "poly_power": 0.9,
+        "warmup_iters": 50,
+        "deep_supervision_weights": [1.0, 0.5, 0.25, 0.125],
+        "time_budget_min": 0.0,   # 0 = no budget; otherwise the LR schedule runs on elapsed time too
+        "val_every": 1,           # epochs
+        "threads": 2,
+        "amp": True,              # used on CUDA only
+    },
+    "labels": {"names": []},      # for logs and plots only
+}
+
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key in out and isinstance(out[key], dict) and isinstance(value, dict) and key not in ("inplane", "normalization", "labels"):
+            out[key] = _merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LightSegError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise LightSegError(f"config {path} is not valid TOML: {err}") from None
+    unknown = set(raw) - set(DEFAULTS)
+    if unknown:
+        raise LightSegError(f"config {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    return _merge(DEFAULTS, raw)
+
+
+def prep_spec(cfg: dict) -> dict:
+    """The preprocessing part of a model card, from the data section (what training and inference share)."""
+    d = cfg["data"]
+    return {"orientation": d["orientation"], "inplane": d["inplane"], "normalization": d["normalization"],
+            "context_slices": int(d["context_slices"])}
+
+
+def to_toml(cfg: dict) -> str:
+    """Minimal TOML writer (tomllib reads only) for the resolved config saved beside checkpoints."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(type(v))
+
+    lines = []
+    for section, body in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in body.items()]
+        lines.append("")
+    return "\n".join(lines)
