@@ -1,8 +1,12 @@
-"""Post-processing declared by a model card, on the uint8 labelmap in place (bounding boxes keep it cheap)."""
+"""Post-processing declared by a model card, on the uint8 labelmap in place.
+
+SimpleITK rather than SciPy, so that inference needs only numpy, SimpleITK and ONNX Runtime (what Slicer has).
+Work is confined to each label's bounding box.
+"""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+import SimpleITK as sitk
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -23,16 +27,10 @@ def keep_largest_component(labels: np.ndarray, value: int) -> None:
     if box is None:
         return
     sub = mask[box]
-    components, count = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return
-    # counted a few slices at a time: bincount widens its input to 64-bit, a full-size copy otherwise
-    sizes = np.zeros(count + 1, np.int64)
-    for z in range(0, components.shape[0], 16):
-        sizes += np.bincount(components[z:z + 16].ravel(), minlength=count + 1)
-    sizes[0] = 0
-    drop = sub & (components != int(np.argmax(sizes)))
-    labels[box][drop] = 0
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(sub.view(np.uint8)), True)
+    largest = sitk.RelabelComponent(components, sortByObjectSize=True) == 1  # uint8: the 32-bit maps go now
+    del components
+    labels[box][sub & (sitk.GetArrayViewFromImage(largest) == 0)] = 0
 
 
 def fill_holes(labels: np.ndarray, value: int) -> None:
@@ -45,8 +43,9 @@ def fill_holes(labels: np.ndarray, value: int) -> None:
     for z in range(sub_labels.shape[0]):
         slice_mask = sub_labels[z] == value
         if slice_mask.any():
-            filled = ndimage.binary_fill_holes(slice_mask)
-            sub_labels[z][filled & ~slice_mask] = value
+            filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(slice_mask.view(np.uint8)),
+                                                                    fullyConnected=False, foregroundValue=1))
+            sub_labels[z][(filled > 0) & ~slice_mask] = value
 
 
 def apply(labels: np.ndarray, spec: dict) -> np.ndarray:

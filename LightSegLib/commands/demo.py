@@ -56,7 +56,7 @@ def run(args) -> int:
             scores = ""
             if card.task in mapping:
                 predicted = sitk.GetArrayViewFromImage(result.labelmap)
-                truth = sitk.GetArrayViewFromImage(sitk.ReadImage(str(SAMPLES / reference)))
+                truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / reference)))
                 names = card.label_names()
                 scores = " | Dice " + ", ".join(
                     f"{names[v]} {dice(predicted == v, truth == r):.3f}" for v, r in mapping[card.task].items())
