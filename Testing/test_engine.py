@@ -148,3 +148,15 @@ def test_foreground_window_gives_the_same_labels_as_full_interpolation(in_hw, sp
     slow = np.argmax(full, axis=1)[:, t:t + in_hw[0], l:l + in_hw[1]]
     np.testing.assert_array_equal(fast, slow)
     assert fast.shape == (3,) + in_hw and fast[1].max() == 0 and fast[0].max() > 0
+
+
+def test_inference_path_imports_no_training_packages():
+    """`lightseg segment` and the API must start without torch, MONAI or SciPy (Slicer has none of them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from LightSegLib.cli import build_parser; build_parser(); import LightSegLib; "
+            "heavy = sorted({'torch', 'monai', 'scipy', 'torch_pruning', 'matplotlib'} & set(sys.modules)); "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"imported at start-up: {out}"
