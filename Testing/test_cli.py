@@ -202,3 +202,18 @@ def test_single_slice_volume_and_nothing_found_note(quantiser, tmp_path, capsys)
     captured = capsys.readouterr()
     assert "nothing found" in captured.err
     assert sitk.ReadImage(str(tmp_path / "o.nrrd")).GetSize() == (8, 8, 1)
+
+
+def test_model_file_that_is_not_onnx(quantiser, volume, tmp_path, capsys):
+    """A file whose checksum matches the registry but that ONNX Runtime cannot load."""
+    import json as _json
+
+    from LightSegLib.registry import sha256_of
+
+    model = quantiser / "test-quantiser.onnx"
+    model.write_bytes(b"not an onnx model")
+    registry = _json.loads((quantiser / "models.json").read_text())
+    registry["models"][0]["sha256"] = sha256_of(model)
+    (quantiser / "models.json").write_text(_json.dumps(registry))
+    assert_user_error(capsys, ["segment", "--model", "test-quantiser", volume, tmp_path / "o.nii.gz"],
+                      "cannot load model file", tmp_path / "o.nii.gz")

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 import LightSegLib as L
-from conftest import shared
+from conftest import REPO
 from LightSegLib import postprocess, preprocess
 from LightSegLib.errors import Cancelled, LightSegError
 from model_fixtures import expected_labels, make_model_folder
@@ -14,7 +14,7 @@ from model_fixtures import expected_labels, make_model_folder
 
 @pytest.fixture(scope="module")
 def ct():
-    return sitk.ReadImage(str(shared("totalseg_example/example_ct_sm.nii.gz")))
+    return sitk.ReadImage(str(REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz"))  # bundled
 
 
 def signed_permutations():

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import slicerio
 
 import LightSegLib as L
-from conftest import shared
+from conftest import REPO, shared
 from LightSegLib.errors import LightSegError
 from LightSegLib.io import ijk_to_lps
 from model_fixtures import expected_labels
@@ -24,7 +24,7 @@ def rotation(axis, degrees):
 @pytest.fixture(scope="module")
 def oblique_ct():
     """A real CT block on an oblique, anisotropic grid (0.7 x 0.7 x 2.5 mm, rotated about a skew axis)."""
-    ct = sitk.ReadImage(str(shared("totalseg_example/example_ct_sm.nii.gz")))
+    ct = sitk.ReadImage(str(REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz"))  # bundled
     image = sitk.Cast(ct[10:90, 5:75, 3:23], sitk.sitkInt16)
     image.SetSpacing((0.7, 0.7, 2.5))
     image.SetOrigin((-12.25, 30.5, -101.75))
@@ -79,7 +79,7 @@ def test_segmentation_written_on_input_grid(oblique_ct, tmp_path, quantiser, suf
 
 def test_ras_nrrd_file_is_read_in_lps_and_output_matches_physically(tmp_path, quantiser):
     """A NRRD written in RAS space: the labelmap must land on the same physical voxels."""
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(shared("totalseg_example/example_ct_sm.nii.gz"))))[:12, :40, :50]
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz")))[:12, :40, :50]
     data_ijk = ct.transpose(2, 1, 0).astype(np.int16)
     directions = np.diag([0.8, 0.8, 3.0]) @ rotation((0, 0, 1), 20)
     origin_ras = np.array([15.0, -20.0, 40.0])
