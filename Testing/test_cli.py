@@ -217,3 +217,14 @@ def test_model_file_that_is_not_onnx(quantiser, volume, tmp_path, capsys):
     (quantiser / "models.json").write_text(_json.dumps(registry))
     assert_user_error(capsys, ["segment", "--model", "test-quantiser", volume, tmp_path / "o.nii.gz"],
                       "cannot load model file", tmp_path / "o.nii.gz")
+
+
+def test_ct_given_to_an_mri_model_is_flagged(tmp_path, monkeypatch, capsys):
+    from model_fixtures import make_model_folder
+
+    folder = make_model_folder(tmp_path / "mr", modality="MR", orientation="native",
+                               normalization={"type": "percentile", "lower": 0.5, "upper": 99.5})
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
+    ct = REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz"
+    assert main(["segment", "--model", "test-quantiser", str(ct), str(tmp_path / "o.nrrd")]) == 0
+    assert "look like CT" in capsys.readouterr().err
