@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "LightSegLib.commands.models",
     "LightSegLib.commands.demo",
     "LightSegLib.commands.train",
+    "LightSegLib.commands.export",
     "LightSegLib.commands.cardiac_function",
 ]
 
