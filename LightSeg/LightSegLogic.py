@@ -1,0 +1,626 @@
+"""LightSeg module logic: MRML nodes <-> the ``lightseg`` command line, with no Qt.
+
+Everything here runs against the real MRML of the ``slicer-core`` wheel, so it is tested headlessly
+(Testing/test_slicer_logic.py). The widget in LightSeg.py only wires Qt to this class.
+
+Inference runs in a separate process (``python -m LightSegLib.cli segment --progress jsonl``): the UI stays
+responsive, ONNX Runtime's thread pool cannot fight Slicer's, a crash cannot take Slicer down, and Cancel ends
+the whole process tree. Volumes travel as NRRD files, which keep the geometry exactly (oblique included).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+try:
+    import LightSegLib  # installed beside this module (extension) or pip-installed
+except ImportError:  # running from a source checkout: LightSegLib sits one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import LightSegLib
+
+from LightSegLib.errors import LightSegError
+from LightSegLib.registry import get_model, list_models
+
+#: Python packages inference needs that Slicer does not bundle (numpy and SimpleITK come with Slicer).
+REQUIRED_PACKAGES = {"onnxruntime": "onnxruntime"}
+
+#: Where each CLI stage falls within one file's progress bar (fraction start, fraction end).
+STAGE_SPANS = {"read": (0.0, 0.05), "infer": (0.05, 0.85), "postprocess": (0.85, 0.92), "write": (0.92, 0.97)}
+STAGE_TEXT = {"starting": "Starting", "read": "Reading volume", "infer": "Running the network",
+              "postprocess": "Post-processing", "write": "Writing result", "import": "Loading result",
+              "done": "Done", "failed": "Failed", "cancelled": "Cancelled"}
+
+SEGMENTATION_MODEL_ATTRIBUTE = "LightSeg.ModelId"
+
+
+class OutputExistsError(LightSegError):
+    """The chosen output segmentation already holds segments and replacing them was not confirmed."""
+
+
+class MissingDependencyError(LightSegError):
+    """A package inference needs is not installed and no installer (user consent) was given."""
+
+
+# ----------------------------------------------------------------------------------------------- process
+class ProcessRunner:
+    """One child process in its own process group, its stdout JSON lines collected by a reader thread.
+
+    A process group (a new session on POSIX) lets ``cancel()`` end the child and everything it started
+    (e.g. worker processes) at once; the reader threads keep pipes drained so the child never blocks.
+    """
+
+    def __init__(self, args: list[str], env: dict | None = None, cwd: str | None = None):
+        self.args, self.env, self.cwd = list(args), env, cwd
+        self.process: subprocess.Popen | None = None
+        self._messages: queue.Queue = queue.Queue()
+        self._stderr: list[str] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        kwargs = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True
+        self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        stdin=subprocess.DEVNULL, text=True, bufsize=1, env=self.env,
+                                        cwd=self.cwd, **kwargs)
+        for stream, sink in ((self.process.stdout, self._read_stdout), (self.process.stderr, self._read_stderr)):
+            thread = threading.Thread(target=sink, args=(stream,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _read_stdout(self, stream) -> None:
+        for line in stream:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {"text": line}
+            self._messages.put(message if isinstance(message, dict) else {"text": line})
+
+    def _read_stderr(self, stream) -> None:
+        for line in stream:
+            if line.strip():
+                self._stderr.append(line.rstrip())
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def messages(self) -> list[dict]:
+        """Messages that arrived since the last call."""
+        out = []
+        while True:
+            try:
+                out.append(self._messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def returncode(self) -> int | None:
+        """None while running; once finished, waits for the reader threads so no line is lost."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is not None:
+            for thread in self._threads:
+                thread.join(timeout=5)
+        return code
+
+    def stderr_lines(self) -> list[str]:
+        return list(self._stderr)
+
+    def cancel(self, grace_s: float = 3.0) -> None:
+        """End the whole process tree: polite signal first, then kill."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+        else:
+            pgid = self.process.pid  # the child leads its own session, so its pid is the group id
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                return
+            try:
+                os.killpg(pgid, signal.SIGKILL)  # also reaps grandchildren that ignored SIGTERM
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.process.wait(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------------------------- job
+@dataclass
+class SegmentationJob:
+    """One run of the CLI for one volume (or every frame of a cine sequence), polled by the caller."""
+    modelId: str
+    volumeNodeID: str
+    outputNodeID: str | None
+    frames: list  # [(index value, volume node ID, input path, output path)]
+    tempDir: Path
+    runner: object
+    int8: bool = False
+    sequenceNodeID: str | None = None
+    browserNodeID: str | None = None
+    state: str = "running"  # running | done | failed | cancelled
+    stage: str = "starting"
+    progress: float = 0.0
+    message: str = ""
+    notes: list = field(default_factory=list)
+    summaries: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    startTime: float = field(default_factory=time.perf_counter)
+    elapsed: float = 0.0
+    resultNodeID: str | None = None
+    _fileProgress: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    def statusText(self) -> str:
+        text = STAGE_TEXT.get(self.stage, self.stage)
+        if self.state == "running":
+            if len(self.frames) > 1:
+                text += f" (frame {min(len(self.summaries) + 1, len(self.frames))} of {len(self.frames)})"
+            return f"{text}... {self.elapsed:.1f} s"
+        if self.state == "done":
+            stages = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+            return f"Done in {self.elapsed:.1f} s ({stages})" + "".join(f"\nNote: {n}" for n in self.notes)
+        return f"{text}: {self.message}" if self.message else text
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def terminologyString(terminology: dict) -> str:
+    """Slicer's TerminologyEntry tag string from a card's terminology dict (no slicerio needed in Slicer)."""
+    def code(key):
+        value = terminology.get(key) or ["", "", ""]
+        return "^".join(value)
+    return "~".join([terminology.get("contextName", "Segmentation category and type - DICOM master list"),
+                     code("category"), code("type"), code("typeModifier"),
+                     terminology.get("anatomicContextName", ""), code("anatomicRegion"),
+                     code("anatomicRegionModifier")])
+
+
+def pythonExecutable() -> str:
+    """The Python to run the CLI with: PythonSlicer inside Slicer (sys.executable is Slicer itself there)."""
+    if hasattr(slicer, "app"):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        candidate = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
+def missingPackages() -> list[str]:
+    return [pip for module, pip in REQUIRED_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def _matrix(getter) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    getter(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+# ----------------------------------------------------------------------------------------------- logic
+class LightSegLogic:
+    """Segment MRML volumes with registered LightSeg models; results become named segmentation nodes.
+
+    ``runnerFactory(args, env)`` makes the process runner (ProcessRunner by default); ``installer(packages)``
+    installs missing packages after the user agreed (the widget passes slicer.util.pip_install behind a dialog).
+    """
+
+    def __init__(self, scene=None, runnerFactory=None, installer=None, python: str | None = None,
+                 threads: int | None = None):
+        self._scene = scene
+        self.runnerFactory = runnerFactory or (lambda args, env: ProcessRunner(args, env=env))
+        self.installer = installer
+        self.python = python
+        self.threads = threads
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    # ---------------------------------------------------------------- models and dependencies
+    @staticmethod
+    def models(includeReference: bool = False) -> list:
+        """Registered model cards; ``reference`` models (baselines for comparison) are hidden from users."""
+        return list_models(include_reference=includeReference)
+
+    @staticmethod
+    def modelDescription(card) -> str:
+        badge = " [preview]" if card.status == "preview" else ""
+        return f"{card.title}{badge} - {card.modality}, {card.task}, licence {card.licence}"
+
+    def ensureDependencies(self) -> None:
+        missing = missingPackages()
+        if not missing:
+            return
+        if self.installer is None:
+            raise MissingDependencyError(f"LightSeg needs {', '.join(missing)}; install it first")
+        self.installer(missing)
+        importlib.invalidate_caches()
+        still = missingPackages()
+        if still:
+            raise MissingDependencyError(f"installing {', '.join(still)} did not succeed")
+
+    # ---------------------------------------------------------------- output checks
+    @staticmethod
+    def wouldReplace(segmentationNode) -> bool:
+        """True when writing into this node would replace segments the user already has."""
+        return bool(segmentationNode is not None and segmentationNode.GetSegmentation()
+                    and segmentationNode.GetSegmentation().GetNumberOfSegments() > 0)
+
+    # ---------------------------------------------------------------- sequences
+    def sequenceOf(self, volumeNode):
+        """(browser, sequence) when the volume is the proxy of a cine sequence, else (None, None)."""
+        browsers = self.scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
+        browsers.UnRegister(None)
+        for i in range(browsers.GetNumberOfItems()):
+            browser = browsers.GetItemAsObject(i)
+            sequence = browser.GetSequenceNode(volumeNode)
+            if sequence is not None:
+                return browser, sequence
+        return None, None
+
+    # ---------------------------------------------------------------- start / poll / cancel
+    def startSegmentation(self, volumeNode, modelId: str, outputSegmentationNode=None, *, int8: bool = False,
+                          replaceExisting: bool = False, allFrames: bool = False) -> SegmentationJob:
+        """Write the volume (or every frame of its sequence) to a temporary folder and start the CLI.
+
+        Raises OutputExistsError, before any work, if ``outputSegmentationNode`` has segments and
+        ``replaceExisting`` is False: the caller asks the user and calls again.
+        """
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+            raise LightSegError("select an input volume")
+        card = get_model(modelId)
+        if int8 and not card.has_int8():
+            raise LightSegError(f"model '{modelId}' has no int8 version")
+        if not replaceExisting and self.wouldReplace(outputSegmentationNode):
+            raise OutputExistsError(f"'{outputSegmentationNode.GetName()}' already has segments; "
+                                    "confirm to replace them or choose a new segmentation")
+        self.ensureDependencies()
+
+        tempDir = Path(tempfile.mkdtemp(prefix="LightSeg-"))
+        browser, sequence = self.sequenceOf(volumeNode) if allFrames else (None, None)
+        frames = []
+        try:
+            if sequence is not None:
+                for i in range(sequence.GetNumberOfDataNodes()):
+                    node = sequence.GetNthDataNode(i)
+                    frames.append((sequence.GetNthIndexValue(i), node, tempDir / f"frame{i:04d}.nrrd",
+                                   tempDir / "out" / f"frame{i:04d}.nrrd"))
+                (tempDir / "out").mkdir()
+            else:
+                frames.append((None, volumeNode, tempDir / "input.nrrd", tempDir / "labels.nrrd"))
+            for _, node, inputPath, _ in frames:
+                self._writeVolume(node, inputPath)
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+
+        args = [self.python or pythonExecutable(), "-m", "LightSegLib.cli", "segment", "--model", modelId,
+                "--progress", "jsonl"]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        if int8:
+            args.append("--int8")
+        if sequence is not None:
+            args += [str(f[2]) for f in frames] + [str(tempDir / "out"), "--format", "nrrd"]
+        else:
+            args += [str(frames[0][2]), str(frames[0][3])]
+        runner = self.runnerFactory(args, self._childEnvironment())
+        runner.start()
+        return SegmentationJob(
+            modelId=modelId, volumeNodeID=volumeNode.GetID(),
+            outputNodeID=outputSegmentationNode.GetID() if outputSegmentationNode is not None else None,
+            frames=[(index, node.GetID() if node.GetScene() is self.scene else None, inputPath, outputPath)
+                    for index, node, inputPath, outputPath in frames],
+            tempDir=tempDir, runner=runner, int8=int8,
+            sequenceNodeID=sequence.GetID() if sequence is not None else None,
+            browserNodeID=browser.GetID() if browser is not None else None)
+
+    def _childEnvironment(self) -> dict:
+        """Make the child find this LightSegLib and its models, whatever PYTHONPATH Slicer's launcher set."""
+        env = dict(os.environ)
+        libParent = str(Path(LightSegLib.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([libParent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    @staticmethod
+    def _writeVolume(volumeNode, path: Path) -> None:
+        """NRRD through Slicer's own storage node: exact IJK-to-RAS, written without touching the node's storage."""
+        if volumeNode.GetParentTransformNode() is not None and not volumeNode.GetParentTransformNode().IsTransformToWorldLinear():
+            raise LightSegError("the input volume is under a non-linear transform: harden or remove it first")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(0)
+        if not storage.WriteData(volumeNode):
+            raise LightSegError(f"could not write the input volume to {path}")
+
+    def poll(self, job: SegmentationJob) -> SegmentationJob:
+        """Read new progress; when the process has ended, load the result into the scene (main thread)."""
+        if job.finished:
+            return job
+        job.elapsed = time.perf_counter() - job.startTime
+        nFrames = len(job.frames)
+        for message in job.runner.messages():
+            if message.get("done"):
+                job.summaries.append(message.get("summary", {}))
+                job._fileProgress = 0.0
+            elif "stage" in message:
+                job.stage = message["stage"]
+                lo, hi = STAGE_SPANS.get(job.stage, (0.0, 0.97))
+                job._fileProgress = lo + (hi - lo) * float(message.get("progress", 0.0))
+            job.progress = min(0.97, (len(job.summaries) + job._fileProgress) / nFrames)
+        code = job.runner.returncode()
+        if code is None:
+            return job
+        for message in job.runner.messages():  # lines that arrived between the drain and the exit
+            if message.get("done"):
+                job.summaries.append(message.get("summary", {}))
+        stderr = job.runner.stderr_lines()
+        job.notes = [line.split("note:", 1)[1].strip() for line in stderr if line.startswith("lightseg: note:")]
+        if code != 0:
+            errors = [line for line in stderr if line.startswith("lightseg: error:")]
+            tail = errors[-1].split("error:", 1)[1].strip() if errors else (stderr[-1] if stderr else f"exit code {code}")
+            self._finish(job, "failed", tail)
+            return job
+        job.stage = "import"
+        try:
+            job.resultNodeID = self._importResults(job).GetID()
+        except Exception as err:  # a failed import must still end the job and clean up
+            self._finish(job, "failed", str(err))
+            raise
+        seconds: dict = {}
+        for summary in job.summaries:
+            for key, value in summary.get("seconds", {}).items():
+                seconds[key] = seconds.get(key, 0.0) + value
+        job.seconds = seconds
+        job.progress = 1.0
+        self._finish(job, "done", "")
+        return job
+
+    def cancel(self, job: SegmentationJob) -> None:
+        """Stop the process tree; the scene is left as it was before Segment."""
+        if job.finished:
+            return
+        job.runner.cancel()
+        self._finish(job, "cancelled", "cancelled by the user")
+
+    @staticmethod
+    def _finish(job: SegmentationJob, state: str, message: str) -> None:
+        job.state, job.message = state, message
+        job.stage = state
+        job.elapsed = time.perf_counter() - job.startTime
+        shutil.rmtree(job.tempDir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- blocking API
+    def segment(self, volumeNode, modelId: str, outputSegmentationNode=None, *, int8: bool = False,
+                replaceExisting: bool = False, allFrames: bool = False, progress=None,
+                timeout_s: float | None = None, pollInterval_s: float = 0.05):
+        """Segment and wait, for scripts and tests; returns the segmentation node (or sequence node).
+
+        ``progress(job)`` is called at every poll. Raises LightSegError when the CLI fails or times out.
+        """
+        job = self.startSegmentation(volumeNode, modelId, outputSegmentationNode, int8=int8,
+                                     replaceExisting=replaceExisting, allFrames=allFrames)
+        try:
+            while not self.poll(job).finished:
+                if progress is not None:
+                    progress(job)
+                if timeout_s is not None and job.elapsed > timeout_s:
+                    self.cancel(job)
+                    raise LightSegError(f"segmentation took longer than {timeout_s} s and was stopped")
+                time.sleep(pollInterval_s)
+        except BaseException:
+            self.cancel(job)  # Ctrl+C in a script must not leave the process behind
+            raise
+        if progress is not None:
+            progress(job)
+        if job.state != "done":
+            raise LightSegError(job.message or job.state)
+        self.lastJob = job
+        return self.scene.GetNodeByID(job.resultNodeID)
+
+    # ---------------------------------------------------------------- results into MRML
+    def _importResults(self, job: SegmentationJob):
+        card = get_model(job.modelId)
+        volumeNode = self.scene.GetNodeByID(job.volumeNodeID)
+        if job.sequenceNodeID is None:
+            _, _, _, labelPath = job.frames[0]
+            output = self.scene.GetNodeByID(job.outputNodeID) if job.outputNodeID else None
+            if output is None:
+                output = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                      self.scene.GenerateUniqueName(f"{volumeNode.GetName()} {card.id}"))
+            self.labelmapToSegmentation(labelPath, card, volumeNode, output)
+            self.placeInHierarchy(output, volumeNode)
+            return output
+        return self._importSequence(job, card, volumeNode)
+
+    def labelmapToSegmentation(self, labelPath, card, referenceVolumeNode, segmentationNode):
+        """A labelmap file on the reference volume's grid -> one segment per card label (name, colour,
+        terminology), all sharing one labelmap layer; existing segments are replaced."""
+        label = slicer.vtkMRMLLabelMapVolumeNode()
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(labelPath))
+        if not storage.ReadData(label):
+            raise LightSegError(f"could not read the result {labelPath}")
+        if referenceVolumeNode is not None:  # the CLI keeps the grid; make that a checked promise
+            same = np.allclose(_matrix(label.GetIJKToRASMatrix), _matrix(referenceVolumeNode.GetIJKToRASMatrix),
+                               atol=1e-4) and label.GetImageData().GetDimensions() == referenceVolumeNode.GetImageData().GetDimensions()
+            if not same:
+                raise LightSegError("the result is not on the input volume's grid")
+        labels = sorted(card.labels, key=lambda item: item["value"])
+        array = numpy_support.vtk_to_numpy(label.GetImageData().GetPointData().GetScalars())
+        lut = np.zeros(256, np.uint8)
+        for order, item in enumerate(labels, start=1):  # card values -> 1..N in card order (segment order)
+            lut[item["value"]] = order
+        array[:] = lut[array.astype(np.uint8, copy=False)]
+        label.GetImageData().Modified()
+
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+        segmentation = segmentationNode.GetSegmentation()
+        wasModifying = segmentationNode.StartModify()
+        try:
+            segmentation.RemoveAllSegments()
+            if referenceVolumeNode is not None:
+                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+            ids = vtk.vtkStringArray()
+            for item in labels:
+                colour = [c / 255.0 for c in item["color"]]
+                segmentId = segmentation.AddEmptySegment(f"{card.id}_{item['value']}", item["name"], colour)
+                segment = segmentation.GetSegment(segmentId)
+                segment.SetTerminology(terminologyString(item["terminology"]))
+                ids.InsertNextValue(segmentId)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentationNode, ids):
+                raise LightSegError("could not import the result into the segmentation")
+            segmentationNode.SetAttribute(SEGMENTATION_MODEL_ATTRIBUTE, card.id)
+        finally:
+            segmentationNode.EndModify(wasModifying)
+        return segmentationNode
+
+    def placeInHierarchy(self, segmentationNode, volumeNode) -> None:
+        """Parent the segmentation to its input volume in the subject hierarchy (kept together, DICOM SEG)."""
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        if sh is None or volumeNode is None:
+            return
+        volumeItem = sh.GetItemByDataNode(volumeNode)
+        segmentationItem = sh.GetItemByDataNode(segmentationNode)
+        if volumeItem and segmentationItem and volumeItem != segmentationItem:
+            sh.SetItemParent(segmentationItem, volumeItem)
+
+    def _importSequence(self, job: SegmentationJob, card, volumeNode):
+        """One segmentation per frame in a new sequence, synchronised with the input's browser."""
+        inputSequence = self.scene.GetNodeByID(job.sequenceNodeID)
+        name = self.scene.GenerateUniqueName(f"{inputSequence.GetName()} {card.id}")
+        sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        sequence.SetIndexName(inputSequence.GetIndexName())
+        sequence.SetIndexUnit(inputSequence.GetIndexUnit())
+        sequence.SetIndexType(inputSequence.GetIndexType())
+        scratch = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "LightSeg frame")
+        try:
+            for i, (indexValue, _, _, labelPath) in enumerate(job.frames):
+                self.labelmapToSegmentation(labelPath, card, inputSequence.GetNthDataNode(i), scratch)
+                sequence.SetDataNodeAtValue(scratch, indexValue)
+        finally:
+            self.scene.RemoveNode(scratch)
+        browser = self.scene.GetNodeByID(job.browserNodeID)
+        if browser is not None:
+            browser.AddSynchronizedSequenceNode(sequence)
+            sequencesModule = getattr(getattr(slicer, "modules", None), "sequences", None)
+            if sequencesModule is not None:
+                sequencesModule.logic().UpdateProxyNodesFromSequences(browser)
+                proxy = browser.GetProxyNode(sequence)
+                if proxy is not None:
+                    proxy.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+                    self.placeInHierarchy(proxy, volumeNode)
+        return sequence
+
+    # ---------------------------------------------------------------- display
+    @staticmethod
+    def setShow3D(segmentationNode, show: bool) -> None:
+        if segmentationNode is None:
+            return
+        if show:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        else:
+            segmentationNode.RemoveClosedSurfaceRepresentation()
+
+    # ---------------------------------------------------------------- cardiac function
+    CARDIAC_NAMES = {"right ventricle": 1, "myocardium": 2, "left ventricle": 3}
+
+    def cardiacLabelArray(self, segmentationNode, referenceVolumeNode) -> np.ndarray:
+        """A [k, j, i] array with 1 RV, 2 myocardium, 3 LV from the segments' names, on the reference grid."""
+        segmentation = segmentationNode.GetSegmentation()
+        ids = vtk.vtkStringArray()
+        values = []
+        for i in range(segmentation.GetNumberOfSegments()):
+            value = self.CARDIAC_NAMES.get(segmentation.GetNthSegment(i).GetName().strip().lower())
+            if value is not None:
+                ids.InsertNextValue(segmentation.GetNthSegmentID(i))
+                values.append(value)
+        if not values:
+            raise LightSegError(f"'{segmentationNode.GetName()}' has no segments named right ventricle, "
+                                "myocardium or left ventricle")
+        label = slicer.vtkMRMLLabelMapVolumeNode()
+        self.scene.AddNode(label)
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                    segmentationNode, ids, label, referenceVolumeNode):
+                raise LightSegError("could not export the cardiac segments")
+            dims = label.GetImageData().GetDimensions()
+            exported = numpy_support.vtk_to_numpy(label.GetImageData().GetPointData().GetScalars())
+            exported = exported.reshape(dims[2], dims[1], dims[0])
+            out = np.zeros(exported.shape, np.uint8)
+            for order, value in enumerate(values, start=1):
+                out[exported == order] = value
+            return out
+        finally:
+            self.scene.RemoveNode(label)
+
+    def cardiacFunction(self, edSegmentationNode, esSegmentationNode, referenceVolumeNode, tableNode=None):
+        """LV/RV volumes, stroke volumes, EF and LV mass (LightSegLib.cardiac) into a table node."""
+        import SimpleITK as sitk
+        from LightSegLib.cardiac import cardiac_function
+
+        spacing = referenceVolumeNode.GetSpacing()
+        images = []
+        for node in (edSegmentationNode, esSegmentationNode):
+            image = sitk.GetImageFromArray(self.cardiacLabelArray(node, referenceVolumeNode))
+            image.SetSpacing(spacing)  # volumes depend on spacing only; direction/origin do not change counts
+            images.append(image)
+        result = cardiac_function(*images)
+        if tableNode is None:
+            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode",
+                                                     self.scene.GenerateUniqueName("LightSeg cardiac function"))
+        rows = [("End-diastolic volume", result.lv_edv_ml, result.rv_edv_ml, "mL"),
+                ("End-systolic volume", result.lv_esv_ml, result.rv_esv_ml, "mL"),
+                ("Stroke volume", result.lv_sv_ml, result.rv_sv_ml, "mL"),
+                ("Ejection fraction", result.lv_ef_percent, result.rv_ef_percent, "%"),
+                ("Myocardial mass (ED)", result.lv_myocardial_mass_g, None, "g")]
+        table = tableNode.GetTable()
+        table.Initialize()
+        columns = []
+        for name in ("Measurement", "LV", "RV", "Unit"):
+            column = vtk.vtkStringArray()
+            column.SetName(name)
+            columns.append(column)
+        fmt = lambda v: "" if v is None else f"{v:.1f}"
+        for measure, lv, rv, unit in rows:
+            for column, value in zip(columns, (measure, fmt(lv), fmt(rv), unit)):
+                column.InsertNextValue(value)
+        for column in columns:
+            table.AddColumn(column)
+        tableNode.SetAttribute("LightSeg.Notes", " | ".join(result.notes))
+        tableNode.Modified()
+        self.lastCardiacFunction = result
+        return tableNode
