@@ -1,0 +1,160 @@
+"""Training pipeline on real ACDC volumes (a few, tiny patches, a few iterations): files, resume, budget,
+schedule, DDP with gloo, and export -> registry -> the inference engine."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+
+@pytest.fixture
+def tiny_acdc(tmp_path):
+    """A dataset.json naming 2 training and 1 validation ACDC volumes by absolute path (no data copied)."""
+    root = shared("acdc")
+    doc = json.loads((root / "dataset.json").read_text())
+    pick = {"training": doc["training"][:2], "validation": doc["validation"][:1]}
+    split = {k: [{"image": str(root / e["image"]), "label": str(root / e["label"])} for e in v] for k, v in pick.items()}
+    folder = tmp_path / "acdc_tiny"
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps(split))
+    return folder
+
+
+def write_config(path: Path, dataset: Path, **train) -> Path:
+    t = {"seed": 0, "batch_size": 2, "epochs": 2, "iters_per_epoch": 3, "lr": 1e-3, "threads": 1,
+         "warmup_iters": 0, "time_budget_min": 0.0, **train}
+    lines = ['[model]', 'name = "lfunet"', 'in_channels = 1', 'num_classes = 4', 'widths = [4, 8, 16]',
+             '[data]', f'dataset = "{dataset}"', 'patch = [48, 48]', 'num_workers = 0',
+             '[train]'] + [f"{k} = {json.dumps(v)}" for k, v in t.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lightseg(*args) -> int:
+    from LightSegLib.cli import main
+
+    return main([str(a) for a in args])
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_run_files_and_resumes(tiny_acdc, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc)
+    run = tmp_path / "run"
+    assert lightseg("train", "--config", cfg, "--out", run) == 0
+    for name in ("config.toml", "config.source.toml", "last.pt", "best.pt", "log.csv", "curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    saved = tomllib.loads((run / "config.toml").read_text())
+    assert saved["model"]["widths"] == [4, 8, 16] and saved["data"]["patch"] == [48, 48]
+    log = rows(run)
+    assert [int(r["epoch"]) for r in log] == [1, 2] and int(log[-1]["iteration"]) == 6
+    dice = [float(log[-1][f"val_{k}"]) for k in (1, 2, 3)]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["architecture"]["name"] == "lfunet" and best["prep"]["inplane"]["spacing"] == [1.5, 1.5]
+
+    # A second run into the same folder must not silently overwrite it.
+    assert lightseg("train", "--config", cfg, "--out", run) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    # Resume continues the counters where they stopped; the weights change further.
+    before = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert lightseg("train", "--config", cfg, "--out", run, "--resume", "--epochs", "3") == 0
+    log = rows(run)
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3] and int(log[-1]["iteration"]) == 9
+    after = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_same_seed_same_weights(tiny_acdc, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1)
+    for name in ("a", "b"):
+        assert lightseg("train", "--config", cfg, "--out", tmp_path / name) == 0
+    a = torch.load(tmp_path / "a" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_stops_the_run(tiny_acdc, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=50)
+    run = tmp_path / "run"
+    assert lightseg("train", "--config", cfg, "--out", run, "--time-budget", "0.0001") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] < 50 * 3
+
+
+def test_schedules():
+    from LightSegLib.train.trainer import lr_at
+
+    poly = {"lr": 1.0, "schedule": "poly", "poly_power": 0.9, "warmup_iters": 10}
+    assert lr_at(poly, 0.0, 4) == pytest.approx(0.5)  # warm-up: linear in iterations
+    assert lr_at(poly, 0.5, 100) == pytest.approx(0.5 ** 0.9)
+    assert lr_at(poly, 1.0, 100) == 0.0
+    cosine = {**poly, "schedule": "cosine", "warmup_iters": 0}
+    assert lr_at(cosine, 0.5, 100) == pytest.approx(0.5)
+    assert lr_at(cosine, 0.25, 100) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
+
+
+def test_deep_supervision_loss_weights():
+    from LightSegLib.train.trainer import deep_supervision_loss
+
+    outs = [torch.full((1,), 1.0), torch.full((1,), 2.0), torch.full((1,), 4.0)]
+    loss = deep_supervision_loss(lambda o, t: o.sum(), outs, None, [1.0, 0.5, 0.25, 0.125])
+    assert float(loss) == pytest.approx((1 * 1 + 0.5 * 2 + 0.25 * 4) / 1.75)
+    assert float(deep_supervision_loss(lambda o, t: o.sum(), outs[0], None, [1.0])) == 1.0
+
+
+def test_ddp_two_processes_gloo(tiny_acdc, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1)
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", "-m", "LightSegLib.cli", "train", "--config", str(cfg), "--out", str(run)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = rows(run)
+    assert len(log) == 1 and int(log[0]["iteration"]) == 3 and log[0]["val_mean"] != ""
+
+
+def test_export_registers_a_model_the_engine_runs(tiny_acdc, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import SimpleITK as sitk
+
+    from LightSegLib.export import export_checkpoint
+    from LightSegLib.inference import segment_image
+    from LightSegLib.registry import get_model
+
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1)
+    run = tmp_path / "run"
+    assert lightseg("train", "--config", cfg, "--out", run) == 0
+    models = tmp_path / "models"
+    models.mkdir()
+    card = json.loads((REPO / "configs" / "cards" / "cardiac-acdc.json").read_text())
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    sample = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+    report = export_checkpoint(run / "best.pt", models / "t.onnx", card_path=tmp_path / "card.json",
+                               register_id="tiny-cardiac", parity_image=sample, with_torch=True,
+                               models_folder=models, log=lambda *a: None)
+    assert report["parity"]["max_abs_diff"] < 1e-4
+    entry = get_model("tiny-cardiac", folder=models)
+    assert entry.params == report["params"] > 0 and entry.macs > 0
+    assert entry.architecture["widths"] == [4, 8, 16]
+    assert set(entry.metrics["dice"]) == {"right ventricle", "myocardium", "left ventricle"}
+    image = sitk.ReadImage(str(sample))
+    result = segment_image(image, entry, threads=1)
+    assert result.labelmap.GetSize() == image.GetSize()
