@@ -171,6 +171,7 @@ class SegmentationJob:
     message: str = ""
     notes: list = field(default_factory=list)
     summaries: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # (seconds since start, stage, fraction) as reported
     seconds: dict = field(default_factory=dict)
     startTime: float = field(default_factory=time.perf_counter)
     elapsed: float = 0.0
@@ -377,6 +378,7 @@ class LightSegLogic:
                 job._fileProgress = 0.0
             elif "stage" in message:
                 job.stage = message["stage"]
+                job.history.append((job.elapsed, job.stage, float(message.get("progress", 0.0))))
                 lo, hi = STAGE_SPANS.get(job.stage, (0.0, 0.97))
                 job._fileProgress = lo + (hi - lo) * float(message.get("progress", 0.0))
             job.progress = min(0.97, (len(job.summaries) + job._fileProgress) / nFrames)
@@ -499,6 +501,8 @@ class LightSegLogic:
                 colour = [c / 255.0 for c in item["color"]]
                 segmentId = segmentation.AddEmptySegment(f"{card.id}_{item['value']}", item["name"], colour)
                 segment = segmentation.GetSegment(segmentId)
+                if segment is None:  # e.g. the Segmentations module logic (converter rules) is not loaded
+                    raise LightSegError(f"could not add segment '{item['name']}' to the segmentation")
                 segment.SetTerminology(terminologyString(item["terminology"]))
                 ids.InsertNextValue(segmentId)
             if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentationNode, ids):
@@ -513,8 +517,9 @@ class LightSegLogic:
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
         if sh is None or volumeNode is None:
             return
-        volumeItem = sh.GetItemByDataNode(volumeNode)
-        segmentationItem = sh.GetItemByDataNode(segmentationNode)
+        # Slicer's Qt plugins give every node an item; without them (scripts, tests) make the items here.
+        volumeItem = sh.GetItemByDataNode(volumeNode) or sh.CreateItem(sh.GetSceneItemID(), volumeNode)
+        segmentationItem = sh.GetItemByDataNode(segmentationNode) or sh.CreateItem(volumeItem, segmentationNode)
         if volumeItem and segmentationItem and volumeItem != segmentationItem:
             sh.SetItemParent(segmentationItem, volumeItem)
 

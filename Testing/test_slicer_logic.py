@@ -1,0 +1,326 @@
+"""The Slicer module's logic against real MRML (slicer-core wheel): a fresh scene per test, volume nodes from
+real files, the real ``lightseg`` CLI in a child process, and the analytic test model (Testing/model_fixtures)
+whose prediction is known voxel by voxel."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO, shared
+from model_fixtures import expected_labels, make_model_folder
+from slicer_scene import mrml  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slicer
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+vtk = pytest.importorskip("vtk")
+sys.path.insert(0, str(REPO / "LightSeg"))
+import LightSegLogic  # noqa: E402
+from LightSegLogic import LightSegLogic as Logic, OutputExistsError, ProcessRunner  # noqa: E402
+
+SAMPLES = REPO / "Resources" / "Samples"
+CT_SAMPLE = SAMPLES / "totalseg_example_ct_sm.nii.gz"
+
+
+def load_volume(mrml, path, name="input"):
+    node = mrml.volumes.AddArchetypeVolume(str(path), name)
+    assert node is not None and node.GetImageData() is not None, path
+    return node
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def segment_mask(node, segment_id, reference):
+    return slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, reference).astype(bool)
+
+
+def segments(node):
+    seg = node.GetSegmentation()
+    return [seg.GetNthSegment(i) for i in range(seg.GetNumberOfSegments())], \
+        [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+
+
+def assert_same_grid(segmentation_node, volume_node):
+    """The segmentation's reference geometry and its labelmaps are exactly the volume's grid."""
+    geometry = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, False)
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    np.testing.assert_allclose([[m.GetElement(i, j) for j in range(4)] for i in range(4)], ijk_to_ras(volume_node),
+                               atol=1e-5)
+    assert image.GetDimensions() == volume_node.GetImageData().GetDimensions()
+    assert segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole()) is volume_node
+
+
+def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mrml, quantiser, tmp_path):
+    """The module's result equals `lightseg segment` on the same file, voxel for voxel, and carries the card."""
+    path = shared("totalseg_example/example_ct.nii.gz")
+    volume = load_volume(mrml, path, "CT")
+    seen = []
+    logic = Logic()
+    node = logic.segment(volume, "test-quantiser", progress=lambda job: seen.append((job.stage, job.progress)))
+
+    cli_out = tmp_path / "cli.nrrd"
+    proc = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", "test-quantiser",
+                           str(path), str(cli_out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out)))
+
+    from LightSegLib.registry import get_model
+    card = get_model("test-quantiser")
+    segs, ids = segments(node)
+    assert [s.GetName() for s in segs] == [label["name"] for label in card.labels]
+    for segment, segment_id, label in zip(segs, ids, card.labels):
+        np.testing.assert_allclose(segment.GetColor(), np.array(label["color"]) / 255.0, atol=1e-6)
+        term = segment.GetTerminology()
+        assert term == LightSegLogic.terminologyString(label["terminology"])
+        assert "SCT^10200004^Liver" in term and "SCT^123037004^Anatomical Structure" in term
+        mask = segment_mask(node, segment_id, volume)
+        np.testing.assert_array_equal(mask, cli == label["value"], err_msg=label["name"])
+    assert cli.any() and (cli == 3).any()
+    assert_same_grid(node, volume)
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemByDataNode(volume)
+    assert node.GetAttribute("LightSeg.ModelId") == "test-quantiser"
+    assert mrml.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0  # no leftovers
+
+    # progress arrived while it ran, in stage order, and never went backwards
+    job = logic.lastJob
+    stages = [stage for _, stage, _ in job.history]
+    assert stages[0] == "read" and "infer" in stages and stages[-1] == "write", stages
+    assert seen[0][0] == "starting" and seen[-1][0] == "done" and len(seen) >= 3
+    fractions = [p for _, p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_oblique_anisotropic_volume_keeps_its_grid(mrml, tmp_path, monkeypatch):
+    """A rotated, 1.5 x 1.5 x 10 mm cine MRI slab: result on the same oblique grid, labels where expected."""
+    folder = make_model_folder(tmp_path / "models", modality="MR", normalization={"type": "window", "window": [0, 1]})
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
+    volume = load_volume(mrml, shared("acdc/imagesTr/patient002_frame01.nii.gz"), "cine")
+    angle = np.deg2rad(30.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.4), -np.sin(0.4)], [0, np.sin(0.4), np.cos(0.4)]])
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASDirectionMatrix(m)
+    directions = rotation @ tilt @ np.array([[m.GetElement(i, j) for j in range(3)] for i in range(3)])
+    volume.SetIJKToRASDirections(directions)
+    volume.SetOrigin(12.5, -40.25, 7.0)
+    spacing = volume.GetSpacing()
+    assert spacing[2] / spacing[0] > 5  # anisotropic
+
+    node = Logic().segment(volume, "test-quantiser")
+    assert_same_grid(node, volume)
+    array = slicer.util.arrayFromVolume(volume)
+    expected = expected_labels(array, 0, 1)
+    assert len(np.unique(expected)) == 4  # the case really exercises every label
+    _, ids = segments(node)
+    for value, segment_id in enumerate(ids, start=1):
+        np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == value)
+
+
+def test_existing_segmentation_is_not_replaced_without_asking(mrml, quantiser):
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    output = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
+    output.CreateDefaultDisplayNodes()
+    output.GetSegmentation().AddEmptySegment("mine", "hand-drawn tumour")
+    logic = Logic()
+    assert logic.wouldReplace(output)
+    with pytest.raises(OutputExistsError, match="my work"):
+        logic.segment(volume, "test-quantiser", output)
+    segs, _ = segments(output)
+    assert [s.GetName() for s in segs] == ["hand-drawn tumour"]
+
+    result = logic.segment(volume, "test-quantiser", output, replaceExisting=True)
+    assert result is output and output.GetName() == "my work"
+    segs, _ = segments(output)
+    assert [s.GetName() for s in segs] == ["level 1", "level 2", "level 3"]
+    assert not logic.wouldReplace(mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as ended
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process-group check uses POSIX /proc")
+def test_cancel_ends_the_whole_process_tree(tmp_path):
+    """A child that started its own long-running child: cancel ends both."""
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "print('{\"stage\": \"infer\", \"progress\": 0.5}', flush=True)\n"
+              "time.sleep(120)\n")
+    runner = ProcessRunner([sys.executable, "-c", script])
+    runner.start()
+    deadline = time.monotonic() + 30
+    messages = []
+    while not (pid_file.exists() and pid_file.read_text()) or not messages:
+        messages += runner.messages()
+        assert time.monotonic() < deadline, "child did not start"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert messages == [{"stage": "infer", "progress": 0.5}]
+    assert _alive(runner.pid) and _alive(grandchild)
+    t = time.monotonic()
+    runner.cancel()
+    assert time.monotonic() - t < 10
+    assert runner.returncode() is not None
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the grandchild survived cancel"
+
+
+def test_cancel_during_a_real_run_leaves_the_scene_as_it_was(mrml, quantiser):
+    volume = load_volume(mrml, shared("totalseg_example/example_ct.nii.gz"), "CT")
+    logic = Logic(threads=1)
+    before = mrml.scene.GetNumberOfNodes()
+    job = logic.startSegmentation(volume, "test-quantiser")
+    assert job.tempDir.is_dir() and (job.tempDir / "input.nrrd").is_file()
+    logic.poll(job)
+    assert job.state == "running" and "Starting" in job.statusText()
+    logic.cancel(job)
+    assert job.state == "cancelled" and job.finished
+    assert job.runner.returncode() is not None and not _alive(job.runner.pid)
+    assert not job.tempDir.exists()
+    assert mrml.scene.GetNumberOfNodes() == before
+    assert logic.poll(job).state == "cancelled"  # polling after cancel imports nothing
+
+
+def test_cli_error_reaches_the_caller_in_one_line(mrml, quantiser):
+    """A constant volume is refused by the library; the module shows that message, not a traceback."""
+    array = np.full((4, 16, 16), 7, np.int16)
+    volume = slicer.util.addVolumeFromArray(array, name="flat")
+    logic = Logic()
+    with pytest.raises(LightSegLogic.LightSegError, match="constant"):
+        logic.segment(volume, "test-quantiser")
+    assert mrml.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    with pytest.raises(LightSegLogic.LightSegError, match="unknown model id"):
+        logic.segment(volume, "no-such-model")
+
+
+def test_missing_onnxruntime_asks_the_injected_installer(mrml, quantiser, monkeypatch):
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    monkeypatch.setattr(LightSegLogic, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})
+    with pytest.raises(LightSegLogic.MissingDependencyError, match="lightseg-pkg"):
+        Logic().startSegmentation(volume, "test-quantiser")
+    asked = []
+    with pytest.raises(LightSegLogic.MissingDependencyError, match="did not succeed"):
+        Logic(installer=asked.append).startSegmentation(volume, "test-quantiser")
+    assert asked == [["lightseg-pkg"]]
+    monkeypatch.setattr(LightSegLogic, "REQUIRED_PACKAGES", {"onnxruntime": "onnxruntime"})
+    assert LightSegLogic.missingPackages() == []
+
+
+def test_terminology_string_is_slicers_format():
+    slicerio = pytest.importorskip("slicerio.segmentation")
+    from model_fixtures import TERMINOLOGY
+    ours = LightSegLogic.terminologyString(TERMINOLOGY)
+    assert ours.split("~")[:3] == slicerio.terminology_entry_to_string(TERMINOLOGY).split("~")[:3]
+    assert slicerio.terminology_entry_from_string(ours)["type"] == TERMINOLOGY["type"]
+
+
+def test_model_list_hides_reference_models_and_marks_previews(quantiser):
+    from LightSegLib.registry import register_model, read_registry
+
+    entry = dict(read_registry(quantiser)["models"][0], id="test-reference", status="reference")
+    register_model(entry, quantiser)
+    ids = [card.id for card in Logic.models()]
+    assert ids == ["test-quantiser"]
+    assert "test-reference" in [card.id for card in Logic.models(includeReference=True)]
+    text = Logic.modelDescription(Logic.models()[0])
+    assert "[preview]" in text and "Apache-2.0" in text and "CT" in text
+
+
+def cine_sequence(mrml, frames):
+    """A cine sequence (browser + proxy volume) from 3D frame files, as Slicer loads a 4D series."""
+    sequence = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("ms")
+    for i, path in enumerate(frames):
+        node = load_volume(mrml, path, f"frame{i}")
+        sequence.SetDataNodeAtValue(node, str(i * 40))
+        mrml.scene.RemoveNode(node)
+    browser = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    mrml.sequences.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+    assert proxy is not None
+    return browser, sequence, proxy
+
+
+def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monkeypatch):
+    """Every frame segmented into a segmentation sequence in step with the input; ED/ES volumes and EF in a
+    table equal LightSegLib.cardiac on labels computed independently."""
+    from LightSegLib.cardiac import cardiac_function
+    from LightSegLib.registry import read_registry, register_model
+
+    folder = make_model_folder(tmp_path / "models", model_id="test-cardiac", modality="MR",
+                               normalization={"type": "window", "window": [0, 1]})
+    entry = read_registry(folder)["models"][0]
+    for label, name in zip(entry["labels"], ("right ventricle", "myocardium", "left ventricle")):
+        label["name"] = name
+    entry["task"] = "cardiac"
+    register_model(entry, folder)
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
+
+    frames = [SAMPLES / "acdc_patient002_ED.nii.gz", SAMPLES / "acdc_patient002_ES.nii.gz"]
+    browser, sequence, proxy = cine_sequence(mrml, frames)
+    logic = Logic()
+    result = logic.segment(proxy, "test-cardiac", allFrames=True)
+    assert result.IsA("vtkMRMLSequenceNode") and result.GetNumberOfDataNodes() == 2
+    assert [result.GetNthIndexValue(i) for i in range(2)] == ["0", "40"]
+    assert browser.IsSynchronizedSequenceNode(result.GetID())
+    seg_proxy = browser.GetProxyNode(result)
+    assert seg_proxy is not None and seg_proxy.IsA("vtkMRMLSegmentationNode")
+
+    expected = [expected_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(p))), 0, 1) for p in frames]
+    ed, es = result.GetNthDataNode(0), result.GetNthDataNode(1)
+    for frame_seg, truth in zip((ed, es), expected):
+        np.testing.assert_array_equal(logic.cardiacLabelArray(frame_seg, proxy), truth)
+
+    # the browser shows frame 1 (ES): its proxy segmentation follows
+    browser.SetSelectedItemNumber(1)
+    np.testing.assert_array_equal(logic.cardiacLabelArray(seg_proxy, proxy), expected[1])
+
+    table = logic.cardiacFunction(ed, es, proxy)
+    images = []
+    for truth in expected:
+        image = sitk.GetImageFromArray(truth)
+        image.SetSpacing(proxy.GetSpacing())
+        images.append(image)
+    truth = cardiac_function(*images)
+    cells = {table.GetCellText(r, 0): (table.GetCellText(r, 1), table.GetCellText(r, 2))
+             for r in range(table.GetNumberOfRows())}
+    assert cells["End-diastolic volume"] == (f"{truth.lv_edv_ml:.1f}", f"{truth.rv_edv_ml:.1f}")
+    assert cells["Ejection fraction"] == (f"{truth.lv_ef_percent:.1f}", f"{truth.rv_ef_percent:.1f}")
+    assert truth.lv_edv_ml > 0 and table.GetNumberOfColumns() == 4
+
+
+def test_current_frame_only_gives_one_segmentation(mrml, quantiser):
+    browser, sequence, proxy = cine_sequence(mrml, [CT_SAMPLE, CT_SAMPLE])
+    node = Logic().segment(proxy, "test-quantiser", allFrames=False)
+    assert node.IsA("vtkMRMLSegmentationNode")
+    assert_same_grid(node, proxy)
