@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "LightSegLib.commands.demo",
     "LightSegLib.commands.train",
     "LightSegLib.commands.export",
+    "LightSegLib.commands.evaluate",
     "LightSegLib.commands.cardiac_function",
 ]
 

@@ -158,3 +158,35 @@ def test_export_registers_a_model_the_engine_runs(tiny_acdc, tmp_path):
     image = sitk.ReadImage(str(sample))
     result = segment_image(image, entry, threads=1)
     assert result.labelmap.GetSize() == image.GetSize()
+
+
+def test_evaluate_checkpoint_matches_independent_dice(tiny_acdc, tmp_path):
+    import SimpleITK as sitk
+
+    from LightSegLib.data.msd import load_case, read_split
+    from LightSegLib.evaluate import evaluate
+    from LightSegLib.export import load_checkpoint
+    from LightSegLib.train.evaluate_core import predict_case
+
+    cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1)
+    run = tmp_path / "run"
+    assert lightseg("train", "--config", cfg, "--out", run) == 0
+    out = tmp_path / "eval"
+    summary = evaluate(str(run / "best.pt"), tiny_acdc, "validation", out, threads=1, log=lambda *a: None)
+    for name in ("metrics.csv", "summary.md", "summary.json", "evaluation.png"):
+        assert (out / name).is_file()
+    with open(out / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["label"]) for r in table] == [1, 2, 3]
+    # Dice recomputed with plain numpy from the same prediction
+    entry = read_split(tiny_acdc, "validation")[0]
+    net, ckpt = load_checkpoint(run / "best.pt")
+    case = load_case(entry, ckpt["prep"])
+    pred = case.orientation.invert(predict_case(net, case, "cpu"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"]))
+    for r in table:
+        v = int(r["label"])
+        p, t = pred == v, truth == v
+        expected = 2 * np.sum(p & t) / (np.sum(p) + np.sum(t))
+        assert float(r["dice"]) == pytest.approx(expected, abs=1e-5)
+    assert summary["mean_dice"] == pytest.approx(np.mean([float(r["dice"]) for r in table]), abs=1e-6)
