@@ -190,3 +190,21 @@ def test_evaluate_checkpoint_matches_independent_dice(tiny_acdc, tmp_path):
         expected = 2 * np.sum(p & t) / (np.sum(p) + np.sum(t))
         assert float(r["dice"]) == pytest.approx(expected, abs=1e-5)
     assert summary["mean_dice"] == pytest.approx(np.mean([float(r["dice"]) for r in table]), abs=1e-6)
+
+
+def test_npz_slice_folders_split_by_file_and_preprocess():
+    from LightSegLib.data.msd import load_split
+    from LightSegLib.data.npz2d import split_files
+
+    root = shared("nih_pancreas_2d")
+    train, val = split_files(root, "training"), split_files(root, "validation")
+    assert not set(train) & set(val) and len(train) + len(val) == len(list(root.glob("*.npz")))
+    prep = {"orientation": "LPS", "inplane": {"mode": "fit", "size": [128, 128]},
+            "normalization": {"type": "window", "window": [0, 255]}, "context_slices": 0}
+    cases = load_split(root, "validation", prep, limit=2)
+    raw = np.load(val[0])
+    assert cases[0].image.shape == (raw["image"].shape[0], 128, 128)
+    assert 0.0 <= cases[0].image.min() and cases[0].image.max() <= 1.0
+    assert set(np.unique(cases[0].label)) <= {0, 1} and cases[0].label.any()
+    # nearest-neighbour labels: the pancreas fraction survives the 512 -> 128 resize within a few percent
+    assert cases[0].label.mean() == pytest.approx((raw["label"] > 0).mean(), rel=0.1)

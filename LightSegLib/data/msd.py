@@ -73,6 +73,12 @@ def load_case(entry: dict, prep: dict) -> Case:
 
 
 def load_split(root, split: str, prep: dict, limit: int | None = None) -> list[Case]:
+    """Preprocessed cases of a split: an MSD folder (``dataset.json``), or a folder of 2D ``.npz`` slice files."""
+    if not (Path(root) / "dataset.json").is_file() and any(Path(root).glob("*.npz")):
+        from .npz2d import load_npz_case, split_files
+
+        files = split_files(root, split)
+        return [load_npz_case(f, prep) for f in files[:limit or None]]
     entries = read_split(root, split)
     if limit:
         entries = entries[:limit]
