@@ -19,6 +19,10 @@ COMMAND_MODULES = [
     "LightSegLib.commands.export",
     "LightSegLib.commands.evaluate",
     "LightSegLib.commands.cardiac_function",
+    "LightSegLib.commands.prune",
+    "LightSegLib.commands.distill",
+    "LightSegLib.commands.quantize",
+    "LightSegLib.commands.bench",
 ]
 
 

@@ -1,0 +1,38 @@
+"""Helpers shared by the compression commands (prune, distill, quantize): config/data resolution."""
+from __future__ import annotations
+
+
+def resolve_config(config_path, data, threads, spec=None) -> dict:
+    """The training config (defaults when no file), with --data / --threads applied and the model section set
+    to ``spec`` so num_classes etc. follow the checkpoint."""
+    from ..train.config import DEFAULTS, load_config
+    import copy
+
+    cfg = load_config(config_path) if config_path else copy.deepcopy(DEFAULTS)
+    if data:
+        cfg["data"]["dataset"] = data
+    if threads:
+        cfg["train"]["threads"] = threads
+    if spec is not None:
+        cfg["model"] = dict(spec)
+    return cfg
+
+
+def set_threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(int(n) if n else 2)
+
+
+def example_input(spec: dict):
+    """A zero batch of a size every net of this depth accepts (tracing and shape checks only)."""
+    import torch
+
+    side = 2 ** (len(spec.get("widths") or [0] * 5) + 1)
+    return torch.zeros(1, int(spec.get("in_channels", 1)), side, side)
+
+
+def prep_from_config(cfg: dict) -> dict:
+    from ..train.config import prep_spec
+
+    return prep_spec(cfg)

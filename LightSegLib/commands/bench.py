@@ -1,0 +1,31 @@
+"""``lightseg bench --models A,B[:int8],... --input FILE --repeat N [--threads T] [--json]``.
+
+Each run is a separate ``lightseg segment`` process on the whole volume; ratios are against the first model.
+With ``--json`` stdout is exactly one JSON document ``{"models": [...], ...}``.
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time registered models side by side (one process per run)")
+    p.add_argument("--models", required=True, help="comma-separated registry ids; ID:int8 for the int8 file")
+    p.add_argument("--input", required=True, help="volume file or DICOM folder to segment")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per model (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the engine's)")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed first run per model")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..compress.bench import bench, format_table, to_json
+
+    models = [m for m in (s.strip() for s in args.models.split(",")) if m]
+    result = bench(models, args.input, repeat=args.repeat, threads=args.threads, backend=args.backend,
+                   warmup=not args.no_warmup, log=(lambda s: None) if args.json else
+                   (lambda s: print(s, file=sys.stderr)))
+    print(to_json(result) if args.json else format_table(result))
+    return 0

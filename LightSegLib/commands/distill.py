@@ -1,0 +1,125 @@
+"""``lightseg distill --teacher CKPT --student SPEC_OR_CONFIG --methods logit,feature --out DIR``.
+
+The student is a JSON architecture spec (inline or a .json file), a TOML training config (its [model]) or a
+checkpoint (weights used as the starting point). Training data, augmentation and batch size come from --config
+(or the student's TOML). Examples::
+
+    lightseg distill --teacher runs/cardiac_unet/best.pt --config configs/cardiac_unet8.toml \\
+        --student '{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16, 32, 64]}' \\
+        --methods logit,feature,gcn --iters 3000 --out runs/tiny_kd
+    lightseg distill --teacher best.pt --student configs/cardiac_dpunet.toml --methods mavkd --out runs/dpu_mavkd
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="train a small student from a teacher checkpoint (KD losses)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
+    p.add_argument("--student", required=True, help="student: JSON spec, .json file, .toml config or .pt checkpoint")
+    p.add_argument("--methods", default="logit",
+                   help="comma-separated: logit, feature, gcn, mavkd (default logit)")
+    p.add_argument("--weights", default="", help="loss weights, e.g. logit=1,feature=0.5,gcn=1")
+    p.add_argument("--temperature", type=float, default=2.0, help="logit KD temperature")
+    p.add_argument("--student-layers", help="feature/mavkd/gcn: comma-separated student module names")
+    p.add_argument("--teacher-layers", help="the matching teacher module names")
+    p.add_argument("--keypoints", type=int, default=64, help="gcn: keypoints per image")
+    p.add_argument("--neighbours", type=int, default=8, help="gcn: kNN graph degree")
+    p.add_argument("--iters", type=int, default=1000, help="training iterations")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
+    p.add_argument("--config", help="training config for data/augmentation (default: the student's TOML)")
+    p.add_argument("--data", help="dataset folder (overrides data.dataset)")
+    p.add_argument("--out", required=True, help="output folder (best.pt, distill.json)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=run)
+
+
+def student_spec(text: str):
+    """(spec, initial state dict or None) from the --student argument."""
+    import json
+    from pathlib import Path
+
+    from ..errors import LightSegError
+
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text), None
+        except json.JSONDecodeError as err:
+            raise LightSegError(f"--student is not valid JSON: {err}") from None
+    path = Path(text)
+    if not path.is_file():
+        raise LightSegError(f"--student: no such file {path} (or pass a JSON spec)")
+    if path.suffix == ".json":
+        return json.loads(path.read_text()), None
+    if path.suffix == ".toml":
+        from ..train.config import load_config
+
+        return dict(load_config(path)["model"]), None
+    if path.suffix == ".pt":
+        from ..export import load_checkpoint
+
+        net, ckpt = load_checkpoint(path)
+        return dict(ckpt["architecture"]), net.state_dict()
+    raise LightSegError(f"--student: expected JSON, .json, .toml or .pt, got {path}")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..compress.distill.runner import Distiller
+    from ..compress.finetune import load_data, save_checkpoint, train_loop
+    from ..errors import LightSegError
+    from ..export import count_macs, count_params, load_checkpoint
+    from ..nets import build
+    from ._compress_common import example_input, resolve_config, set_threads
+
+    set_threads(args.threads)
+    teacher, tckpt = load_checkpoint(args.teacher)
+    spec, state = student_spec(args.student)
+    config = args.config or (args.student if str(args.student).endswith(".toml") else None)
+    cfg = resolve_config(config, args.data, args.threads, spec)
+    if int(spec.get("num_classes", 0)) != int(tckpt["architecture"].get("num_classes", -1)):
+        raise LightSegError("student and teacher must have the same num_classes")
+    student = build(spec)
+    if state is not None:
+        student.load_state_dict(state)
+    weights = {}
+    for item in filter(None, args.weights.split(",")):
+        key, _, value = item.partition("=")
+        weights[key.strip()] = float(value)
+    methods = {}
+    for m in filter(None, (s.strip() for s in args.methods.split(","))):
+        opts = {"weight": weights.get(m, 1.0)}
+        if m == "logit":
+            opts["temperature"] = args.temperature
+        if m in ("feature", "gcn", "mavkd"):
+            if args.student_layers:
+                opts["student_layers"] = args.student_layers.split(",")
+            if args.teacher_layers:
+                opts["teacher_layers"] = args.teacher_layers.split(",")
+        if m == "gcn":
+            opts.update(keypoints=args.keypoints, neighbours=args.neighbours)
+        methods[m] = opts
+    distiller = Distiller(teacher, student, methods, example_input(spec))
+    print(f"student {spec['name']} {spec.get('widths')}: {count_params(student):,} params; teacher "
+          f"{count_params(teacher):,}; losses {', '.join(methods)}; layers {distiller.layers}")
+    train_cases, val_cases = load_data(cfg)
+    result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss, extra_modules=distiller,
+                        train_cases=train_cases, val_cases=val_cases, lr=args.lr)
+    distiller.remove_hooks()
+    out = Path(args.out)
+    prep = tckpt.get("prep") or None
+    from ..train.config import prep_spec
+
+    prep = prep_spec(cfg) if config else prep
+    metrics = {}
+    if "val_dice" in result:
+        metrics = {"val_dice": result["val_dice"], "val_dice_mean": result["val_dice_mean"],
+                   "split": cfg["data"]["val_split"]}
+    summary = {"teacher": str(args.teacher), "student": spec, "methods": methods, "layers": distiller.layers,
+               "params": count_params(student), "macs": count_macs(student, (1, int(spec.get("in_channels", 1)), 256, 256)),
+               **result}
+    save_checkpoint(out / "best.pt", student, spec, prep, metrics, distillation=summary)
+    (out / "distill.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,134 @@
+"""Side-by-side benchmark of registered models: whole-volume ``lightseg segment``, one process per run.
+
+Why one process per run: ONNX Runtime and PyTorch thread pools fight inside one process, and peak RSS is only
+meaningful per process. A tiny measuring process starts ``python -m LightSegLib.cli segment`` and reads the
+child's wall time and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the pattern of benchmarks/big_ct.py), so the
+figures include start-up, reading, preprocessing, the network and writing: what a user waits for.
+
+A model is named by its registry id; ``ID:int8`` runs its int8 file (``--int8``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import LightSegError
+
+MEASURE = r"""
+import resource, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t
+peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(f"{wall} {peak_kb} {proc.returncode}")
+sys.stderr.write(proc.stderr)
+"""
+
+
+def parse_model(text: str) -> tuple[str, bool]:
+    model, _, variant = text.strip().partition(":")
+    if variant not in ("", "int8", "fp32"):
+        raise LightSegError(f"model {text!r}: the only variants are ID:int8 and ID:fp32")
+    return model, variant == "int8"
+
+
+def model_facts(model: str, int8: bool) -> dict:
+    """Params, MACs (from the registry card) and model file size."""
+    from ..registry import get_model
+
+    card = get_model(model)
+    if int8 and not card.has_int8():
+        raise LightSegError(f"model '{model}' has no int8 version")
+    path = card.path("int8_file" if int8 else "file")
+    if not path.is_file():
+        raise LightSegError(f"model file for '{model}' is missing: {path}")
+    return {"params": int(card.entry.get("params", 0)), "macs": int(card.entry.get("macs", 0)),
+            "file_bytes": int(path.stat().st_size)}
+
+
+def time_once(model: str, int8: bool, input_path: Path, threads: int | None, out_dir: Path,
+              backend: str = "onnx") -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one ``lightseg segment`` run in a fresh process."""
+    out = out_dir / "bench_out.nii.gz"
+    cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "LightSegLib.cli", "segment", "--model", model,
+           "--backend", backend, "--progress", "none", "--overwrite", str(input_path), str(out)]
+    if threads:
+        cmd[cmd.index("--model"):cmd.index("--model")] = ["--threads", str(threads)]
+    if int8:
+        cmd.insert(cmd.index("--progress"), "--int8")
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        wall, peak_kb, code = proc.stdout.split()
+    except ValueError:
+        raise LightSegError(f"benchmark of '{model}' failed: {proc.stderr.strip()[-400:]}") from None
+    if code != "0":
+        raise LightSegError(f"'lightseg segment --model {model}' failed: {proc.stderr.strip()[-400:]}")
+    return float(wall), int(peak_kb) / 1024.0
+
+
+def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = None, backend: str = "onnx",
+          warmup: bool = True, log=lambda s: None) -> dict:
+    """{"models": [...]} with latency median/min/max, peak RSS, params, MACs, file size and ratios against the
+    first model. ``warmup`` does one untimed run per model first (file cache, imports compiled)."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise LightSegError(f"input not found: {input_path}")
+    if repeat < 1:
+        raise LightSegError("--repeat must be at least 1")
+    if not models:
+        raise LightSegError("no models to benchmark")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lightseg-bench-") as tmp:
+        tmp = Path(tmp)
+        for text in models:
+            model, int8 = parse_model(text)
+            facts = model_facts(model, int8)
+            if warmup:
+                time_once(model, int8, input_path, threads, tmp, backend)
+            walls, peaks = [], []
+            for i in range(repeat):
+                wall, peak = time_once(model, int8, input_path, threads, tmp, backend)
+                walls.append(wall)
+                peaks.append(peak)
+                log(f"{text}: run {i + 1}/{repeat}: {wall:.3f} s, {peak:.0f} MB")
+            rows.append({"model": text, **facts,
+                         "latency_median_s": round(statistics.median(walls), 4),
+                         "latency_min_s": round(min(walls), 4), "latency_max_s": round(max(walls), 4),
+                         "peak_rss_mb": round(max(peaks), 1)})
+    first = rows[0]
+    for r in rows:
+        r["speedup_vs_first"] = round(first["latency_median_s"] / r["latency_median_s"], 3)
+        r["params_ratio_vs_first"] = _ratio(r["params"], first["params"])
+        r["macs_ratio_vs_first"] = _ratio(r["macs"], first["macs"])
+        r["file_ratio_vs_first"] = _ratio(r["file_bytes"], first["file_bytes"])
+        r["rss_ratio_vs_first"] = _ratio(r["peak_rss_mb"], first["peak_rss_mb"])
+    return {"input": str(input_path), "repeat": repeat, "threads": threads, "backend": backend, "models": rows}
+
+
+def _ratio(a, b):
+    return round(a / b, 5) if b else None
+
+
+def format_table(result: dict) -> str:
+    head = ["model", "params", "MACs", "file MB", "median s", "min s", "max s", "peak MB", "speed-up", "params x"]
+    lines = [head]
+    for r in result["models"]:
+        lines.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f} G", f"{r['file_bytes'] / 1e6:.2f}",
+                      f"{r['latency_median_s']:.3f}", f"{r['latency_min_s']:.3f}", f"{r['latency_max_s']:.3f}",
+                      f"{r['peak_rss_mb']:.0f}", f"{r['speedup_vs_first']:.2f}x",
+                      "-" if r["params_ratio_vs_first"] is None else f"{r['params_ratio_vs_first']:.4f}"])
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+                     for row in lines)
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result)

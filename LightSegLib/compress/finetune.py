@@ -1,0 +1,110 @@
+"""A compact training loop for compression work: fine-tune after pruning / Ghost conversion, and distillation.
+
+Why not the issue-3 trainer: it has no hook for extra loss terms or extra trainable modules (distillation
+adapters), nor for a model that is not ``nets.build(spec)`` (a pruned, irregular net). This loop reuses the same
+pieces (MSD reader, SliceDataset, MONAI augmentation, DiceCE with deep supervision, whole-volume validation), so
+the numbers it reports are comparable with ``lightseg train``'s.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LightSegError
+
+
+def load_data(cfg: dict, val: bool = True, limit: int | None = None):
+    """(train cases, validation cases) preprocessed exactly as inference does (via data.msd)."""
+    from ..data.msd import load_split
+    from ..train.config import prep_spec
+
+    dcfg = cfg["data"]
+    if not dcfg["dataset"]:
+        raise LightSegError("no dataset: set data.dataset in the config or pass --data")
+    prep = prep_spec(cfg)
+    train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep, limit=limit)
+    val_cases = load_split(dcfg["dataset"], dcfg["val_split"], prep) if val else []
+    return train_cases, val_cases
+
+
+def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True):
+    """An endless-enough DataLoader of (image, label) training batches drawn as ``lightseg train`` draws them."""
+    from torch.utils.data import DataLoader
+
+    from ..data.augment import build_transform
+    from ..data.slices import SliceDataset
+
+    dcfg, tcfg = cfg["data"], cfg["train"]
+    batch = int(tcfg["batch_size"])
+    dataset = SliceDataset(cases, dcfg["patch"], iters * batch, float(dcfg["foreground_prob"]),
+                           int(dcfg["context_slices"]), float(dcfg["crop_margin"]),
+                           build_transform(dcfg["patch"], cfg["augment"]) if augment else None, seed=seed)
+    return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0, drop_last=True)
+
+
+def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | None = None,
+               extra_modules: nn.Module | None = None, train_cases=None, val_cases=None, lr: float | None = None,
+               penalty: Callable[[nn.Module], torch.Tensor] | None = None, log: Callable[[str], None] = print,
+               seed: int = 0) -> dict:
+    """Train ``net`` for ``iters`` iterations with DiceCE (+ deep supervision) + ``extra_loss(image, label,
+    outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters), poly
+    LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "val_dice", "val_dice_mean"}."""
+    from monai.losses import DiceCELoss
+
+    from ..train.evaluate_core import validate
+    from ..train.trainer import deep_supervision_loss, lr_at
+
+    tcfg = dict(cfg["train"])
+    if lr is not None:
+        tcfg["lr"] = lr
+    tcfg["warmup_iters"] = min(int(tcfg.get("warmup_iters", 0)), iters // 10)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    params = list(net.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(tcfg["lr"]),
+                            weight_decay=float(tcfg["weight_decay"]))
+    num_classes = int(cfg["model"]["num_classes"])
+    t0 = time.time()
+    losses = []
+    it = 0
+    if iters > 0:
+        if train_cases is None:
+            raise LightSegError("training needs data")
+        net.train()
+        if extra_modules is not None:
+            extra_modules.train()
+        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(tcfg, it / iters, it)
+            outputs = net(image)
+            loss = deep_supervision_loss(loss_fn, outputs, label, tcfg["deep_supervision_weights"])
+            if extra_loss is not None:
+                loss = loss + extra_loss(image, label, outputs)
+            if penalty is not None:
+                loss = loss + penalty(net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            it += 1
+            if it % 50 == 0 or it == iters:
+                log(f"  iter {it}/{iters}: loss {np.mean(losses[-50:]):.4f} ({(time.time() - t0) / 60:.1f} min)")
+    result = {"iterations": it, "minutes": round((time.time() - t0) / 60, 2)}
+    if val_cases:
+        v = validate(net, val_cases, num_classes, torch.device("cpu"), int(cfg["data"]["context_slices"]))
+        result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])
+        log(f"  validation Dice {', '.join(f'{d:.4f}' for d in v['per_class'])} (mean {v['mean']:.4f})")
+    net.eval()
+    return result
+
+
+def save_checkpoint(path, net: nn.Module, spec: dict, prep: dict, metrics: dict | None = None, **extra) -> None:
+    """The ``best.pt`` layout of ``lightseg train`` ({"model", "architecture", "prep", "metrics"}): exportable."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep, "metrics": metrics or {}, **extra},
+               str(path))
