@@ -1,0 +1,183 @@
+"""Structured pruning, CPRUN reconstruction and Ghost conversion on small nets (1 thread, 32x32 inputs)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+
+from LightSegLib.compress import prune as P  # noqa: E402
+from LightSegLib.compress.ghost_convert import convert_checkpoint_net, ghostify  # noqa: E402
+from LightSegLib.compress.reconstruct import reconstruct  # noqa: E402
+from LightSegLib.nets import build  # noqa: E402
+from LightSegLib.nets.ghost import GhostModule  # noqa: E402
+
+torch.set_num_threads(1)
+WIDTHS = [8, 16, 32, 64]
+
+
+def spec(name, **kw):
+    return {"name": name, "in_channels": 1, "num_classes": 3, "widths": WIDTHS, **kw}
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(0)
+    return torch.randn(2, 1, 32, 32)
+
+
+def labelled(x):
+    g = torch.Generator().manual_seed(1)
+    return lambda: [(x, torch.randint(0, 3, (2, 1, 32, 32), generator=g))]
+
+
+@pytest.mark.parametrize("name", ["unet", "lfunet", "dpunet", "tinyunet"])
+@pytest.mark.parametrize("importance", ["l1", "bn", "taylor"])
+def test_pruning_removes_channels_and_keeps_shapes(name, importance, x):
+    torch.manual_seed(0)
+    net = build(spec(name))
+    before_params = P.count_params(net)
+    before_shapes = P.output_shapes(net, x)
+    P.prune(net, x, importance=importance, ratio=0.5, batches=labelled(x))
+    assert P.count_params(net) < 0.6 * before_params
+    assert P.output_shapes(net, x) == before_shapes
+    # Every stage really got narrower (channels removed, not masked).
+    assert all(w < w0 for w, w0 in zip(P.stage_widths(net, x), WIDTHS))
+
+
+def test_lfunet_deep_supervision_heads_follow_the_pruned_channels(x):
+    net = build(spec("lfunet"))
+    P.prune(net, x, ratio=0.5)
+    net.train()
+    outs = net(x)
+    assert len(outs) == len(WIDTHS) - 1
+    assert all(o.shape == (2, 3, 32, 32) for o in outs)
+    kept = P.stage_widths(net, x)[0]
+    assert all(h.in_channels == kept and h.out_channels == 3 for h in net.heads)
+
+
+def test_per_stage_ratios_give_the_requested_widths(x):
+    net = build(spec("unet"))
+    ratios = [0.25, 0.5, 0.5, 0.75]
+    P.prune(net, x, stage_ratios=ratios)
+    assert P.stage_widths(net, x) == [round(w * (1 - r)) for w, r in zip(WIDTHS, ratios)]
+    layers = P.widths(net, x)["layers"]
+    assert layers["head"] == 3
+    assert layers["encoders.3.1.0"] == 16
+
+
+def test_global_pruning_ranks_across_layers(x):
+    torch.manual_seed(0)
+    net = build(spec("unet"))
+    before = P.count_params(net)
+    P.prune(net, x, ratio=0.5, global_pruning=True)
+    layers = P.layer_widths(net)
+    convs = {k: v for k, v in layers.items() if k != "head"}
+    original = P.layer_widths(build(spec("unet")))
+    fractions = {round(v / original[k], 2) for k, v in convs.items()}
+    assert len(fractions) > 1  # not one uniform ratio: layers compete
+    assert P.count_params(net) < before
+
+
+def test_iterative_pruning_calls_fine_tune_after_each_step(x):
+    net = build(spec("unet"))
+    seen = []
+
+    def fine_tune(model, step):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        model.train()
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append((step, P.count_params(model)))
+
+    P.prune(net, x, ratio=0.5, steps=3, fine_tune=fine_tune)
+    assert [s for s, _ in seen] == [0, 1, 2]
+    assert seen[0][1] > seen[1][1] > seen[2][1]
+
+
+def test_bn_l1_penalty_is_the_scaled_sum_of_gammas():
+    net = build(spec("unet"))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(-0.5)
+    n = sum(m.num_features for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    penalty = P.bn_l1_penalty(net, 1e-3)
+    assert penalty.item() == pytest.approx(1e-3 * 0.5 * n, rel=1e-5)
+    penalty.backward()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.allclose(bn.weight.grad, torch.full_like(bn.weight, -1e-3))
+
+
+def test_taylor_needs_batches(x):
+    from LightSegLib.errors import LightSegError
+
+    with pytest.raises(LightSegError):
+        P.prune(build(spec("unet")), x, importance="taylor")
+
+
+@pytest.mark.parametrize("name", ["unet", "lfunet"])
+def test_reconstruction_matches_the_pruned_model(name, x):
+    torch.manual_seed(0)
+    s = spec(name)
+    net = build(s)
+    P.prune(net, x, stage_ratios=[0.25, 0.5, 0.5, 0.5])
+    net.eval()
+    fresh, new_spec, counts = reconstruct(net, s, x)
+    assert new_spec["widths"] == [6, 8, 16, 32]
+    assert counts["partial"] == 0 and counts["missing"] == 0
+    assert P.count_params(fresh) == P.count_params(net)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), net(x), atol=1e-5)
+    # An ordinary net again: rebuilt from the spec alone, the weights load strictly.
+    build(new_spec).load_state_dict(fresh.state_dict(), strict=True)
+
+
+def test_reconstruction_after_global_pruning_builds_the_mean_widths(x):
+    s = spec("unet")
+    net = build(s)
+    P.prune(net, x, ratio=0.5, global_pruning=True)
+    fresh, new_spec, counts = reconstruct(net.eval(), s, x)
+    assert new_spec["widths"] == P.stage_widths(net, x)
+    assert counts["exact"] > 0
+    assert fresh.eval()(x).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["unet", "lfunet", "dpunet"])
+def test_ghost_conversion_keeps_shapes_and_primary_filters(name, x):
+    torch.manual_seed(0)
+    s = spec(name)
+    net = build(s).eval()
+    ghost, new_spec, n = convert_checkpoint_net(net, s)
+    assert n > 0 and new_spec["conv"] == "ghost"
+    ghost.eval()
+    with torch.no_grad():
+        assert ghost(x).shape == net(x).shape
+    assert P.count_params(ghost) < P.count_params(net)
+    # The first conv's primary filters are the trained ones.
+    first_name = next(k for k, m in ghost.named_modules() if isinstance(m, GhostModule))
+    original = net.get_submodule(first_name).weight
+    primary = ghost.get_submodule(first_name).primary.weight
+    assert torch.equal(primary, original[:primary.shape[0]])
+
+
+def test_ghost_module_reproduces_primary_channels_of_the_original_conv():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    net, n = ghostify(torch.nn.Sequential(conv))
+    assert n == 1 and isinstance(net[0], GhostModule)
+    x = torch.randn(1, 4, 10, 10)
+    with torch.no_grad():
+        y, y0 = net(x), conv(x)
+    assert y.shape == y0.shape
+    assert torch.allclose(y[:, :3], y0[:, :3], atol=1e-6)
+    assert torch.allclose(y[:, 3:], y0[:, :3], atol=1e-6)  # cheap branch starts as identity (Dirac)
+
+
+def test_macs_and_params_drop_after_pruning(x):
+    net = build(spec("unet"))
+    macs0, params0 = P.macs_and_params(net, x[:1])
+    P.prune(net, x, ratio=0.5)
+    macs1, params1 = P.macs_and_params(net, x[:1])
+    assert params1 == P.count_params(net) < params0
+    assert macs1 < 0.4 * macs0
