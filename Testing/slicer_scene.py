@@ -6,9 +6,8 @@ import types
 import pytest
 
 
-@pytest.fixture
-def mrml(monkeypatch):
-    """The scene plus the volumes/segmentations/sequences logics, installed as ``slicer.mrmlScene`` and a
+def real_scene(monkeypatch):
+    """Generator behind a ``mrml`` fixture: the scene plus the volumes/segmentations/sequences logics, installed as ``slicer.mrmlScene`` and a
     ``slicer.modules`` stand-in (slicer.util's segment helpers and the LightSeg logic look there)."""
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
     scene = slicer.vtkMRMLScene()

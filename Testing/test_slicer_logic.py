@@ -7,22 +7,28 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import REPO, shared
 from model_fixtures import expected_labels, make_model_folder
-from slicer_scene import mrml  # noqa: F401  (fixture)
+from slicer_scene import real_scene
 
 pytestmark = pytest.mark.slicer
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 vtk = pytest.importorskip("vtk")
 sys.path.insert(0, str(REPO / "LightSeg"))
-import LightSegLogic  # noqa: E402
-from LightSegLogic import LightSegLogic as Logic, OutputExistsError, ProcessRunner  # noqa: E402
+import LightSegLogic
+from LightSegLogic import LightSegLogic as Logic
+from LightSegLogic import OutputExistsError, ProcessRunner
+
+
+@pytest.fixture
+def mrml(monkeypatch):
+    """A fresh real MRML scene for each test."""
+    yield from real_scene(monkeypatch)
+
 
 SAMPLES = REPO / "Resources" / "Samples"
 CT_SAMPLE = SAMPLES / "totalseg_example_ct_sm.nii.gz"
@@ -74,7 +80,7 @@ def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mr
 
     cli_out = tmp_path / "cli.nrrd"
     proc = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", "test-quantiser",
-                           str(path), str(cli_out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+                           str(path), str(cli_out)], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     cli = sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out)))
 
@@ -223,14 +229,14 @@ def test_cli_error_reaches_the_caller_in_one_line(mrml, quantiser):
 
 def test_missing_onnxruntime_asks_the_injected_installer(mrml, quantiser, monkeypatch):
     volume = load_volume(mrml, CT_SAMPLE, "CT")
-    monkeypatch.setattr(LightSegLogic, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})
+    monkeypatch.setattr(LightSegLogic.logic, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})
     with pytest.raises(LightSegLogic.MissingDependencyError, match="lightseg-pkg"):
         Logic().startSegmentation(volume, "test-quantiser")
     asked = []
     with pytest.raises(LightSegLogic.MissingDependencyError, match="did not succeed"):
         Logic(installer=asked.append).startSegmentation(volume, "test-quantiser")
     assert asked == [["lightseg-pkg"]]
-    monkeypatch.setattr(LightSegLogic, "REQUIRED_PACKAGES", {"onnxruntime": "onnxruntime"})
+    monkeypatch.setattr(LightSegLogic.logic, "REQUIRED_PACKAGES", {"onnxruntime": "onnxruntime"})
     assert LightSegLogic.missingPackages() == []
 
 
@@ -243,7 +249,7 @@ def test_terminology_string_is_slicers_format():
 
 
 def test_model_list_hides_reference_models_and_marks_previews(quantiser):
-    from LightSegLib.registry import register_model, read_registry
+    from LightSegLib.registry import read_registry, register_model
 
     entry = dict(read_registry(quantiser)["models"][0], id="test-reference", status="reference")
     register_model(entry, quantiser)
@@ -287,7 +293,7 @@ def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monk
     monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
 
     frames = [SAMPLES / "acdc_patient002_ED.nii.gz", SAMPLES / "acdc_patient002_ES.nii.gz"]
-    browser, sequence, proxy = cine_sequence(mrml, frames)
+    browser, _, proxy = cine_sequence(mrml, frames)
     logic = Logic()
     result = logic.segment(proxy, "test-cardiac", allFrames=True)
     assert result.IsA("vtkMRMLSequenceNode") and result.GetNumberOfDataNodes() == 2
@@ -305,6 +311,14 @@ def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monk
     browser.SetSelectedItemNumber(1)
     np.testing.assert_array_equal(logic.cardiacLabelArray(seg_proxy, proxy), expected[1])
 
+    # Dice against the bundled manual labels (what the self-test in Slicer reports), computed independently
+    manual = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / "acdc_patient002_ED_label.nii.gz")))
+    scores = logic.diceScores(ed, SAMPLES / "acdc_patient002_ED_label.nii.gz", "test-cardiac", proxy)
+    assert list(scores) == ["right ventricle", "myocardium", "left ventricle"]
+    for value, name in enumerate(scores, start=1):
+        a, b = expected[0] == value, manual == value
+        assert scores[name] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+
     table = logic.cardiacFunction(ed, es, proxy)
     images = []
     for truth in expected:
@@ -320,7 +334,17 @@ def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monk
 
 
 def test_current_frame_only_gives_one_segmentation(mrml, quantiser):
-    browser, sequence, proxy = cine_sequence(mrml, [CT_SAMPLE, CT_SAMPLE])
+    _, _, proxy = cine_sequence(mrml, [CT_SAMPLE, CT_SAMPLE])
     node = Logic().segment(proxy, "test-quantiser", allFrames=False)
     assert node.IsA("vtkMRMLSegmentationNode")
     assert_same_grid(node, proxy)
+
+
+def test_parameter_node_is_one_scene_singleton(mrml):
+    logic = Logic()
+    node = logic.parameterNode()
+    assert node.GetParameter("Int8") == "false" and node.GetModuleName() == "LightSeg"
+    node.SetParameter("ModelId", "test-quantiser")
+    again = Logic().parameterNode()
+    assert again is node and again.GetParameter("ModelId") == "test-quantiser"
+    assert mrml.scene.GetNodesByClass("vtkMRMLScriptedModuleNode").GetNumberOfItems() == 1

@@ -10,18 +10,14 @@ the whole process tree. Volumes travel as NRRD files, which keep the geometry ex
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import slicer
@@ -29,13 +25,15 @@ import vtk
 from vtk.util import numpy_support
 
 try:
-    import LightSegLib  # installed beside this module (extension) or pip-installed
-except ImportError:  # running from a source checkout: LightSegLib sits one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import LightSegLib  # installed beside this package (extension) or pip-installed
+except ImportError:  # running from a source checkout: LightSegLib sits two folders up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import LightSegLib
 
 from LightSegLib.errors import LightSegError
 from LightSegLib.registry import get_model, list_models
+
+from .process import ProcessRunner
 
 #: Python packages inference needs that Slicer does not bundle (numpy and SimpleITK come with Slicer).
 REQUIRED_PACKAGES = {"onnxruntime": "onnxruntime"}
@@ -55,101 +53,6 @@ class OutputExistsError(LightSegError):
 
 class MissingDependencyError(LightSegError):
     """A package inference needs is not installed and no installer (user consent) was given."""
-
-
-# ----------------------------------------------------------------------------------------------- process
-class ProcessRunner:
-    """One child process in its own process group, its stdout JSON lines collected by a reader thread.
-
-    A process group (a new session on POSIX) lets ``cancel()`` end the child and everything it started
-    (e.g. worker processes) at once; the reader threads keep pipes drained so the child never blocks.
-    """
-
-    def __init__(self, args: list[str], env: dict | None = None, cwd: str | None = None):
-        self.args, self.env, self.cwd = list(args), env, cwd
-        self.process: subprocess.Popen | None = None
-        self._messages: queue.Queue = queue.Queue()
-        self._stderr: list[str] = []
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True
-        self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        stdin=subprocess.DEVNULL, text=True, bufsize=1, env=self.env,
-                                        cwd=self.cwd, **kwargs)
-        for stream, sink in ((self.process.stdout, self._read_stdout), (self.process.stderr, self._read_stderr)):
-            thread = threading.Thread(target=sink, args=(stream,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _read_stdout(self, stream) -> None:
-        for line in stream:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = {"text": line}
-            self._messages.put(message if isinstance(message, dict) else {"text": line})
-
-    def _read_stderr(self, stream) -> None:
-        for line in stream:
-            if line.strip():
-                self._stderr.append(line.rstrip())
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def messages(self) -> list[dict]:
-        """Messages that arrived since the last call."""
-        out = []
-        while True:
-            try:
-                out.append(self._messages.get_nowait())
-            except queue.Empty:
-                return out
-
-    def returncode(self) -> int | None:
-        """None while running; once finished, waits for the reader threads so no line is lost."""
-        if self.process is None:
-            return None
-        code = self.process.poll()
-        if code is not None:
-            for thread in self._threads:
-                thread.join(timeout=5)
-        return code
-
-    def stderr_lines(self) -> list[str]:
-        return list(self._stderr)
-
-    def cancel(self, grace_s: float = 3.0) -> None:
-        """End the whole process tree: polite signal first, then kill."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-        else:
-            pgid = self.process.pid  # the child leads its own session, so its pid is the group id
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                return
-            try:
-                os.killpg(pgid, signal.SIGKILL)  # also reaps grandchildren that ignored SIGTERM
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.process.wait(timeout=10)
-        for thread in self._threads:
-            thread.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------------------------- job
@@ -247,6 +150,22 @@ class LightSegLogic:
     @property
     def scene(self):
         return self._scene if self._scene is not None else slicer.mrmlScene
+
+    # ---------------------------------------------------------------- parameter node
+    def parameterNode(self):
+        """The module's state as a scene singleton: saved with the scene, restored when it is loaded."""
+        node = self.scene.GetSingletonNode("LightSeg", "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag("LightSeg")
+            node.SetName("LightSeg")
+            node.SetModuleName("LightSeg")
+            for key, value in self.DEFAULT_PARAMETERS.items():
+                node.SetParameter(key, value)
+            node = self.scene.AddNode(node)
+        return node
+
+    DEFAULT_PARAMETERS: ClassVar[dict] = {"ModelId": "", "Int8": "false", "AllFrames": "false", "Show3D": "false"}
 
     # ---------------------------------------------------------------- models and dependencies
     @staticmethod
@@ -560,41 +479,70 @@ class LightSegLogic:
         else:
             segmentationNode.RemoveClosedSurfaceRepresentation()
 
-    # ---------------------------------------------------------------- cardiac function
-    CARDIAC_NAMES = {"right ventricle": 1, "myocardium": 2, "left ventricle": 3}
+    # ---------------------------------------------------------------- label arrays, Dice, cardiac function
+    CARDIAC_NAMES: ClassVar[dict] = {"right ventricle": 1, "myocardium": 2, "left ventricle": 3}
 
-    def cardiacLabelArray(self, segmentationNode, referenceVolumeNode) -> np.ndarray:
-        """A [k, j, i] array with 1 RV, 2 myocardium, 3 LV from the segments' names, on the reference grid."""
+    def labelArray(self, segmentationNode, referenceVolumeNode, valuesByName: dict) -> np.ndarray:
+        """A [k, j, i] uint8 array on the reference volume's grid; segments matched by name (case-insensitive)
+        get the given values, others are left out. Works for sequence data nodes too."""
+        wanted = {name.strip().lower(): value for name, value in valuesByName.items()}
         segmentation = segmentationNode.GetSegmentation()
         ids = vtk.vtkStringArray()
         values = []
         for i in range(segmentation.GetNumberOfSegments()):
-            value = self.CARDIAC_NAMES.get(segmentation.GetNthSegment(i).GetName().strip().lower())
+            value = wanted.get(segmentation.GetNthSegment(i).GetName().strip().lower())
             if value is not None:
                 ids.InsertNextValue(segmentation.GetNthSegmentID(i))
                 values.append(value)
         if not values:
-            raise LightSegError(f"'{segmentationNode.GetName()}' has no segments named right ventricle, "
-                                "myocardium or left ventricle")
+            raise LightSegError(f"'{segmentationNode.GetName()}' has no segment named "
+                                f"{', '.join(valuesByName)}")
         label = slicer.vtkMRMLLabelMapVolumeNode()
         self.scene.AddNode(label)
         try:
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                     segmentationNode, ids, label, referenceVolumeNode):
-                raise LightSegError("could not export the cardiac segments")
+                raise LightSegError("could not export the segments to a labelmap")
             dims = label.GetImageData().GetDimensions()
             exported = numpy_support.vtk_to_numpy(label.GetImageData().GetPointData().GetScalars())
             exported = exported.reshape(dims[2], dims[1], dims[0])
             out = np.zeros(exported.shape, np.uint8)
-            for order, value in enumerate(values, start=1):
+            for order, value in enumerate(values, start=1):  # exported values follow the order of ids
                 out[exported == order] = value
             return out
         finally:
             self.scene.RemoveNode(label)
 
+    def cardiacLabelArray(self, segmentationNode, referenceVolumeNode) -> np.ndarray:
+        """1 right ventricle, 2 myocardium, 3 left ventricle (LightSegLib.cardiac's convention)."""
+        return self.labelArray(segmentationNode, referenceVolumeNode, self.CARDIAC_NAMES)
+
+    def diceScores(self, segmentationNode, referenceLabelPath, modelId: str, referenceVolumeNode) -> dict:
+        """Dice of each model label against a reference labelmap file on the volume's grid (the self-test)."""
+        card = get_model(modelId)
+        reference = slicer.vtkMRMLLabelMapVolumeNode()
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(referenceLabelPath))
+        if not storage.ReadData(reference):
+            raise LightSegError(f"could not read the reference {referenceLabelPath}")
+        dims = reference.GetImageData().GetDimensions()
+        if dims != referenceVolumeNode.GetImageData().GetDimensions():
+            raise LightSegError("the reference labelmap is not on the volume's grid")
+        truth = numpy_support.vtk_to_numpy(reference.GetImageData().GetPointData().GetScalars())
+        truth = truth.reshape(dims[2], dims[1], dims[0])
+        names = {label["name"]: label["value"] for label in card.labels}
+        predicted = self.labelArray(segmentationNode, referenceVolumeNode, names)
+        scores = {}
+        for name, value in names.items():
+            a, b = predicted == value, truth == value
+            total = int(a.sum()) + int(b.sum())
+            scores[name] = 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+        return scores
+
     def cardiacFunction(self, edSegmentationNode, esSegmentationNode, referenceVolumeNode, tableNode=None):
         """LV/RV volumes, stroke volumes, EF and LV mass (LightSegLib.cardiac) into a table node."""
         import SimpleITK as sitk
+
         from LightSegLib.cardiac import cardiac_function
 
         spacing = referenceVolumeNode.GetSpacing()
