@@ -1,0 +1,197 @@
+"""End-to-end compression commands on tiny data: int8 quantization (ONNX Runtime QDQ) against fp32, the
+benchmark's JSON on the test quantiser registry, and prune / Ghost / distill producing exportable checkpoints.
+
+Data: an MSD-layout folder made from the bundled real ACDC sample volumes, at a coarse 6 mm in-plane spacing so
+each step takes seconds on one thread.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime.quantization")
+
+from conftest import REPO  # noqa: E402
+from LightSegLib.cli import main  # noqa: E402
+
+torch.set_num_threads(1)
+SAMPLES = REPO / "Resources" / "Samples"
+PREP = {"orientation": "native", "inplane": {"mode": "spacing", "spacing": [6.0, 6.0]},
+        "normalization": {"type": "percentile", "lower": 0.5, "upper": 99.5}, "context_slices": 0}
+
+
+@pytest.fixture
+def acdc(tmp_path):
+    """dataset.json over the bundled ACDC ED/ES volumes (training: both, validation: ES)."""
+    root = tmp_path / "acdc"
+    root.mkdir()
+    entries = [{"image": str(SAMPLES / f"acdc_patient002_{p}.nii.gz"),
+                "label": str(SAMPLES / f"acdc_patient002_{p}_label.nii.gz")} for p in ("ED", "ES")]
+    (root / "dataset.json").write_text(json.dumps({"training": entries, "validation": entries[1:]}))
+    return root
+
+
+@pytest.fixture
+def config(tmp_path, acdc):
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[model]
+name = "unet"
+in_channels = 1
+num_classes = 4
+widths = [4, 8, 16]
+
+[data]
+dataset = "{acdc}"
+patch = [32, 32]
+inplane = {{ mode = "spacing", spacing = [6.0, 6.0] }}
+num_workers = 0
+
+[train]
+batch_size = 2
+threads = 1
+""")
+    return path
+
+
+def teacher_checkpoint(path, widths=(4, 8, 16), seed=0):
+    from LightSegLib.compress.finetune import save_checkpoint
+    from LightSegLib.nets import build
+
+    torch.manual_seed(seed)
+    spec = {"name": "unet", "in_channels": 1, "num_classes": 4, "widths": list(widths)}
+    save_checkpoint(path, build(spec), spec, PREP)
+    return path
+
+
+def stdout_json(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_int8_model_runs_and_agrees_with_fp32(tmp_path, acdc):
+    from LightSegLib.compress.quantize import agreement, preprocessed_slices, quantize_model
+    from LightSegLib.export import export_onnx
+    from LightSegLib.nets import build
+
+    torch.manual_seed(0)
+    net = build({"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16]})
+    real = torch.from_numpy(preprocessed_slices(SAMPLES / "acdc_patient002_ED.nii.gz", PREP, 8))
+    for m in net.modules():  # BN statistics from real slices, so the logits carry image structure
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        net.train()(real)
+    net.eval()
+    fp32 = export_onnx(net, tmp_path / "tiny.onnx", 1)
+    int8 = quantize_model(fp32, tmp_path / "tiny.int8.onnx", PREP, acdc, max_volumes=2, slices_per_volume=4,
+                          log=lambda s: None)
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = preprocessed_slices(SAMPLES / "acdc_patient002_ES.nii.gz", PREP, 6)
+    import onnxruntime as ort
+    labels = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0].argmax(1)
+    shares = np.bincount(labels.ravel(), minlength=4) / labels.size
+    assert (shares > 0.01).sum() >= 2  # a non-trivial prediction to agree on
+    report = agreement(fp32, int8, x)
+    assert report["argmax_agreement"] > 0.9
+    assert int8.stat().st_size < fp32.stat().st_size
+
+
+def make_ct_dataset(root: Path, n: int = 2) -> Path:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n):
+        arr = rng.integers(-50, 150, size=(4, 24, 24)).astype(np.int16)
+        img = sitk.GetImageFromArray(arr)
+        sitk.WriteImage(img, str(root / f"ct{i}.nii.gz"))
+        entries.append({"image": f"ct{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"training": entries}))
+    return root
+
+
+def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path, quantiser, capsys):
+    calib = make_ct_dataset(tmp_path / "calib")
+    model = quantiser / "test-quantiser.onnx"
+    assert main(["quantize", str(model), "--calib", str(calib), "--out", str(quantiser / "test-quantiser.int8.onnx"),
+                 "--register", "test-quantiser", "--volumes", "2", "--slices", "2"]) == 0
+    report = stdout_json(capsys)
+    assert report["registered"] == "test-quantiser" and report["argmax_agreement"] > 0.9
+    volume = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(6 * 20 * 20, dtype=np.int16).reshape(6, 20, 20) % 97),
+                    str(volume))
+    assert main(["bench", "--models", "test-quantiser,test-quantiser:int8", "--input", str(volume), "--repeat", "2",
+                 "--threads", "1", "--no-warmup", "--json"]) == 0
+    out = capsys.readouterr().out
+    document = json.loads(out)  # exactly one JSON document on stdout
+    rows = document["models"]
+    assert [r["model"] for r in rows] == ["test-quantiser", "test-quantiser:int8"]
+    keys = {"model", "params", "macs", "latency_median_s", "latency_min_s", "latency_max_s", "peak_rss_mb",
+            "file_bytes", "speedup_vs_first"}
+    for r in rows:
+        assert keys <= set(r)
+        assert isinstance(r["params"], int) and isinstance(r["macs"], int)
+        assert 0 < r["latency_min_s"] <= r["latency_median_s"] <= r["latency_max_s"]
+        assert r["peak_rss_mb"] > 10
+    assert rows[0]["file_bytes"] == model.stat().st_size
+    assert rows[1]["file_bytes"] == (quantiser / "test-quantiser.int8.onnx").stat().st_size
+    assert rows[0]["speedup_vs_first"] == 1.0
+    assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["latency_median_s"] / rows[1]["latency_median_s"],
+                                                        rel=1e-2)
+
+
+def test_bench_rejects_an_unknown_model(tmp_path, quantiser, capsys):
+    volume = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 8), np.int16)), str(volume))
+    assert main(["bench", "--models", "nope", "--input", str(volume), "--json"]) == 2
+    assert "unknown model id" in capsys.readouterr().err
+
+
+def test_prune_command_writes_an_exportable_narrow_checkpoint(tmp_path, config, capsys):
+    from LightSegLib.export import count_params, load_checkpoint
+
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "pruned" / "best.pt"
+    assert main(["prune", str(src), "--out", str(out), "--importance", "taylor", "--stage-ratios", "0.5,0.5,0.5",
+                 "--steps", "2", "--finetune-iters", "2", "--reconstruct-iters", "2", "--config", str(config),
+                 "--threads", "1", "--taylor-batches", "1"]) == 0
+    report = stdout_json(capsys)
+    net, ckpt = load_checkpoint(out)
+    assert ckpt["architecture"]["widths"] == [2, 4, 8]
+    assert report["params_after"] == count_params(net) < report["params_before"]
+    assert report["macs_after"] < report["macs_before"]
+    assert len(report["finetune"]) == 2 and "val_dice_mean" in report["finetune"][-1]
+    assert net(torch.zeros(1, 1, 40, 36)).shape == (1, 4, 40, 36)
+
+
+def test_ghost_command_converts_and_saves(tmp_path, capsys):
+    from LightSegLib.export import load_checkpoint
+
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "ghost.pt"
+    assert main(["prune", str(src), "--ghost", "--out", str(out), "--threads", "1"]) == 0
+    report = stdout_json(capsys)
+    net, ckpt = load_checkpoint(out)
+    assert ckpt["architecture"]["conv"] == "ghost" and report["converted"] == 2 * (2 * 3 - 1)  # two convs per encoder and decoder stage
+    assert report["params_after"] < report["params_before"]
+
+
+def test_distill_command_trains_a_student(tmp_path, config, capsys):
+    from LightSegLib.export import load_checkpoint
+
+    teacher = teacher_checkpoint(tmp_path / "teacher.pt", widths=(8, 16, 32))
+    student = '{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16]}'
+    out = tmp_path / "student"
+    assert main(["distill", "--teacher", str(teacher), "--student", student, "--config", str(config),
+                 "--methods", "logit,feature,gcn,mavkd", "--iters", "2", "--out", str(out), "--threads", "1"]) == 0
+    summary = json.loads((out / "distill.json").read_text())
+    assert summary["iterations"] == 2 and "val_dice_mean" in summary
+    assert set(summary["layers"]) == {"feature", "gcn", "mavkd"}
+    net, ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["architecture"]["name"] == "tinyunet"
+    assert ckpt["prep"]["inplane"]["spacing"] == [6.0, 6.0]
