@@ -348,3 +348,48 @@ def test_parameter_node_is_one_scene_singleton(mrml):
     again = Logic().parameterNode()
     assert again is node and again.GetParameter("ModelId") == "test-quantiser"
     assert mrml.scene.GetNodesByClass("vtkMRMLScriptedModuleNode").GetNumberOfItems() == 1
+
+
+def cmake_files(text: str, name: str) -> list[str]:
+    import re
+    body = re.search(rf"set\(\s*{name}\s+(.*?)\)", text, re.S).group(1)
+    return [item for item in re.sub(r"#.*", "", body).split() if not item.startswith("$")]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
+def test_extension_layout_runs_without_pip(tmp_path):
+    """What LightSeg/CMakeLists.txt installs beside the module (qt-scripted-modules/) is enough for the logic to
+    find LightSegLib and its models there and for `lightseg segment` to run, with no torch imported."""
+    import shutil
+
+    text = (REPO / "LightSeg" / "CMakeLists.txt").read_text()
+    install = tmp_path / "qt-scripted-modules"
+    listed = cmake_files(text, "LIGHTSEGLIB_PYTHON_SCRIPTS") + [
+        str(p.relative_to(REPO)) for p in (REPO / "LightSegLib" / "commands").glob("*.py")]  # the file(GLOB)
+    listed += cmake_files(text, "LIGHTSEGLIB_RESOURCES") + [  # the models file(GLOB)
+        str(p.relative_to(REPO)) for pattern in ("*.json", "*.onnx", "*.md")
+        for p in (REPO / "Resources" / "Models").glob(pattern)]
+    for relative in listed:
+        assert (REPO / relative).is_file(), f"listed but absent: {relative}"
+        (install / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / relative, install / relative)
+    shutil.copytree(REPO / "LightSeg" / "LightSegLogic", install / "LightSegLogic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    make_model_folder(install / "Resources" / "Models")  # a registered model at the installed location
+    volume = install / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+    out = tmp_path / "out.nrrd"
+    script = (
+        "import sys, LightSegLib, LightSegLogic\n"
+        f"assert LightSegLib.__file__.startswith({str(install)!r}), LightSegLib.__file__\n"
+        "from LightSegLib.registry import models_dir\n"
+        f"assert str(models_dir()) == {str(install / 'Resources' / 'Models')!r}, models_dir()\n"
+        "from LightSegLib.cli import main\n"
+        f"code = main(['segment', '--model', 'test-quantiser', {str(volume)!r}, {str(out)!r}])\n"
+        "assert code == 0, code\n"
+        "assert not [m for m in ('torch', 'monai', 'scipy') if m in sys.modules]\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTSEG_MODELS_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(install)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
