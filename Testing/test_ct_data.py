@@ -1,0 +1,198 @@
+"""CT data for the liver/pancreas models: MSD retraining with label merging (a tiny MSD-layout dataset built in
+the test from TotalSegmentator's example CT), the 8-bit 2D readers, organ-free slices, splits by case."""
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+sitk = pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture
+def tiny_msd_liver(tmp_path):
+    """Two MSD-style volumes (HU, the file's own LPS direction) cut from the TotalSegmentator CT where liver is,
+    labelled with MSD values: 1 = liver (TotalSegmentator v1 5), 2 = gallbladder (v1 4) standing in for the
+    'tumour' value that must merge into liver."""
+    ts = shared("totalseg_example")
+    ct = sitk.ReadImage(str(ts / "example_ct.nii.gz"))
+    seg = sitk.ReadImage(str(ts / "example_seg_v1_full_5de6e4d.nii.gz"))
+    root = tmp_path / "Task03_Liver_tiny"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    entries = []
+    for i, (z0, z1) in enumerate(((84, 90), (90, 96))):
+        image = ct[:, :, z0:z1]
+        v1 = sitk.GetArrayFromImage(seg[:, :, z0:z1])
+        msd = np.zeros_like(v1, dtype=np.uint8)
+        msd[v1 == 5] = 1
+        msd[v1 == 4] = 2
+        label = sitk.GetImageFromArray(msd)
+        label.CopyInformation(image)
+        sitk.WriteImage(image, str(root / "imagesTr" / f"liver_{i}.nii.gz"))
+        sitk.WriteImage(label, str(root / "labelsTr" / f"liver_{i}.nii.gz"))
+        entries.append({"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "tiny", "labels": {"0": "background", "1": "liver",
+                                                                              "2": "cancer"},
+                                                   "training": entries, "test": []}))
+    return root
+
+
+def tiny_config(path, base: str) -> "Path":
+    """The shipped MSD config with tiny widths, patch and iteration counts (everything else as shipped)."""
+    text = (REPO / "configs" / base).read_text()
+    cfg = tomllib.loads(text)
+    assert cfg["data"]["label_map"] == {"1": 1, "2": 1}
+    lines = ['[model]', 'name = "lfunet"', 'in_channels = 1', 'num_classes = 2', 'widths = [4, 8, 16]',
+             '[data]', 'format = "msd"', 'dataset = ""', 'train_split = "train"', 'val_split = "val"',
+             'holdout = { seed = 0, test = 0, val = 1 }', 'label_map = { "1" = 1, "2" = 1 }', 'negative_every = 4',
+             'orientation = "LPS"', 'inplane = { mode = "fit", size = [64, 64] }',
+             'normalization = { type = "window", window = [0, 255] }', 'patch = [48, 48]', 'num_workers = 0',
+             '[train]', 'seed = 0', 'batch_size = 2', 'epochs = 2', 'iters_per_epoch = 2', 'threads = 1',
+             'warmup_iters = 0', 'time_budget_min = 0.0']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
+    from LightSegLib.data import ct2d, msd
+    from LightSegLib.train import ct
+    from LightSegLib.train.config import load_config, prep_spec
+
+    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    run = tmp_path / "run"
+    original = msd.load_split
+    assert ct.main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
+    assert msd.load_split is original  # the hook is undone after training
+    for name in ("best.pt", "last.pt", "log.csv", "config.toml", "split.json", "summary.json"):
+        assert (run / name).is_file(), name
+    with open(run / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in log] == [1, 2] and int(log[-1]["iteration"]) == 4
+    assert 0.0 <= float(log[-1]["val_1"]) <= 1.0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 1 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["prep"]["orientation"] == "LPS" and best["prep"]["normalization"]["window"] == [0, 255]
+
+    # The merge: the validation case's labels are liver OR gallbladder ('tumour'), in radiological view.
+    cfg = load_config(cfg_path)
+    cfg["data"]["dataset"] = str(tiny_msd_liver)
+    (case,) = ct2d.load_split_cfg(cfg, "val", prep_spec(cfg))
+    name = split["val"][0]
+    raw = sitk.ReadImage(str(tiny_msd_liver / "labelsTr" / f"{name}.nii.gz"))
+    stored = sitk.GetArrayFromImage(raw)
+    assert set(np.unique(stored)) == {0, 1, 2}  # both values really present before the merge
+    expected = case.orientation.apply((stored > 0).astype(np.uint8))
+    assert np.array_equal(case.native_label, expected)
+    assert set(np.unique(case.label)) == {0, 1}
+    # LPS view: the liver lies on the image's left half (patient's right), as in the 2D training slices.
+    cols = np.nonzero(case.native_label)[2]
+    assert cols.mean() < case.native_label.shape[2] / 2
+
+    # Training volumes keep organ slices plus every 4th other slice, labels merged too.
+    train_cases = ct2d.load_split_cfg(cfg, "train", prep_spec(cfg))
+    assert all(set(np.unique(c.label)) <= {0, 1} for c in train_cases)
+    assert ct2d.loader_for(cfg) is not msd.load_split
+    plain = {"data": {"format": "msd"}}
+    assert ct2d.loader_for(plain) is msd.load_split
+
+
+def test_label_map_values():
+    from LightSegLib.data.ct2d import apply_label_map
+
+    lab = np.array([[0, 1, 2, 3]], np.uint8)
+    assert apply_label_map(lab, {"1": 1, "2": 1}).tolist() == [[0, 1, 1, 0]]
+    assert apply_label_map(lab, None) is lab
+
+
+def test_split_by_case_is_deterministic_and_disjoint():
+    from LightSegLib.data.ct2d import split_ids
+
+    ids = [f"P{i:03d}" for i in range(50)]
+    holdout = {"seed": 0, "test": 10, "val": 5, "force_test": ["P001", "P002"]}
+    a, b = split_ids(ids, holdout), split_ids(list(reversed(ids)), holdout)
+    assert a == b
+    assert {"P001", "P002"} <= set(a["test"]) and len(a["test"]) == 10 and len(a["val"]) == 5
+    assert sorted(a["train"] + a["val"] + a["test"]) == sorted(ids)
+    assert not set(a["train"]) & set(a["test"]) and not set(a["val"]) & set(a["test"])
+    folds = [split_ids(ids, {**holdout, "folds": 4, "fold": k}) for k in range(4)]
+    vals = [set(f["val"]) for f in folds]
+    assert set().union(*vals) == set(a["train"] + a["val"]) and sum(len(v) for v in vals) == 40
+    assert all(f["test"] == a["test"] for f in folds)
+
+
+def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
+    """8-bit slices: window [0, 255] on the stored values = the value / 255, then the card's fit geometry;
+    the pancreas evaluation reader drops the zoomed crop_margin slices."""
+    from LightSegLib import preprocess
+    from LightSegLib.data import ct2d
+    from LightSegLib.train.config import load_config, prep_spec
+
+    lits = shared("lits_liver_2d")
+    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    prep = prep_spec(cfg)
+    path = sorted(lits.glob("*.npz"))[0]
+    case = ct2d.load_npz_case(path, prep)
+    with np.load(path) as f:
+        raw, lab = f["image"], f["label"]
+    expected = preprocess.resize_slices(raw.astype(np.float32) / 255.0, prep["inplane"]["size"])
+    assert np.allclose(case.image, expected, atol=1e-6)
+    assert np.array_equal(case.native_label, (lab > 0).astype(np.uint8))
+
+    nih = shared("nih_pancreas_2d")
+    pcfg = load_config(REPO / "configs" / "pancreas_nih2d.toml")
+    for path in sorted(nih.glob("*.npz")):
+        with np.load(path) as f:
+            margins = f["crop_margin"]
+        if (margins > 0).any() and (margins == 0).any():
+            break
+    train_case = ct2d.load_npz_case(path, prep_spec(pcfg))
+    eval_case = ct2d.load_npz_case(path, prep_spec(pcfg), evaluation=True)
+    assert train_case.image.shape[0] == len(margins) and eval_case.image.shape[0] == int((margins == 0).sum())
+
+
+def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
+    from LightSegLib import preprocess
+    from LightSegLib.data import ct2d
+    from LightSegLib.train.config import load_config, prep_spec
+
+    shared("totalseg_example")
+    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    prep = prep_spec(cfg)
+    spec = dict(cfg["data"]["negatives"], groups=3)
+    cases = ct2d.negative_cases(spec, prep, base=REPO)
+    assert len(cases) == 3 and all(not c.label.any() for c in cases)
+    image = sitk.ReadImage(str(REPO / spec["image"]))
+    seg = sitk.ReadImage(str(REPO / spec["label"]))
+    o = preprocess.orientation_for(image.GetDirection(), "LPS")
+    volume, labels = o.apply(sitk.GetArrayFromImage(image)), o.apply(sitk.GetArrayFromImage(seg))
+    liver_z = np.flatnonzero((labels == 5).any(axis=(1, 2)))
+    empty = [z for z in range(volume.shape[0]) if min(abs(z - liver_z.min()), abs(z - liver_z.max())) > 2
+             and z not in set(liver_z)]
+    assert sum(c.image.shape[0] for c in cases) == len(empty)
+    # Exactly the engine's conversion (clip [0, 255] HU, scale, pad to square, resize), first negative slice.
+    geometry = preprocess.plane_geometry(volume.shape[1:], o.spacing(image.GetSpacing())[1:], prep["inplane"])
+    engine = geometry.to_model(preprocess.normalise(volume[empty[:1]], prep["normalization"]))
+    assert np.allclose(cases[0].image[:1], engine, atol=1e-6)
+    assert 0.0 <= cases[0].image.min() and cases[0].image.max() <= 1.0
+
+
+@pytest.mark.parametrize("name,format_", [("liver_lits2d.toml", "lits_npz"), ("pancreas_nih2d.toml", "nih_npz"),
+                                          ("liver_msd.toml", "msd"), ("pancreas_msd.toml", "msd")])
+def test_shipped_configs_load(name, format_):
+    from LightSegLib.train.config import load_config
+
+    cfg = load_config(REPO / "configs" / name)
+    d = cfg["data"]
+    assert d["format"] == format_ and d["orientation"] == "LPS" and d["normalization"]["window"] == [0, 255]
+    assert d["context_slices"] == 0 and cfg["model"]["num_classes"] == 2
+    if format_ == "msd":
+        assert d["label_map"] == {"1": 1, "2": 1} and d["holdout"]["val"] > 0
