@@ -125,8 +125,11 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
     volume = tmp_path / "ct.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.arange(6 * 20 * 20, dtype=np.int16).reshape(6, 20, 20) % 97),
                     str(volume))
+    dice = tmp_path / "dice.json"
+    dice.write_text(json.dumps({"test-quantiser": 0.9, "test-quantiser:int8": 0.89}))
     assert main(["bench", "--models", "test-quantiser,test-quantiser:int8", "--input", str(volume), "--repeat", "2",
-                 "--threads", "1", "--no-warmup", "--json"]) == 0
+                 "--threads", "1", "--no-warmup", "--json", "--plot", str(tmp_path / "plots"),
+                 "--dice", str(dice)]) == 0
     out = capsys.readouterr().out
     document = json.loads(out)  # exactly one JSON document on stdout
     rows = document["models"]
@@ -141,6 +144,7 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
     assert rows[0]["file_bytes"] == model.stat().st_size
     assert rows[1]["file_bytes"] == (quantiser / "test-quantiser.int8.onnx").stat().st_size
     assert rows[0]["speedup_vs_first"] == 1.0
+    assert all((tmp_path / "plots" / name).stat().st_size > 1000 for name in ("dice_vs_macs.png", "dice_vs_latency.png"))
     assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["latency_median_s"] / rows[1]["latency_median_s"],
                                                         rel=1e-2)
 

@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed first run per model")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--plot", metavar="DIR", help="write dice_vs_macs.png and dice_vs_latency.png here")
+    p.add_argument("--dice", metavar="FILE", help="JSON {model: mean Dice} overriding the cards' (e.g. int8 Dice)")
     p.set_defaults(func=run)
 
 
@@ -27,5 +29,15 @@ def run(args) -> int:
     result = bench(models, args.input, repeat=args.repeat, threads=args.threads, backend=args.backend,
                    warmup=not args.no_warmup, log=(lambda s: None) if args.json else
                    (lambda s: print(s, file=sys.stderr)))
+    if args.plot:
+        import json
+        from pathlib import Path
+
+        from ..compress.bench import plot
+
+        dice = json.loads(Path(args.dice).read_text()) if args.dice else None
+        written = plot(result, args.plot, dice)
+        if not args.json:
+            print("plots: " + ", ".join(str(p) for p in written), file=sys.stderr)
     print(to_json(result) if args.json else format_table(result))
     return 0

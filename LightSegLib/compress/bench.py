@@ -47,8 +47,12 @@ def model_facts(model: str, int8: bool) -> dict:
     path = card.path("int8_file" if int8 else "file")
     if not path.is_file():
         raise LightSegError(f"model file for '{model}' is missing: {path}")
-    return {"params": int(card.entry.get("params", 0)), "macs": int(card.entry.get("macs", 0)),
-            "file_bytes": int(path.stat().st_size)}
+    metrics = card.entry.get("metrics") or {}
+    facts = {"params": int(card.entry.get("params", 0)), "macs": int(card.entry.get("macs", 0)),
+             "file_bytes": int(path.stat().st_size)}
+    if "dice_mean" in metrics:  # the card's validation Dice (fp32), for the accuracy/cost plots
+        facts["val_dice_mean"] = float(metrics["dice_mean"])
+    return facts
 
 
 def time_once(model: str, int8: bool, input_path: Path, threads: int | None, out_dir: Path,
@@ -132,3 +136,37 @@ def format_table(result: dict) -> str:
 
 def to_json(result: dict) -> str:
     return json.dumps(result)
+
+
+def plot(result: dict, folder, dice: dict | None = None) -> list[Path]:
+    """``dice_vs_macs.png`` and ``dice_vs_latency.png`` (log x) for the models that have a Dice: from
+    ``dice`` ({model: mean Dice}, e.g. measured int8 Dice) or the registry card's ``metrics.dice_mean``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dice = dict(dice or {})
+    rows = [(r, dice.get(r["model"], r.get("val_dice_mean"))) for r in result["models"]]
+    rows = [(r, d) for r, d in rows if d is not None]
+    if not rows:
+        raise LightSegError("no model has a Dice to plot (card metrics.dice_mean or --dice)")
+    written = []
+    for key, label, name in (("macs", "MACs per slice (log)", "dice_vs_macs.png"),
+                             ("latency_median_s", f"median CPU latency per volume, s (log; "
+                              f"{result.get('threads') or 'default'} threads)", "dice_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for r, d in rows:
+            ax.scatter(max(r[key], 1e-9), d, s=30)
+            ax.annotate(r["model"], (max(r[key], 1e-9), d), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation Dice (mean over structures)")
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        written.append(folder / name)
+    return written
