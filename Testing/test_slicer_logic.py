@@ -393,3 +393,49 @@ def test_extension_layout_runs_without_pip(tmp_path):
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
+
+
+def test_int8_mode_passes_through_and_is_refused_without_an_int8_file(mrml, quantiser):
+    from LightSegLib.registry import read_registry, register_model
+
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    with pytest.raises(LightSegLogic.LightSegError, match="no int8"):
+        Logic().startSegmentation(volume, "test-quantiser", int8=True)
+    entry = read_registry(quantiser)["models"][0]
+    register_model(dict(entry, int8_file=entry["file"], int8_sha256=entry["sha256"]), quantiser)
+    logic = Logic()
+    node = logic.segment(volume, "test-quantiser", int8=True)
+    assert "--int8" in logic.lastJob.runner.args
+    assert node.GetSegmentation().GetNumberOfSegments() == 3
+
+
+def registered_models():
+    """Real models in the repository's registry (the analytic test model is not one of them)."""
+    try:
+        from LightSegLib.registry import list_models
+        return [card.id for card in list_models(folder=REPO / "Resources" / "Models") if card.task != "test"]
+    except Exception:  # noqa: BLE001  (a broken registry is reported by the registry's own tests)
+        return []
+
+
+@pytest.mark.parametrize("model_id", registered_models() or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no real model is registered in Resources/Models yet"))])
+def test_registered_model_in_slicer_equals_the_cli(mrml, model_id, tmp_path, monkeypatch):
+    """Each real model, run from Slicer on its bundled sample, gives exactly the CLI's labels on that file."""
+    from LightSegLib.registry import get_model
+
+    monkeypatch.delenv("LIGHTSEG_MODELS_DIR", raising=False)
+    card = get_model(model_id)
+    sample = SAMPLES / ("acdc_patient002_ED.nii.gz" if card.modality == "MR" else "totalseg_example_ct_sm.nii.gz")
+    volume = load_volume(mrml, sample, "sample")
+    node = Logic().segment(volume, model_id, timeout_s=300)
+    cli_out = tmp_path / "cli.nrrd"
+    proc = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", model_id, str(sample),
+                           str(cli_out)], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out)))
+    segs, ids = segments(node)
+    assert [s.GetName() for s in segs] == [label["name"] for label in sorted(card.labels, key=lambda x: x["value"])]
+    for segment_id, label in zip(ids, sorted(card.labels, key=lambda x: x["value"])):
+        np.testing.assert_array_equal(segment_mask(node, segment_id, volume), cli == label["value"])
+    assert_same_grid(node, volume)

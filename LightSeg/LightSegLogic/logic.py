@@ -222,13 +222,14 @@ class LightSegLogic:
         card = get_model(modelId)
         if int8 and not card.has_int8():
             raise LightSegError(f"model '{modelId}' has no int8 version")
-        if not replaceExisting and self.wouldReplace(outputSegmentationNode):
+        browser, sequence = self.sequenceOf(volumeNode) if allFrames else (None, None)
+        # All frames go to a new segmentation sequence; only a single-volume run writes into the chosen node.
+        if sequence is None and not replaceExisting and self.wouldReplace(outputSegmentationNode):
             raise OutputExistsError(f"'{outputSegmentationNode.GetName()}' already has segments; "
                                     "confirm to replace them or choose a new segmentation")
         self.ensureDependencies()
 
         tempDir = Path(tempfile.mkdtemp(prefix="LightSeg-"))
-        browser, sequence = self.sequenceOf(volumeNode) if allFrames else (None, None)
         frames = []
         try:
             if sequence is not None:
@@ -375,6 +376,8 @@ class LightSegLogic:
     def _importResults(self, job: SegmentationJob):
         card = get_model(job.modelId)
         volumeNode = self.scene.GetNodeByID(job.volumeNodeID)
+        if volumeNode is None:
+            raise LightSegError("the input volume was removed from the scene while it was being segmented")
         if job.sequenceNodeID is None:
             _, _, _, labelPath = job.frames[0]
             output = self.scene.GetNodeByID(job.outputNodeID) if job.outputNodeID else None
