@@ -181,3 +181,22 @@ def test_macs_and_params_drop_after_pruning(x):
     macs1, params1 = P.macs_and_params(net, x[:1])
     assert params1 == P.count_params(net) < params0
     assert macs1 < 0.4 * macs0
+
+
+def test_a_step_that_prunes_nothing_is_an_error_not_a_silent_no_op(x):
+    from LightSegLib.errors import LightSegError
+
+    net = build(spec("tinyunet"))
+    with pytest.raises(LightSegError, match="no channel"):
+        P.prune(net, x, ratio=0.5, global_pruning=True)
+
+
+def test_pruning_leaves_bn_running_statistics_of_kept_channels_alone(x):
+    net = build(spec("unet"))
+    with torch.no_grad():
+        net.train()(torch.randn(4, 1, 32, 32) * 3 + 1)  # non-trivial running stats
+    bn = net.encoders[3][1][1]
+    before = dict(zip(range(bn.num_features), bn.running_var.clone()))
+    P.prune(net, x, importance="taylor", ratio=0.5, batches=labelled(x))
+    after = bn.running_var
+    assert all(any(torch.isclose(a, b) for b in before.values()) for a in after)

@@ -194,9 +194,15 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, importance: str = "l
     for step in range(int(steps)):
         if importance == "taylor":
             accumulate_gradients(model, batches(), loss_fn)
+        params_step = count_params(model)
         pruner.step()
         model.zero_grad(set_to_none=True)
         check_forward(model, example_input, expected)
+        if count_params(model) == params_step and max([ratio] + list(stage_ratios or [])) > 0:
+            # Seen with --global on TinyUNet: Torch-Pruning's global ranking skips groups whose importance
+            # vector spans a concatenation (the CMRF cascade); say so instead of returning an unpruned net.
+            raise LightSegError("Torch-Pruning removed no channel at this step"
+                                + (" (global ranking; try local or per-stage ratios)" if global_pruning else ""))
         log(f"prune step {step + 1}/{steps}: params {params_before} -> {count_params(model)}, "
             f"stage widths {stage_widths(model, example_input)}")
         if fine_tune is not None:
