@@ -191,6 +191,99 @@ def _evaluate_cmd(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export + register + evaluate + card
+def figures_markdown(report: dict) -> str:
+    """The measured part of a model card, from an ``evaluate_model`` report (nothing typed in by hand)."""
+    lines = ["| data | what | Dice |", "|---|---|---|"]
+    for key, label in (("val_8bit", "validation split (model selection), 8-bit slices"),
+                       ("test_8bit", "held-out test split, 8-bit slices")):
+        r = report.get(key)
+        if r:
+            lines.append(f"| {label} | {r['cases']} cases, {r['slices']} slices, no 3D post-processing | "
+                         f"{r['dice_mean_per_case']} +- {r['dice_sd_per_case']} per case; {r['dice_pooled']} pooled; "
+                         f"{r['dice_mean_per_slice']} per slice |")
+    r = report.get("nih_true_hu")
+    if r:
+        lines.append(f"| NIH true-HU slices (int16 HU, flipped into radiological view), test patients "
+                     f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
+                     f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
+                     f" {r['dice_pooled']} pooled |")
+    for key, label in (("totalseg_ct_3mm_vs_auto_v1", "TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
+                        "automatic v1 map; its organ-free slices were training negatives"),
+                       ("totalseg_dicom_20slices_vs_auto_v2", "TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
+                        "vs its automatic v2 map"),
+                       ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
+        r = report.get(key)
+        if r:
+            lines.append(f"| {label} | full engine, 3D post-processing; {r['slices_with_organ_pred']} slices with "
+                         f"prediction vs {r['slices_with_organ_ref']} in the reference, "
+                         f"{r['false_positive_slices']} false-positive slices | {r['dice']} |")
+    return "\n".join(lines)
+
+
+def speed_markdown(speed: dict | None) -> str:
+    if not speed:
+        return "Not measured for this model (see `benchmarks/big_ct.py --model ID`)."
+    return (f"`benchmarks/big_ct.py --model {speed['model']} --threads {speed['threads']} --repeat {speed['repeat']}` "
+            f"({speed['input']}): median {speed['latency_median_s']} s (min {speed['latency_min_s']}, max "
+            f"{speed['latency_max_s']}), peak RSS {speed['peak_rss_mb']} MB, on a shared 2-core machine.")
+
+
+def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
+            threads: int = 1, speed: dict | None = None, log=print) -> dict:
+    """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
+    in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
+    from ..export import export_checkpoint
+    from ..registry import get_model, models_dir, register_model
+    from .config import load_config
+
+    folder = models_dir()
+    cfg = load_config(config_path)
+    size = cfg["data"]["inplane"].get("size", [256, 256])
+    parity = REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"
+    export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
+                      parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
+    card = get_model(model_id)
+    report = evaluate_model(card, cfg, card.task, threads, splits=("val", "test"))
+    (folder / f"{model_id}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    entry = dict(card.entry)
+    metrics = dict(entry["metrics"])
+    for key in ("val_8bit", "test_8bit", "nih_true_hu"):
+        if key in report:
+            metrics[key] = {k: v for k, v in report[key].items() if k != "per_case"}
+    for key in ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "dcmqi_3slices_vs_semiauto"):
+        if key in report:
+            metrics[key] = report[key]["dice"]
+    entry["metrics"] = metrics
+    register_model(entry, folder)
+    template = Path(card_path).with_suffix(".md.in")
+    if template.is_file():
+        text = template.read_text().replace("{{figures}}", figures_markdown(report))
+        text = text.replace("{{speed}}", speed_markdown(speed))
+        text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
+                                                                             "input", "normalization")}, indent=1))
+        (folder / entry.get("card", f"{model_id}.md")).write_text(text)
+    log(json.dumps(report, indent=1))
+    return report
+
+
+def _publish_cmd(args) -> int:
+    speed = json.loads(Path(args.speed).read_text()) if args.speed else None
+    publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed)
+    return 0
+
+
+def _prune_cmd(args, rest) -> int:
+    """``lightseg prune`` (issue-4 toolkit) with the CT data readers routed in for its fine-tuning."""
+    from ..cli import main as lightseg
+    from ..data import ct2d
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    with ct2d.trainer_data_hook(cfg):
+        return lightseg(["prune", *rest, "--config", args.config])
+
+
 def main(argv=None) -> int:
     from ..errors import LightSegError
 
@@ -213,7 +306,28 @@ def main(argv=None) -> int:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=_evaluate_cmd)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("publish", help="export a checkpoint, register it, evaluate it, write its card figures")
+    p.add_argument("checkpoint")
+    p.add_argument("--id", required=True)
+    p.add_argument("--card", required=True, help="card template JSON (configs/cards/ID.json; ID.md.in beside it)")
+    p.add_argument("--config", required=True, help="the training config (held-out split)")
+    p.add_argument("--status", default="preview", choices=["stable", "preview", "reference"])
+    p.add_argument("--reproduce")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--speed", help="JSON line written by benchmarks/big_ct.py, for the card's speed section")
+    p.set_defaults(func=_publish_cmd)
+    q = sub.add_parser("prune-ct", help="lightseg prune with the CT readers (other options passed through)")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=_prune_cmd)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "prune-ct":
+        try:
+            return int(_prune_cmd(args, rest) or 0)
+        except LightSegError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args) or 0)
     except LightSegError as err:
