@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
-
+import tomllib
 from conftest import REPO, shared
 
 torch = pytest.importorskip("torch")
@@ -45,7 +45,7 @@ def tiny_msd_liver(tmp_path):
     return root
 
 
-def tiny_config(path, base: str) -> "Path":
+def tiny_config(path: Path, base: str) -> Path:
     """The shipped MSD config with tiny widths, patch and iteration counts (everything else as shipped)."""
     text = (REPO / "configs" / base).read_text()
     cfg = tomllib.loads(text)
@@ -139,7 +139,7 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     lits = shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
-    path = sorted(lits.glob("*.npz"))[0]
+    path = min(lits.glob("*.npz"))
     case = ct2d.load_npz_case(path, prep)
     with np.load(path) as f:
         raw, lab = f["image"], f["label"]

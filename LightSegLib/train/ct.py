@@ -208,10 +208,10 @@ def figures_markdown(report: dict) -> str:
                      f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
                      f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
                      f" {r['dice_pooled']} pooled |")
-    for key, label in (("totalseg_ct_3mm_vs_auto_v1", "TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
-                        "automatic v1 map; its organ-free slices were training negatives"),
-                       ("totalseg_dicom_20slices_vs_auto_v2", "TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
-                        "vs its automatic v2 map"),
+    for key, label in (("totalseg_ct_3mm_vs_auto_v1", ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
+                        "automatic v1 map; its organ-free slices were training negatives")),
+                       ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
+                        "vs its automatic v2 map")),
                        ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
         r = report.get(key)
         if r:
