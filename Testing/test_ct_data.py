@@ -196,3 +196,31 @@ def test_shipped_configs_load(name, format_):
     assert d["context_slices"] == 0 and cfg["model"]["num_classes"] == 2
     if format_ == "msd":
         assert d["label_map"] == {"1": 1, "2": 1} and d["holdout"]["val"] > 0
+
+
+def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
+    """The HU check rests on two facts: the 8-bit slices are about clip(HU, 0, 255), and the HU slices need
+    np.flip(axis=1) to be in the 8-bit slices' radiological view. One HU slice of PANCREAS_0001 is also in
+    nih_pancreas_2d: converted with the model's window it must match that copy (JPEG noise aside), labels too."""
+    from LightSegLib import preprocess
+    from LightSegLib.train.config import load_config, prep_spec
+
+    hu_file = shared("nih_pancreas") / "PANCREAS_0001.npz"
+    bit8_file = shared("nih_pancreas_2d") / "PANCREAS_0001.npz"
+    window = prep_spec(load_config(REPO / "configs" / "pancreas_nih2d.toml"))["normalization"]
+    with np.load(hu_file) as f:
+        hu, hu_label = f["image"], f["label"]
+    with np.load(bit8_file) as f:
+        keep = f["crop_margin"] == 0
+        bit8, bit8_label = f["image"][keep].astype(np.float32) / 255.0, f["label"][keep]
+
+    def best(slices):
+        x = preprocess.normalise(slices, window)
+        diffs = np.abs(bit8[None] - x[:, None]).mean(axis=(2, 3))  # [hu slice, 8-bit slice]
+        k, j = np.unravel_index(np.argmin(diffs), diffs.shape)
+        return float(diffs[k, j]), int(k), int(j)
+
+    flipped, k, j = best(np.flip(hu, 1))
+    unflipped, _, _ = best(hu)
+    assert flipped < 2.0 / 255 and unflipped > 5 * flipped
+    assert np.array_equal(np.flip(hu_label, 1)[k] > 0, bit8_label[j] > 0)
