@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -155,6 +156,31 @@ def test_existing_segmentation_is_not_replaced_without_asking(mrml, quantiser):
     segs, _ = segments(output)
     assert [s.GetName() for s in segs] == ["level 1", "level 2", "level 3"]
     assert not logic.wouldReplace(mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode"))
+
+
+def test_transformed_volume_gets_its_segmentation_under_the_same_transform(mrml, quantiser):
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 25.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    node = Logic().segment(volume, "test-quantiser")
+    assert node.GetTransformNodeID() == transform.GetID()
+    assert_same_grid(node, volume)
+    expected = expected_labels(slicer.util.arrayFromVolume(volume))
+    _, ids = segments(node)
+    for value, segment_id in enumerate(ids, start=1):
+        np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == value)
+
+
+def test_a_process_that_cannot_start_is_reported_and_leaves_nothing(mrml, quantiser, tmp_path):
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    before = set(os.listdir(tempfile.gettempdir()))
+    with pytest.raises(LightSegLogic.LightSegError, match="could not start"):
+        Logic(python=str(tmp_path / "no-such-python")).startSegmentation(volume, "test-quantiser")
+    leftovers = [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("LightSeg-")]
+    assert not leftovers
 
 
 def _alive(pid: int) -> bool:

@@ -257,7 +257,11 @@ class LightSegLogic:
         else:
             args += [str(frames[0][2]), str(frames[0][3])]
         runner = self.runnerFactory(args, self._childEnvironment())
-        runner.start()
+        try:
+            runner.start()
+        except Exception as err:  # noqa: BLE001  (e.g. Python not found: report it, leave no temporary files)
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise LightSegError(f"could not start the segmentation process: {err}") from err
         return SegmentationJob(
             modelId=modelId, volumeNodeID=volumeNode.GetID(),
             outputNodeID=outputSegmentationNode.GetID() if outputSegmentationNode is not None else None,
@@ -385,6 +389,7 @@ class LightSegLogic:
                 output = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                       self.scene.GenerateUniqueName(f"{volumeNode.GetName()} {card.id}"))
             self.labelmapToSegmentation(labelPath, card, volumeNode, output)
+            output.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())  # overlays a moved volume
             self.placeInHierarchy(output, volumeNode)
             return output
         return self._importSequence(job, card, volumeNode)
@@ -416,8 +421,10 @@ class LightSegLogic:
         wasModifying = segmentationNode.StartModify()
         try:
             segmentation.RemoveAllSegments()
+            # Import in the volume's own frame: no transform on either node until the end (see _importResults).
+            segmentationNode.SetAndObserveTransformNodeID(None)
             if referenceVolumeNode is not None:
-                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+                self.setReferenceGeometry(segmentationNode, referenceVolumeNode)
             ids = vtk.vtkStringArray()
             for item in labels:
                 colour = [c / 255.0 for c in item["color"]]
@@ -433,6 +440,22 @@ class LightSegLogic:
         finally:
             segmentationNode.EndModify(wasModifying)
         return segmentationNode
+
+    @staticmethod
+    def setReferenceGeometry(segmentationNode, volumeNode) -> None:
+        """The volume's own grid (IJK-to-RAS, extent) as the segmentation's reference geometry.
+
+        Unlike SetReferenceImageGeometryParameterFromVolumeNode this ignores parent transforms, which is right
+        because the segmentation is then put under the volume's transform.
+        """
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(matrix, volumeNode.GetImageData().GetExtent())
+        segmentationNode.GetSegmentation().SetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry)
+        if volumeNode.GetScene() is segmentationNode.GetScene() and volumeNode.GetID():
+            segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
+                                                volumeNode.GetID())
 
     def placeInHierarchy(self, segmentationNode, volumeNode) -> None:
         """Parent the segmentation to its input volume in the subject hierarchy (kept together, DICOM SEG)."""
@@ -468,7 +491,9 @@ class LightSegLogic:
                 sequencesModule.logic().UpdateProxyNodesFromSequences(browser)
                 proxy = browser.GetProxyNode(sequence)
                 if proxy is not None:
-                    proxy.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+                    proxy.CreateDefaultDisplayNodes()
+                    self.setReferenceGeometry(proxy, volumeNode)
+                    proxy.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
                     self.placeInHierarchy(proxy, volumeNode)
         return sequence
 
