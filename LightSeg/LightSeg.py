@@ -22,6 +22,10 @@ import LightSegLib  # importable once LightSegLogic has found it (installed besi
 
 #: The self-test's sample and manual reference (Resources/ beside LightSegLib, in the source tree and installed).
 SAMPLES_DIR = Path(LightSegLib.__file__).resolve().parent.parent / "Resources" / "Samples"
+#: Bundled samples offered in the Sample Data module (category "LightSeg"): (name, file) in Resources/Samples.
+SAMPLE_DATA = [("LightSeg cine MRI ED", "acdc_patient002_ED.nii.gz"),
+               ("LightSeg cine MRI ES", "acdc_patient002_ES.nii.gz"),
+               ("LightSeg abdominal CT", "totalseg_example_ct_sm.nii.gz")]
 SELF_TEST_VOLUME = SAMPLES_DIR / "acdc_patient002_ED.nii.gz"
 SELF_TEST_REFERENCE = SAMPLES_DIR / "acdc_patient002_ED_label.nii.gz"
 SELF_TEST_MODEL = "cardiac-acdc"  # falls back to the first stable cardiac model when absent
@@ -82,6 +86,20 @@ class LightSeg(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "LightSeg implements published compression methods (see Help). Bundled samples: ACDC (O. Bernard et al., "
             "IEEE TMI 2018; research, non-commercial use) and TotalSegmentator's example CT (Apache-2.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Offer the bundled samples in the Sample Data module: a one-click try, offline (file:// URIs)."""
+    import SampleData
+
+    icon = str(Path(__file__).resolve().parent / "Resources" / "Icons" / "LightSeg.png")
+    for name, fileName in SAMPLE_DATA:
+        path = SAMPLES_DIR / fileName
+        if path.is_file():
+            SampleData.SampleDataLogic.registerCustomSampleDataSource(
+                category="LightSeg", sampleName=name, uris=path.as_uri(), fileNames=fileName,
+                nodeNames=name.replace(" ", "_"), thumbnailFileName=icon, loadFileType="VolumeFile")
 
 
 class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -183,8 +183,16 @@ def run_until_done(widget, timeout_s=60):
         time.sleep(0.05)
 
 
-def test_module_metadata_lists_licences_and_citations(module):
+def test_module_metadata_lists_licences_and_citations(module, monkeypatch):
+    started = []
+    monkeypatch.setattr(slicer_util, "app", types.SimpleNamespace(
+        connect=lambda signal, slot: started.append((signal, slot))), raising=False)
+    monkeypatch.setattr(module.module.slicer, "app", slicer_util.app, raising=False)
     info = module.module.LightSeg(types.SimpleNamespace())
+    assert started == [("startupCompleted()", module.module.registerSampleData)]
+    for _, fileName in module.module.SAMPLE_DATA:  # the Sample Data entries point at shipped files
+        assert (module.module.SAMPLES_DIR / fileName).is_file()
+        assert f"Resources/Samples/{fileName}" in (REPO / "LightSeg" / "CMakeLists.txt").read_text()
     assert info.parent.title == "LightSeg" and info.parent.categories == ["Segmentation"]
     for text in ("Apache-2.0", "CPRUN", "TinyUnet", "CPGResNet50", "LFU-Net", "DPU-Net"):
         assert text in info.parent.helpText, text
