@@ -233,7 +233,8 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         card = self.currentCard()
         running = self.job is not None and not self.job.finished
         if card is not None:
-            info = (f"Task: {card.task}, modality: {card.modality}, licence: {card.licence}."
+            info = (f"Task: {card.task}, modality: {card.modality}, licence: {card.licence}. "
+                    f"{LightSegLogic.modelFacts(card)}."
                     + (" <b>Preview model</b>: still being validated." if card.status == "preview" else ""))
             if card.entry.get("description"):
                 info += f"<br>{card.entry['description']}"

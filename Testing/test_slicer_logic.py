@@ -283,7 +283,10 @@ def test_model_list_hides_reference_models_and_marks_previews(quantiser):
     assert ids == ["test-quantiser"]
     assert "test-reference" in [card.id for card in Logic.models(includeReference=True)]
     text = Logic.modelDescription(Logic.models()[0])
-    assert "[preview]" in text and "Apache-2.0" in text and "CT" in text
+    assert "[preview]" in text and "Apache-2.0" in text and "CT" in text and "M parameters" in text
+    entry = dict(read_registry(quantiser)["models"][0], metrics={"val_dice_mean": 0.912}, macs=2_500_000_000)
+    register_model(entry, quantiser)
+    assert Logic.modelFacts(Logic.models()[0]) == "0.00 M parameters, 2.50 GMAC per slice, validation Dice 0.912"
 
 
 def cine_sequence(mrml, frames):

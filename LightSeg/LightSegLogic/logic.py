@@ -176,7 +176,21 @@ class LightSegLogic:
     @staticmethod
     def modelDescription(card) -> str:
         badge = " [preview]" if card.status == "preview" else ""
-        return f"{card.title}{badge} - {card.modality}, {card.task}, licence {card.licence}"
+        return f"{card.title}{badge} - {card.modality}, {card.task}, licence {card.licence}; {LightSegLogic.modelFacts(card)}"
+
+    @staticmethod
+    def modelFacts(card) -> str:
+        """Size, cost and validation Dice from the card, so users can pick between a fast and an accurate model."""
+        facts = [f"{card.params / 1e6:.2f} M parameters"]
+        if card.macs:
+            facts.append(f"{card.macs / 1e9:.2f} GMAC per slice")
+        metrics = card.entry.get("metrics") or {}
+        dice = metrics.get("val_dice_mean", metrics.get("dice_mean"))
+        if isinstance(dice, (int, float)):
+            facts.append(f"validation Dice {dice:.3f}")
+        if card.has_int8():
+            facts.append("int8 version available")
+        return ", ".join(facts)
 
     def ensureDependencies(self) -> None:
         missing = missingPackages()
