@@ -272,6 +272,12 @@ def test_terminology_string_is_slicers_format():
     ours = LightSegLogic.terminologyString(TERMINOLOGY)
     assert ours.split("~")[:3] == slicerio.terminology_entry_to_string(TERMINOLOGY).split("~")[:3]
     assert slicerio.terminology_entry_from_string(ours)["type"] == TERMINOLOGY["type"]
+    entry = slicer.vtkSlicerTerminologyEntry()  # Slicer's own parser reads it back
+    assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(ours, entry)
+    assert entry.GetTerminologyContextName() == TERMINOLOGY["contextName"]
+    assert entry.GetCategoryObject().GetCodeValue() == "123037004"
+    assert (entry.GetTypeObject().GetCodingSchemeDesignator(), entry.GetTypeObject().GetCodeValue(),
+            entry.GetTypeObject().GetCodeMeaning()) == ("SCT", "10200004", "Liver")
 
 
 def test_model_list_hides_reference_models_and_marks_previews(quantiser):

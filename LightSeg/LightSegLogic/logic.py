@@ -99,13 +99,14 @@ class SegmentationJob:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def terminologyString(terminology: dict) -> str:
-    """Slicer's TerminologyEntry tag string from a card's terminology dict (no slicerio needed in Slicer)."""
+    """Slicer's TerminologyEntry tag string from a card's terminology dict (no slicerio needed in Slicer); an
+    absent anatomic context gets the name Slicer itself writes."""
     def code(key):
         value = terminology.get(key) or ["", "", ""]
         return "^".join(value)
     return "~".join([terminology.get("contextName", "Segmentation category and type - DICOM master list"),
                      code("category"), code("type"), code("typeModifier"),
-                     terminology.get("anatomicContextName", ""), code("anatomicRegion"),
+                     terminology.get("anatomicContextName", "Anatomic codes - DICOM master list"), code("anatomicRegion"),
                      code("anatomicRegionModifier")])
 
 
