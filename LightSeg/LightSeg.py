@@ -321,9 +321,11 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node.IsA("vtkMRMLSequenceNode"):
             self.lastSequenceResult = node
             browser = slicer.mrmlScene.GetNodeByID(self.job.browserNodeID)
-            node = browser.GetProxyNode(node) if browser else None
+            proxy = browser.GetProxyNode(node) if browser else None
+            self.logic.setShow3D(proxy, self.ui.show3DCheckBox.checked)
             self.updateControls()  # frame spin boxes now span the new sequence
-        if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+            return  # the output selector stays as it was: a proxy is not a place for the next result
+        if node.IsA("vtkMRMLSegmentationNode"):
             self.ui.outputSegmentationSelector.setCurrentNode(node)
             self.logic.setShow3D(node, self.ui.show3DCheckBox.checked)
 

@@ -100,7 +100,7 @@ def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mr
     assert_same_grid(node, volume)
 
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
-    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemByDataNode(volume)
+    assert sh.GetItemByDataNode(volume) and sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemByDataNode(volume)
     assert node.GetAttribute("LightSeg.ModelId") == "test-quantiser"
     assert mrml.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0  # no leftovers
 
@@ -111,6 +111,18 @@ def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mr
     assert seen[0][0] == "starting" and seen[-1][0] == "done" and len(seen) >= 3
     fractions = [p for _, p in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_dicom_volume_gets_its_segmentation_in_the_same_study(mrml, quantiser):
+    """DICOM SEG export needs the segmentation in the study of its reference series."""
+    volume = load_volume(mrml, CT_SAMPLE, "CT series")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "patient")
+    study = sh.CreateStudyItem(patient, "study")
+    sh.CreateItem(study, volume)
+    node = Logic().segment(volume, "test-quantiser")
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
 
 
 def test_oblique_anisotropic_volume_keeps_its_grid(mrml, tmp_path, monkeypatch):

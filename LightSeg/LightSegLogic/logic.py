@@ -473,15 +473,22 @@ class LightSegLogic:
                                                 volumeNode.GetID())
 
     def placeInHierarchy(self, segmentationNode, volumeNode) -> None:
-        """Parent the segmentation to its input volume in the subject hierarchy (kept together, DICOM SEG)."""
+        """Keep the segmentation with its input in the subject hierarchy.
+
+        A volume loaded from DICOM sits in a study: the segmentation goes into that same study, beside its
+        series, which is where DICOM SEG export looks for it. Any other volume gets the segmentation as its child.
+        """
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
         if sh is None or volumeNode is None:
             return
         # Slicer's Qt plugins give every node an item; without them (scripts, tests) make the items here.
         volumeItem = sh.GetItemByDataNode(volumeNode) or sh.CreateItem(sh.GetSceneItemID(), volumeNode)
         segmentationItem = sh.GetItemByDataNode(segmentationNode) or sh.CreateItem(volumeItem, segmentationNode)
-        if volumeItem and segmentationItem and volumeItem != segmentationItem:
-            sh.SetItemParent(segmentationItem, volumeItem)
+        if not volumeItem or not segmentationItem or volumeItem == segmentationItem:
+            return
+        studyLevel = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
+        parent = sh.GetItemParent(volumeItem)
+        sh.SetItemParent(segmentationItem, parent if parent and sh.GetItemLevel(parent) == studyLevel else volumeItem)
 
     def _importSequence(self, job: SegmentationJob, card, volumeNode):
         """One segmentation per frame in a new sequence, synchronised with the input's browser."""
