@@ -247,3 +247,39 @@ def test_self_test_runs_on_the_bundled_sample(module, monkeypatch, capsys):
     test.runTest()
     out = capsys.readouterr().out
     assert "LightSeg self-test: test-cardiac on acdc_patient002_ED.nii.gz" in out and "Dice right ventricle" in out
+
+
+def test_widget_all_frames_then_cardiac_function_table(module, monkeypatch):
+    ui, mrml = module.ui, module.mrml
+    shown = []
+    selection = types.SimpleNamespace(SetActiveTableID=shown.append)
+    monkeypatch.setattr(module.module.slicer, "app", types.SimpleNamespace(applicationLogic=lambda: types.SimpleNamespace(
+        GetSelectionNode=lambda: selection, PropagateTableSelection=lambda: None)), raising=False)
+    widget = module.module.LightSegWidget()
+    widget.setup()
+    sequence = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for i, name in enumerate(("acdc_patient002_ED.nii.gz", "acdc_patient002_ES.nii.gz")):
+        frame = mrml.volumes.AddArchetypeVolume(str(REPO / "Resources" / "Samples" / name), f"frame{i}")
+        sequence.SetDataNodeAtValue(frame, str(i))
+        mrml.scene.RemoveNode(frame)
+    browser = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    mrml.sequences.UpdateProxyNodesFromSequences(browser)
+    ui.inputVolumeSelector.setCurrentNode(browser.GetProxyNode(sequence))
+    ui.modelSelector.setCurrentIndex(ui.modelSelector.findData("test-cardiac"))
+    assert ui.allFramesCheckBox.enabled  # the input is a cine sequence
+    ui.allFramesCheckBox.setChecked(True)
+    ui.segmentButton.emit("clicked(bool)", True)
+    run_until_done(widget)
+    assert widget.job.state == "done", ui.statusLabel.text
+    assert widget.lastSequenceResult.GetNumberOfDataNodes() == 2
+    assert ui.outputSegmentationSelector.currentNode() is None  # the next run still makes a new segmentation
+    assert ui.esFrameSpinBox.enabled and ui.esFrameSpinBox.maximum == 1
+    ui.edFrameSpinBox.setValue(0)
+    ui.esFrameSpinBox.setValue(1)
+    ui.cardiacFunctionButton.emit("clicked(bool)", True)
+    assert len(shown) == 1, ui.statusLabel.text
+    table = mrml.scene.GetNodeByID(shown[0])
+    assert table.GetCellText(3, 0) == "Ejection fraction"
+    assert float(table.GetCellText(3, 1)) == pytest.approx(widget.logic.lastCardiacFunction.lv_ef_percent, abs=0.05)
+    widget.cleanup()
