@@ -131,7 +131,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.speedModeSelector.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
@@ -208,6 +208,14 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.SetParameter("Show3D", "true" if self.ui.show3DCheckBox.checked else "false")
         node.EndModify(wasModified)
         self.updateControls()
+
+    def onInputVolumeChanged(self, volume):
+        """A result made from another volume is not the place for this one's: go back to a new segmentation."""
+        output = self.ui.outputSegmentationSelector.currentNode()
+        if not self._updatingGUI and output is not None and volume is not None and output.GetNodeReference(
+                output.GetReferenceImageGeometryReferenceRole()) not in (None, volume):
+            self.ui.outputSegmentationSelector.setCurrentNode(None)
+        self.updateParameterNodeFromGUI()
 
     # ---------------------------------------------------------------- GUI state
     def populateModels(self):

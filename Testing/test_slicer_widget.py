@@ -235,6 +235,11 @@ def test_widget_segments_asks_before_replacing_and_cancels(module):
 
     ui.show3DCheckBox.setChecked(True)
     assert output.GetSegmentation().ContainsRepresentation("Closed surface")
+
+    other = mrml.volumes.AddArchetypeVolume(str(REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"), "MR")
+    ui.inputVolumeSelector.setCurrentNode(other)  # a new input: the next result goes to a new segmentation
+    assert ui.outputSegmentationSelector.currentNode() is None
+    assert widget._parameterNode.GetNodeReference("InputVolume") is other
     assert widget._parameterNode.GetParameter("Show3D") == "true"
     widget.cleanup()
 
