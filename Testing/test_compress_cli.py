@@ -141,6 +141,7 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
         assert isinstance(r["params"], int) and isinstance(r["macs"], int)
         assert 0 < r["latency_min_s"] <= r["latency_median_s"] <= r["latency_max_s"]
         assert r["peak_rss_mb"] > 10
+        assert 0 < r["network_median_s"] <= r["engine_median_s"] < r["latency_median_s"]
     assert rows[0]["file_bytes"] == model.stat().st_size
     assert rows[1]["file_bytes"] == (quantiser / "test-quantiser.int8.onnx").stat().st_size
     assert rows[0]["speedup_vs_first"] == 1.0

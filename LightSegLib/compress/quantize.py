@@ -135,4 +135,4 @@ def agreement(fp32_path, int8_path, x: np.ndarray, threads: int = 1) -> dict:
 
     a, b = run(fp32_path), run(int8_path)
     return {"argmax_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-            "max_abs_logit_diff": float(np.abs(a - b).max())}
+            "max_abs_logit_diff": float(np.abs(a - b).max()), "pixels": int(a.shape[0] * a.shape[2] * a.shape[3])}
