@@ -200,3 +200,14 @@ def test_distill_command_trains_a_student(tmp_path, config, capsys):
     net, ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["architecture"]["name"] == "tinyunet"
     assert ckpt["prep"]["inplane"]["spacing"] == [6.0, 6.0]
+
+
+def test_fine_tuning_data_follow_the_checkpoint_preprocessing(config, capsys):
+    """A pruned net or a teacher must see the pixels it was trained on, whatever the --config says."""
+    from LightSegLib.commands._compress_common import apply_prep, resolve_config
+
+    cfg = resolve_config(config, None, 1)
+    prep = dict(PREP, inplane={"mode": "spacing", "spacing": [3.0, 3.0]}, context_slices=1)
+    apply_prep(cfg, prep, "best.pt")
+    assert cfg["data"]["inplane"]["spacing"] == [3.0, 3.0] and cfg["data"]["context_slices"] == 1
+    assert "inplane, context_slices differ" in capsys.readouterr().err

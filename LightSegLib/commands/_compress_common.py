@@ -36,3 +36,21 @@ def prep_from_config(cfg: dict) -> dict:
     from ..train.config import prep_spec
 
     return prep_spec(cfg)
+
+
+def apply_prep(cfg: dict, prep: dict | None, source: str) -> dict:
+    """Make the data section preprocess as ``prep`` (a checkpoint's): a pruned net or a teacher must see the
+    pixels it was trained on. Says so when a --config disagreed."""
+    if not prep:
+        return cfg
+    data = cfg["data"]
+    wanted = {"orientation": prep["orientation"], "inplane": prep["inplane"], "normalization": prep["normalization"],
+              "context_slices": int(prep.get("context_slices", 0))}
+    differs = [k for k, v in wanted.items() if data.get(k) != v]
+    if differs:
+        import sys
+
+        print(f"lightseg: note: using the preprocessing of {source} ({', '.join(differs)} differ from the config)",
+              file=sys.stderr)
+    data.update(wanted)
+    return cfg

@@ -71,13 +71,13 @@ def run(args) -> int:
     from ..errors import LightSegError
     from ..export import count_macs, count_params, load_checkpoint
     from ..nets import build
-    from ._compress_common import example_input, resolve_config, set_threads
+    from ._compress_common import apply_prep, example_input, resolve_config, set_threads
 
     set_threads(args.threads)
     teacher, tckpt = load_checkpoint(args.teacher)
     spec, state = student_spec(args.student)
     config = args.config or (args.student if str(args.student).endswith(".toml") else None)
-    cfg = resolve_config(config, args.data, args.threads, spec)
+    cfg = apply_prep(resolve_config(config, args.data, args.threads, spec), tckpt.get("prep"), args.teacher)
     if int(spec.get("num_classes", 0)) != int(tckpt["architecture"].get("num_classes", -1)):
         raise LightSegError("student and teacher must have the same num_classes")
     student = build(spec)
@@ -108,10 +108,9 @@ def run(args) -> int:
                         train_cases=train_cases, val_cases=val_cases, lr=args.lr)
     distiller.remove_hooks()
     out = Path(args.out)
-    prep = tckpt.get("prep") or None
     from ..train.config import prep_spec
 
-    prep = prep_spec(cfg) if config else prep
+    prep = prep_spec(cfg)  # the teacher's: the student is trained on, and deployed with, the same pixels
     metrics = {}
     if "val_dice" in result:
         metrics = {"val_dice": result["val_dice"], "val_dice_mean": result["val_dice_mean"],

@@ -50,12 +50,12 @@ def run(args) -> int:
     from ..errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build
-    from ._compress_common import example_input, resolve_config, set_threads
+    from ._compress_common import apply_prep, example_input, resolve_config, set_threads
 
     set_threads(args.threads)
     net, ckpt = load_checkpoint(args.checkpoint)
     spec, prep = dict(ckpt["architecture"]), ckpt.get("prep")
-    cfg = resolve_config(args.config, args.data, args.threads, spec)
+    cfg = apply_prep(resolve_config(args.config, args.data, args.threads, spec), prep, args.checkpoint)
     needs_data = (args.finetune_iters or args.sparsity_iters or args.reconstruct_iters
                   or args.importance == "taylor")
     train_cases = val_cases = None
