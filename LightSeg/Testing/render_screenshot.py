@@ -97,10 +97,9 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
     import slicer.util
-
     from LightSegLogic import LightSegLogic
 
-    scene, logics = scene_with_logics()
+    _, logics = scene_with_logics()
     samples = REPO / "Resources" / "Samples"
     ed = logics["volumes"].AddArchetypeVolume(str(samples / "acdc_patient002_ED.nii.gz"), "cine ED")
     es = logics["volumes"].AddArchetypeVolume(str(samples / "acdc_patient002_ES.nii.gz"), "cine ES")
