@@ -367,6 +367,9 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("Could not compute cardiac function.", waitCursor=True):
             table = self.logic.cardiacFunction(ed, es, reference)
+            layoutManager = getattr(slicer.app, "layoutManager", None)
+            if layoutManager is not None:  # a layout with a table view, so the numbers are on screen
+                layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
             notes = table.GetAttribute("LightSeg.Notes")
