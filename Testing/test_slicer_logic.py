@@ -265,6 +265,23 @@ def test_cli_error_reaches_the_caller_in_one_line(mrml, quantiser):
         logic.segment(volume, "no-such-model")
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_process_killed_from_outside_is_reported(mrml, quantiser):
+    """E.g. the out-of-memory killer: the user reads what happened, not an exit code alone."""
+    import signal
+
+    volume = load_volume(mrml, shared("totalseg_example/example_ct.nii.gz"), "CT")
+    logic = Logic(threads=1)
+    job = logic.startSegmentation(volume, "test-quantiser")
+    os.kill(job.runner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not logic.poll(job).finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job.state == "failed" and "killed" in job.message and "memory" in job.message
+    assert "Failed" in job.statusText() and not job.tempDir.exists()
+
+
 def test_missing_onnxruntime_asks_the_injected_installer(mrml, quantiser, monkeypatch):
     volume = load_volume(mrml, CT_SAMPLE, "CT")
     monkeypatch.setattr(LightSegLogic.logic, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})

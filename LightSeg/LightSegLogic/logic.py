@@ -331,7 +331,13 @@ class LightSegLogic:
         job.notes = [line.split("note:", 1)[1].strip() for line in stderr if line.startswith("lightseg: note:")]
         if code != 0:
             errors = [line for line in stderr if line.startswith("lightseg: error:")]
-            tail = errors[-1].split("error:", 1)[1].strip() if errors else (stderr[-1] if stderr else f"exit code {code}")
+            if errors:
+                tail = errors[-1].split("error:", 1)[1].strip()
+            elif code < 0 or code == 137:  # killed from outside; on Linux most often the out-of-memory killer
+                tail = (f"the segmentation process was killed (exit code {code}); if the computer ran out of "
+                        "memory, close other programs or crop the volume")
+            else:
+                tail = stderr[-1] if stderr else f"exit code {code}"
             self._finish(job, "failed", tail)
             return job
         job.stage = "import"
