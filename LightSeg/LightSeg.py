@@ -123,7 +123,9 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = LightSegLogic(installer=self.installWithConsent, threads=max(1, (os.cpu_count() or 2) - 1))
+        cores = os.cpu_count() or 2
+        # Leave a core to Slicer's UI where there are enough of them; a 2-core laptop needs both for speed.
+        self.logic = LightSegLogic(installer=self.installWithConsent, threads=cores - 1 if cores > 3 else cores)
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
