@@ -61,6 +61,12 @@ def adapter(cin: int, cout: int) -> nn.Conv2d:
     return conv
 
 
+def relative_mse(a: torch.Tensor, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MSE divided by the teacher's mean square: scale-free, so layers of different magnitude weigh alike and a
+    loss weight of about 1 sits beside DiceCE (raw feature MSE can be 10x larger than the task loss)."""
+    return F.mse_loss(a, t) / (t.pow(2).mean() + eps)
+
+
 def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] == like.shape[-2:]:
         return x
@@ -68,19 +74,22 @@ def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureKD(nn.Module):
-    """Sum over chosen layer pairs of ``w_i * MSE(adapter_i(s_i), t_i)``; student maps are resized to the
-    teacher's grid when they differ."""
+    """Mean over chosen layer pairs of ``w_i * MSE(adapter_i(s_i), t_i) / mean(t_i^2)`` (``relative=False``: plain
+    MSE); student maps are resized to the teacher's grid when they differ."""
 
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], weights=None):
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], weights=None,
+                 relative: bool = True):
         super().__init__()
         if len(student_channels) != len(teacher_channels):
             raise ValueError("one teacher layer per student layer")
         self.adapters = nn.ModuleList(adapter(s, t) for s, t in zip(student_channels, teacher_channels))
         self.weights = [1.0] * len(self.adapters) if weights is None else [float(w) for w in weights]
+        self.relative = relative
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         total = student_feats[0].new_zeros(())
         for a, w, s, t in zip(self.adapters, self.weights, student_feats, teacher_feats):
             t = t.detach()
-            total = total + w * F.mse_loss(match_size(a(s), t), t)
-        return total
+            a_s = match_size(a(s), t)
+            total = total + w * (relative_mse(a_s, t) if self.relative else F.mse_loss(a_s, t))
+        return total / len(self.adapters)

@@ -6,7 +6,7 @@ Why: boundaries are where a small segmentation net loses Dice, and a graph over 
 2. keypoints: the top-k pixels of that edge map (per image);
 3. graph: k-nearest neighbours of each keypoint in image coordinates, symmetric, self loops, D^-1/2 A D^-1/2;
 4. node features: teacher and (1x1-adapted) student features at the keypoints, weighted by 1 + edge strength;
-5. the same small GCN on both, MSE between its outputs.
+5. the same small GCN on both, MSE between its outputs relative to the teacher's (scale-free).
 The GCN's weights are fixed random orthogonal projections: trained jointly they could shrink to zero and make
 the loss trivially small; fixed, they are a stable relational embedding. The student's adapter does train.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import adapter, match_size
+from .features import adapter, match_size, relative_mse
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -86,4 +86,4 @@ class GraphKD(nn.Module):
             weight = 1.0 + gather_nodes(edge, idx)  # [N, K, 1]
         node_t = gather_nodes(t, idx) * weight
         node_s = gather_nodes(s, idx) * weight
-        return F.mse_loss(self.gcn(node_s, adj), self.gcn(node_t, adj))
+        return relative_mse(self.gcn(node_s, adj), self.gcn(node_t, adj))

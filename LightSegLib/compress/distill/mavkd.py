@@ -3,8 +3,9 @@
 At each chosen scale a learned channel-wise adaptation vector ``v`` (after a 1x1 adapter when the widths
 differ) rescales the student's features towards the teacher's: the student is asked to carry the teacher's
 information up to a per-channel gain, which a narrow student can match far more easily than raw activations.
-Matching uses MSE on the adapted maps plus a cosine term on the channel descriptors (global average pooled),
-which is scale-free and so keeps the direction of the channel profile right even when magnitudes differ.
+Matching uses MSE on the adapted maps (relative to the teacher's mean square) plus a cosine term on the
+channel descriptors (global average pooled), which is scale-free and so keeps the direction of the channel
+profile right even when magnitudes differ.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import adapter, match_size
+from .features import adapter, match_size, relative_mse
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -44,8 +45,8 @@ class MAVKD(nn.Module):
         for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
             t = t.detach()
             a = match_size(self.adapt(i, s), t)
-            loss = F.mse_loss(a, t)
+            loss = relative_mse(a, t)
             if self.cos_weight:
                 loss = loss + self.cos_weight * cosine_distance(a.mean(dim=(2, 3)), t.mean(dim=(2, 3))).mean()
             total = total + self.scale_weights[i] * loss
-        return total
+        return total / len(self.adapters)
