@@ -211,3 +211,13 @@ def test_fine_tuning_data_follow_the_checkpoint_preprocessing(config, capsys):
     apply_prep(cfg, prep, "best.pt")
     assert cfg["data"]["inplane"]["spacing"] == [3.0, 3.0] and cfg["data"]["context_slices"] == 1
     assert "inplane, context_slices differ" in capsys.readouterr().err
+
+
+def test_distill_baseline_trains_the_student_alone(tmp_path, config, capsys):
+    teacher = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "baseline"
+    student = '{"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [2, 4, 8]}'
+    assert main(["distill", "--teacher", str(teacher), "--student", student, "--config", str(config),
+                 "--methods", "none", "--iters", "1", "--out", str(out), "--threads", "1"]) == 0
+    summary = json.loads((out / "distill.json").read_text())
+    assert summary["methods"] == {} and summary["iterations"] == 1

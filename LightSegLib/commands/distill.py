@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
     p.add_argument("--student", required=True, help="student: JSON spec, .json file, .toml config or .pt checkpoint")
     p.add_argument("--methods", default="logit",
-                   help="comma-separated: logit, feature, gcn, mavkd (default logit)")
+                   help="comma-separated: logit, feature, gcn, mavkd (default logit); 'none' trains the student "
+                        "alone with the same data and schedule (the baseline)")
     p.add_argument("--weights", default="", help="loss weights, e.g. logit=1,feature=0.5,gcn=1")
     p.add_argument("--temperature", type=float, default=2.0, help="logit KD temperature")
     p.add_argument("--student-layers", help="feature/mavkd/gcn: comma-separated student module names")
@@ -88,7 +89,7 @@ def run(args) -> int:
         key, _, value = item.partition("=")
         weights[key.strip()] = float(value)
     methods = {}
-    for m in filter(None, (s.strip() for s in args.methods.split(","))):
+    for m in filter(lambda m: m and m != "none", (s.strip() for s in args.methods.split(","))):
         opts = {"weight": weights.get(m, 1.0)}
         if m == "logit":
             opts["temperature"] = args.temperature
@@ -100,13 +101,15 @@ def run(args) -> int:
         if m == "gcn":
             opts.update(keypoints=args.keypoints, neighbours=args.neighbours)
         methods[m] = opts
-    distiller = Distiller(teacher, student, methods, example_input(spec))
+    distiller = Distiller(teacher, student, methods, example_input(spec)) if methods else None
+    layers = distiller.layers if distiller is not None else {}
     print(f"student {spec['name']} {spec.get('widths')}: {count_params(student):,} params; teacher "
-          f"{count_params(teacher):,}; losses {', '.join(methods)}; layers {distiller.layers}")
+          f"{count_params(teacher):,}; losses {', '.join(methods) or 'none (baseline)'}; layers {layers}")
     train_cases, val_cases = load_data(cfg)
-    result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss, extra_modules=distiller,
-                        train_cases=train_cases, val_cases=val_cases, lr=args.lr)
-    distiller.remove_hooks()
+    result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss if distiller is not None else None,
+                        extra_modules=distiller, train_cases=train_cases, val_cases=val_cases, lr=args.lr)
+    if distiller is not None:
+        distiller.remove_hooks()
     out = Path(args.out)
     from ..train.config import prep_spec
 
@@ -115,7 +118,7 @@ def run(args) -> int:
     if "val_dice" in result:
         metrics = {"val_dice": result["val_dice"], "val_dice_mean": result["val_dice_mean"],
                    "split": cfg["data"]["val_split"]}
-    summary = {"teacher": str(args.teacher), "student": spec, "methods": methods, "layers": distiller.layers,
+    summary = {"teacher": str(args.teacher), "student": spec, "methods": methods, "layers": layers,
                "params": count_params(student), "macs": count_macs(student, (1, int(spec.get("in_channels", 1)), 256, 256)),
                **result}
     save_checkpoint(out / "best.pt", student, spec, prep, metrics, distillation=summary)
