@@ -221,3 +221,18 @@ def test_distill_baseline_trains_the_student_alone(tmp_path, config, capsys):
                  "--methods", "none", "--iters", "1", "--out", str(out), "--threads", "1"]) == 0
     summary = json.loads((out / "distill.json").read_text())
     assert summary["methods"] == {} and summary["iterations"] == 1
+
+
+def test_network_slimming_phase_then_bn_pruning_saving_the_pruned_module(tmp_path, config, capsys):
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "pruned_module.pt"
+    assert main(["prune", str(src), "--out", str(out), "--importance", "bn", "--sparsity-iters", "2",
+                 "--sparsity", "1e-3", "--ratio", "0.5", "--no-reconstruct", "--config", str(config),
+                 "--threads", "1"]) == 0
+    report = stdout_json(capsys)
+    assert report["sparsity"]["iterations"] == 2
+    saved = torch.load(out, weights_only=False)
+    net = saved["module"].eval()
+    assert report["params_after"] == sum(p.numel() for p in net.parameters()) < report["params_before"]
+    assert saved["pruning"]["widths"]["stages"] == [2, 4, 8]
+    assert net(torch.zeros(1, 1, 24, 24)).shape == (1, 4, 24, 24)
