@@ -121,8 +121,7 @@ def run(args) -> int:
             report["scratch"] = tune(scratch, args.reconstruct_iters, "same narrow net from scratch")
     report.update(params_after=P.count_params(net), macs_after=count_macs(net, hw), architecture=spec)
     metrics = {}
-    last = report.get("reconstruct", {}).get("finetune") or (report.get("finetune") if isinstance(report.get("finetune"), dict) else None) \
-        or (report["finetune"][-1] if isinstance(report.get("finetune"), list) and report["finetune"] else None)
+    last = _last_training(report)
     if last and "val_dice" in last:
         metrics = {"val_dice": last["val_dice"], "val_dice_mean": last["val_dice_mean"],
                    "split": cfg["data"]["val_split"]}
@@ -130,3 +129,16 @@ def run(args) -> int:
     report["out"] = str(args.out)
     print(json.dumps(report, default=str))
     return 0
+
+
+def _last_training(report: dict) -> dict | None:
+    """The last training result that produced the saved weights (reconstruction fine-tune, else the last
+    step's fine-tune, else the Ghost fine-tune): its validation Dice becomes the checkpoint's metrics. None
+    when the saved net was never validated (a pruned net's Dice is then unknown, and none is claimed)."""
+    recon = (report.get("reconstruct") or {}).get("finetune")
+    if recon:
+        return recon
+    tuned = report.get("finetune")
+    if isinstance(tuned, list):
+        return tuned[-1] if tuned and tuned[-1] else None
+    return tuned or None

@@ -198,7 +198,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, importance: str = "l
         pruner.step()
         model.zero_grad(set_to_none=True)
         check_forward(model, example_input, expected)
-        if count_params(model) == params_step and max([ratio] + list(stage_ratios or [])) > 0:
+        if count_params(model) == params_step and max(stage_ratios if stage_ratios is not None else [ratio]) > 0:
             # Seen with --global on TinyUNet: Torch-Pruning's global ranking skips groups whose importance
             # vector spans a concatenation (the CMRF cascade); say so instead of returning an unpruned net.
             raise LightSegError("Torch-Pruning removed no channel at this step"
