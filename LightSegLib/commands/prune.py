@@ -135,9 +135,12 @@ def _last_training(report: dict) -> dict | None:
     """The last training result that produced the saved weights (reconstruction fine-tune, else the last
     step's fine-tune, else the Ghost fine-tune): its validation Dice becomes the checkpoint's metrics. None
     when the saved net was never validated (a pruned net's Dice is then unknown, and none is claimed)."""
-    recon = (report.get("reconstruct") or {}).get("finetune")
-    if recon:
-        return recon
+    recon = report.get("reconstruct") or {}
+    if recon.get("finetune"):
+        return recon["finetune"]
+    copied = recon.get("copied") or {}
+    if copied.get("partial") or copied.get("missing"):
+        return None  # the rebuilt net is not the validated pruned net
     tuned = report.get("finetune")
     if isinstance(tuned, list):
         return tuned[-1] if tuned and tuned[-1] else None
