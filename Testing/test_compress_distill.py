@@ -129,3 +129,26 @@ def test_distiller_wires_tinyunet_student_to_unet_teacher():
     assert all(p.grad is not None for p in d.losses["feature"].parameters())
     assert not any(p is q for p in d.parameters() for q in teacher.parameters())
     d.remove_hooks()
+
+
+@pytest.mark.parametrize("student_name", ["dpunet", "lfunet"])
+def test_mavkd_pairs_every_decoder_scale_across_families(student_name):
+    """DPU-Net / LFU-Net students against a U-Net teacher: decoder outputs paired by resolution + bottleneck."""
+    torch.manual_seed(0)
+    teacher = build({"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [8, 16, 32, 64]})
+    student = build({"name": student_name, "in_channels": 1, "num_classes": 3, "widths": [4, 6, 8, 12]})
+    x = torch.randn(2, 1, 32, 32)
+    d = Distiller(teacher, student, {"mavkd": {}}, x)
+    s_names, t_names = d.layers["mavkd"]
+    assert len(s_names) == len(t_names) == 4  # three decoder scales + the bottleneck
+    student.train()
+    out = student(x)
+    with FeatureCapture(student, s_names) as sc, FeatureCapture(teacher, t_names) as tc, torch.no_grad():
+        student.eval()(x)
+        teacher(x)
+        for s, t in zip(sc.features, tc.features):
+            assert s.shape[-2:] == t.shape[-2:]
+    loss = d.extra_loss(x, None, out)
+    loss.backward()
+    assert loss.item() > 0 and all(v.grad is not None for v in d.losses["mavkd"].vectors)
+    d.remove_hooks()
