@@ -236,3 +236,12 @@ def test_network_slimming_phase_then_bn_pruning_saving_the_pruned_module(tmp_pat
     assert report["params_after"] == sum(p.numel() for p in net.parameters()) < report["params_before"]
     assert saved["pruning"]["widths"]["stages"] == [2, 4, 8]
     assert net(torch.zeros(1, 1, 24, 24)).shape == (1, 4, 24, 24)
+
+
+@pytest.mark.parametrize("extra, message", [(["--stage-ratios", "0.5,x"], "--stage-ratios"),
+                                            (["--stage-ratios", "0.5,0.5"], "2 stage ratios for a net with 3"),
+                                            (["--ratio", "1.2"], "outside [0, 1)")])
+def test_prune_reports_bad_ratios_as_user_errors(tmp_path, capsys, extra, message):
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    assert main(["prune", str(src), "--out", str(tmp_path / "o.pt"), "--threads", "1", *extra]) == 2
+    assert message in capsys.readouterr().err

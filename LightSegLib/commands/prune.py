@@ -88,7 +88,13 @@ def run(args) -> int:
             report["sparsity"] = train_loop(net, cfg, args.sparsity_iters, train_cases=train_cases,
                                             val_cases=val_cases, lr=args.lr,
                                             penalty=lambda m: P.bn_l1_penalty(m, args.sparsity))
-        stage_ratios = [float(r) for r in args.stage_ratios.split(",")] if args.stage_ratios else None
+        stage_ratios = None
+        if args.stage_ratios:
+            try:
+                stage_ratios = [float(r) for r in args.stage_ratios.split(",")]
+            except ValueError:
+                raise LightSegError(f"--stage-ratios: expected numbers like 0.3,0.5,0.7, got {args.stage_ratios!r}") \
+                    from None
         batches = None
         if args.importance == "taylor":
             from ..compress.finetune import batch_iterator
