@@ -18,15 +18,21 @@ from ..errors import LightSegError
 
 
 def load_data(cfg: dict, val: bool = True, limit: int | None = None):
-    """(train cases, validation cases) preprocessed exactly as inference does (via data.msd)."""
-    from ..data.msd import load_split
+    """(train cases, validation cases) preprocessed exactly as inference does: the MSD reader, or the reader the
+    config names (``data.ct2d.loader_for``: 2D CT slice sets, hold-out splits), as ``lightseg train`` reads them."""
     from ..train.config import prep_spec
 
+    try:
+        from ..data.ct2d import loader_for
+
+        load_split = loader_for(cfg)
+    except ImportError:
+        from ..data.msd import load_split
     dcfg = cfg["data"]
     if not dcfg["dataset"]:
         raise LightSegError("no dataset: set data.dataset in the config or pass --data")
     prep = prep_spec(cfg)
-    train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep, limit=limit)
+    train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep, *([limit] if limit else []))
     val_cases = load_split(dcfg["dataset"], dcfg["val_split"], prep) if val else []
     return train_cases, val_cases
 
