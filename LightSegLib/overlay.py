@@ -16,8 +16,17 @@ def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.linspace(lo, hi, min(count, hi - lo + 1)).round().astype(int).tolist()))
 
 
+def _boundary(label: np.ndarray) -> np.ndarray:
+    """Labelled pixels with a 4-neighbour of another value."""
+    padded = np.pad(label, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+    return differs & (label > 0)
+
+
 def overlay_png(image: sitk.Image, labelmap: sitk.Image, labels: list[dict], path, orientation: str = "LPS",
-                count: int = 6, alpha: float = 0.45) -> Path:
+                count: int = 6, alpha: float = 0.35) -> Path:
     orient = preprocess.orientation_for(image.GetDirection(), orientation)
     volume = orient.apply(sitk.GetArrayViewFromImage(image))
     label = orient.apply(sitk.GetArrayViewFromImage(labelmap))
@@ -32,6 +41,8 @@ def overlay_png(image: sitk.Image, labelmap: sitk.Image, labels: list[dict], pat
         rgb = np.repeat(grey[..., None], 3, axis=-1)
         mask = label[z] > 0
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colours[label[z][mask]]
+        edge = _boundary(label[z])  # solid outlines keep neighbouring structures of similar colour apart
+        rgb[edge] = colours[label[z][edge]]
         # square pixels on screen, whatever the in-plane spacing
         h, w = rgb.shape[:2]
         scale = 256 / max(h * spacing[1], w * spacing[2])
