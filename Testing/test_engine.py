@@ -160,3 +160,19 @@ def test_inference_path_imports_no_training_packages():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"imported at start-up: {out}"
+
+
+def test_overlay_png_shows_each_label_in_its_colour(ct, tmp_path):
+    from LightSegLib.overlay import overlay_png
+
+    label_array = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    label_array[10:20, 30:60, 30:50] = 1
+    label_array[10:20, 40:50, 50:70] = 2
+    label = sitk.GetImageFromArray(label_array)
+    label.CopyInformation(ct)
+    colours = {1: (255, 0, 0), 2: (0, 0, 255)}
+    path = overlay_png(ct, label, [{"value": v, "color": list(c)} for v, c in colours.items()], tmp_path / "o.png")
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert png.dtype == np.uint8 and png.shape[2] == 3 and png.shape[0] == round(256 * 101 / 122)  # mm aspect
+    for colour in colours.values():  # outlines are drawn in the pure label colour
+        assert np.all(png == colour, axis=-1).sum() > 20
