@@ -174,5 +174,6 @@ def test_overlay_png_shows_each_label_in_its_colour(ct, tmp_path):
     path = overlay_png(ct, label, [{"value": v, "color": list(c)} for v, c in colours.items()], tmp_path / "o.png")
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     assert png.dtype == np.uint8 and png.shape[2] == 3 and png.shape[0] == round(256 * 101 / 122)  # mm aspect
-    for colour in colours.values():  # outlines are drawn in the pure label colour
-        assert np.all(png == colour, axis=-1).sum() > 20
+    for colour in colours.values():  # outlines are drawn in the label colour (blended a little by the resize)
+        near = np.abs(png.astype(int) - colour).max(axis=-1) < 60
+        assert near.sum() > 20
