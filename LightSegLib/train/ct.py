@@ -226,7 +226,8 @@ def speed_markdown(speed: dict | None) -> str:
         return "Not measured for this model (see `benchmarks/big_ct.py --model ID`)."
     return (f"`benchmarks/big_ct.py --model {speed['model']} --threads {speed['threads']} --repeat {speed['repeat']}` "
             f"({speed['input']}): median {speed['latency_median_s']} s (min {speed['latency_min_s']}, max "
-            f"{speed['latency_max_s']}), peak RSS {speed['peak_rss_mb']} MB, on a shared 2-core machine.")
+            f"{speed['latency_max_s']}), of which the network {speed.get('network_median_s', 'n/a')} s; peak RSS "
+            f"{speed['peak_rss_mb']} MB; measured on a shared 2-core machine (other jobs running).")
 
 
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
