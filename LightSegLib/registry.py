@@ -129,6 +129,7 @@ def register_model(entry: dict, folder: Path | None = None) -> None:
     document["models"] = sorted(models, key=lambda m: m["id"])
     validate(document)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".models.", suffix=".json")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the registry is read by every user of an install
     with os.fdopen(fd, "w") as f:
         json.dump(document, f, indent=1)
         f.write("\n")
