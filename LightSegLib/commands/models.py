@@ -29,6 +29,8 @@ def run(args) -> int:
     for card in cards:
         info = describe(card)
         size = f"{info['file_bytes'] / 1e6:.2f} MB" if info["file_bytes"] else "missing"
+        if card.has_int8() and card.path("int8_file").is_file():
+            size += f" (int8 {card.path('int8_file').stat().st_size / 1e6:.2f} MB)"
         rows.append((card.id, card.status, card.task, card.modality, f"{card.params:,}", f"{card.macs / 1e6:.0f} M",
                      size, card.licence.split(";")[0][:40]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
