@@ -224,3 +224,16 @@ def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
     unflipped, _, _ = best(hu)
     assert flipped < 2.0 / 255 and unflipped > 5 * flipped
     assert np.array_equal(np.flip(hu_label, 1)[k] > 0, bit8_label[j] > 0)
+
+
+def test_lightseg_train_takes_msd_ct_configs_directly(tiny_msd_liver, tmp_path):
+    """The documented one-command retraining: `lightseg train --config configs/liver_msd.toml --data Task03_Liver`."""
+    from LightSegLib.cli import main
+
+    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
+    split = json.loads((run / "split.json").read_text())  # written only by the CT readers (hold-out by volume)
+    assert len(split["train"]) == 1 and len(split["val"]) == 1
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["prep"]["orientation"] == "LPS" and best["architecture"]["num_classes"] == 2

@@ -22,6 +22,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from ..data.ct2d import write_split
     from ..train.config import load_config
     from ..train.trainer import train
 
@@ -35,5 +36,7 @@ def run(args) -> int:
     if args.threads is not None:
         cfg["train"]["threads"] = args.threads
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if not args.resume:
+        write_split(cfg, out)  # the held-out case ids, beside the checkpoint
     train(cfg, out, resume=args.resume, config_path=args.config)
     return 0

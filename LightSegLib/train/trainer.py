@@ -107,7 +107,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
     from torch.utils.data import DataLoader
 
     from ..data.augment import build_transform
-    from ..data.msd import load_split
+    from ..data.ct2d import loader_for
     from ..data.slices import SliceDataset
     from ..nets import build
     from .evaluate_core import validate
@@ -135,6 +135,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
 
     prep = prep_spec(cfg)
     context = prep["context_slices"]
+    load_split = loader_for(cfg)  # MSD as stored, or the CT readers (label merging, 2D slice sets, negatives)
     t0 = time.time()
     train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep)
     val_cases = load_split(dcfg["dataset"], dcfg["val_split"], prep) if main else []
