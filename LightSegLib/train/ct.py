@@ -134,7 +134,10 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1) -> dict:
     from ..inference import segment_image
 
     image = sitk.ReadImage(str(image_path))
-    truth = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))), list(values))
+    # The reference may be stored on a differently oriented grid (the DICOM series' NIfTI label is y-flipped):
+    # compare in physical space, the label resampled (nearest) onto the image grid.
+    reference = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    truth = np.isin(sitk.GetArrayFromImage(reference), list(values))
     pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
