@@ -237,3 +237,30 @@ def test_lightseg_train_takes_msd_ct_configs_directly(tiny_msd_liver, tmp_path):
     assert len(split["train"]) == 1 and len(split["val"]) == 1
     best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert best["prep"]["orientation"] == "LPS" and best["architecture"]["num_classes"] == 2
+
+
+@pytest.mark.parametrize("model_id,organ,code", [("liver-ct", "liver", "10200004"), ("pancreas-ct", "pancreas", "15776009")])
+def test_shipped_ct_models_are_registered_as_trained(model_id, organ, code):
+    """The registry entry matches the file, the card says preview, and the inputs are what training used."""
+    from LightSegLib.registry import get_model, sha256_of
+
+    card = get_model(model_id, folder=REPO / "Resources" / "Models")
+    assert sha256_of(card.path()) == card.sha256 and card.path().stat().st_size < 2 * 1024 * 1024
+    assert (card.folder / card.card).is_file() and card.status == "preview"
+    assert [(lab["value"], lab["name"], lab["terminology"]["type"][1]) for lab in card.labels] == [(1, organ, code)]
+    assert card.input["orientation"] == "LPS" and card.input["inplane"]["mode"] == "fit"
+    assert card.normalization == {"type": "window", "window": [0, 255]}
+    assert card.metrics["test_8bit"]["cases"] > 0
+
+
+def test_liver_ct_finds_the_liver_in_the_bundled_hu_sample():
+    """End to end on real HU input shipped with the repository (TotalSegmentator's automatic map as reference)."""
+    from LightSegLib.inference import segment_image
+    from LightSegLib.registry import get_model
+
+    card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
+    image = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_seg_sm.nii.gz"))) == 5
+    pred = sitk.GetArrayFromImage(segment_image(image, card, threads=1).labelmap) == 1
+    dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
+    assert dice > 0.8
