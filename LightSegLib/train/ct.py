@@ -6,9 +6,8 @@ true-HU CT.
     python -m LightSegLib.train.ct train --config configs/liver_msd.toml --data PATH/Task03_Liver
     python -m LightSegLib.train.ct evaluate --model liver-ct --config configs/liver_lits2d.toml --split test
 
-``train`` takes the same options as ``lightseg train``; it exists because the trainer reads MSD volumes as
-stored (no label merging, no 2D npz sets, no organ-free slices). Once the trainer takes its loader from
-``ct2d.loader_for(cfg)`` (one line), ``lightseg train`` runs these configs directly.
+``train`` takes the same options as ``lightseg train`` (which now reads these configs itself through
+``ct2d.loader_for``) and also writes ``split.json`` before training starts.
 """
 from __future__ import annotations
 
