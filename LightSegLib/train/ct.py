@@ -1,13 +1,9 @@
-"""Liver / pancreas CT models: train with the issue-3 trainer on the CT readers of ``data/ct2d.py``, and
-evaluate an exported model through the inference engine (the path users run), on held-out 8-bit slices and on
-true-HU CT.
+"""Liver / pancreas CT models: evaluate an exported model through the inference engine (the path users run), on
+held-out 8-bit slices and on true-HU CT; prune with the CT readers; publish (export, register, card).
 
-    python -m LightSegLib.train.ct train --config configs/liver_lits2d.toml [--out runs/X] [--resume]
-    python -m LightSegLib.train.ct train --config configs/liver_msd.toml --data PATH/Task03_Liver
+    lightseg train --config configs/liver_lits2d.toml [--out runs/X] [--resume]     (or: python -m LightSegLib.train.ct train ...)
+    lightseg train --config configs/liver_msd.toml --data PATH/Task03_Liver
     python -m LightSegLib.train.ct evaluate --model liver-ct --config configs/liver_lits2d.toml --split test
-
-``train`` takes the same options as ``lightseg train`` (which now reads these configs itself through
-``ct2d.loader_for``) and also writes ``split.json`` before training starts.
 """
 from __future__ import annotations
 
@@ -23,31 +19,11 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------- training
-def train_ct(cfg: dict, out, resume: bool = False, config_path=None, log=print) -> dict:
-    from ..data import ct2d
-    from .trainer import train
-
-    if not resume:
-        ct2d.write_split(cfg, out)
-    with ct2d.trainer_data_hook(cfg):
-        return train(cfg, out, resume=resume, config_path=config_path, log=log)
-
-
 def _train_cmd(args) -> int:
-    from .config import load_config
+    """Kept so the model cards' reproduce commands run as written: ``lightseg train`` reads CT configs directly."""
+    from ..commands.train import run
 
-    cfg = load_config(args.config)
-    if args.data:
-        cfg["data"]["dataset"] = args.data
-    if args.time_budget is not None:
-        cfg["train"]["time_budget_min"] = args.time_budget
-    if args.epochs is not None:
-        cfg["train"]["epochs"] = args.epochs
-    if args.threads is not None:
-        cfg["train"]["threads"] = args.threads
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    train_ct(cfg, out, resume=args.resume, config_path=args.config)
-    return 0
+    return run(args)
 
 
 # ---------------------------------------------------------------- evaluation through the engine
