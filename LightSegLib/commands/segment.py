@@ -136,12 +136,10 @@ class Reporter:
 _RUNNERS: dict = {}
 
 
-def segment_file(source: Path, frame, target: Path, args) -> dict:
+def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
-    from ..registry import get_model
 
-    card = get_model(args.model)
     key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
     if key not in _RUNNERS:  # one model session per process, reused across a batch
         _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)
@@ -172,9 +170,9 @@ def summary_line(info: dict) -> str:
             f"voxels: {voxels}")
 
 
-def _job(source: Path, frame, target: Path, args) -> dict:
+def _job(card, source: Path, frame, target: Path, args) -> dict:
     try:
-        return segment_file(source, frame, target, args)
+        return segment_file(card, source, frame, target, args)
     except LightSegError as err:
         return {"input": str(source), "error": str(err)}
 
@@ -199,9 +197,9 @@ def run(args) -> int:
             args.threads = max(1, default_threads() // args.jobs)
         args.progress = "none" if args.progress != "jsonl" else "jsonl"
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(_job, *zip(*[(s, f, t, args) for s, f, t in pairs])))
+            results = list(pool.map(_job, *zip(*[(card, s, f, t, args) for s, f, t in pairs])))
     else:
-        results = [_job(s, f, t, args) for s, f, t in pairs]
+        results = [_job(card, s, f, t, args) for s, f, t in pairs]
     failures = 0
     for info in results:
         if "error" in info:
