@@ -32,6 +32,19 @@ class DoubleConv(nn.Sequential):
         super().__init__(ConvBNReLU(cin, cout, conv), ConvBNReLU(cout, cout, conv))
 
 
+def encode_decode(x: torch.Tensor, encoders, pool, decoders, ups) -> torch.Tensor:
+    """The U shape our U-Nets share: encoder stages with pooling between them; each decoder takes its skip
+    concatenated with the upsampled deeper map (``ups``: one upsampler per decoder)."""
+    skips = []
+    for i, enc in enumerate(encoders):
+        x = enc(x if i == 0 else pool(x))
+        skips.append(x)
+    x = skips.pop()
+    for up, dec in zip(ups, decoders):
+        x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+    return x
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
     """Zero-pad H and W (bottom/right) up to a multiple of ``multiple`` so any slice size goes through the
     pooling pyramid; the caller crops the logits back to (h, w). Written with shape arithmetic only, so the

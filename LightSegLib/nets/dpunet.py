@@ -8,10 +8,12 @@ stage widths grow slowly and decrease on the way up instead of doubling at every
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
-from .blocks import conv3x3, pad_to_multiple
+from .blocks import conv3x3, encode_decode, pad_to_multiple
 
 
 def split_channels(total: int, parts: int) -> list[int]:
@@ -59,11 +61,5 @@ class DPUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = pad_to_multiple(x, self.multiple)
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = skips.pop()
-        for dec in self.decoders:
-            x = dec(torch.cat([skips.pop(), self.up(x)], dim=1))
+        x = encode_decode(x, self.encoders, self.pool, self.decoders, itertools.repeat(self.up))
         return self.head(x)[:, :, :h, :w]

@@ -7,10 +7,12 @@ sits in the 1x1 convs and stays far below a plain U-Net of the same widths.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
-from .blocks import pad_to_multiple
+from .blocks import encode_decode, pad_to_multiple
 
 
 class CMRFBlock(nn.Module):
@@ -52,11 +54,5 @@ class TinyUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = pad_to_multiple(x, self.multiple)
         x = self.stem(x)
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = skips.pop()
-        for dec in self.decoders:
-            x = dec(torch.cat([skips.pop(), self.up(x)], dim=1))
+        x = encode_decode(x, self.encoders, self.pool, self.decoders, itertools.repeat(self.up))
         return self.head(x)[:, :, :h, :w]

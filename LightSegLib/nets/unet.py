@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, pad_to_multiple
+from .blocks import DoubleConv, encode_decode, pad_to_multiple
 
 
 class UNet(nn.Module):
@@ -32,11 +32,5 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = pad_to_multiple(x, self.multiple)
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = skips.pop()
-        for up, dec in zip(self.ups, self.decoders):
-            x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+        x = encode_decode(x, self.encoders, self.pool, self.decoders, self.ups)
         return self.head(x)[:, :, :h, :w]
