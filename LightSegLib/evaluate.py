@@ -67,8 +67,11 @@ def _predictor(model: str, threads: int, postprocessing: dict | None):
     from .inference import make_runner, segment_image
     from .registry import get_model
 
-    card = get_model(model)
-    runner = make_runner(card, "onnx", threads)
+    model_id, _, variant = model.partition(":")  # "ID:int8" evaluates the int8 file, as lightseg bench names it
+    if variant not in ("", "int8"):
+        raise LightSegError(f"model {model!r}: the only variant is ID:int8")
+    card = get_model(model_id)
+    runner = make_runner(card, "onnx", threads, int8=variant == "int8")
 
     def predict(entry):
         image = sitk.ReadImage(entry["image"])

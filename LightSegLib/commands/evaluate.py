@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     parser = sub.add_parser("evaluate", help="Dice and HD95 of a model on a labelled dataset split")
-    parser.add_argument("--model", required=True, help="registry id (ONNX engine + post-processing) or a checkpoint .pt")
+    parser.add_argument("--model", required=True, help="registry id (ONNX engine + post-processing; ID:int8 for its int8 file) or a checkpoint .pt")
     parser.add_argument("--data", required=True, help="dataset folder (MSD / nnU-Net layout)")
     parser.add_argument("--split", default="validation", help="split list in dataset.json (default validation)")
     parser.add_argument("--out", required=True, help="folder for metrics.csv, summary.md/json, evaluation.png")

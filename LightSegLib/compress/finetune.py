@@ -62,7 +62,7 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
     from monai.losses import DiceCELoss
 
     from ..train.evaluate_core import validate
-    from ..train.trainer import deep_supervision_loss, lr_at
+    from ..train.trainer import cpu_bf16_layout, deep_supervision_loss, lr_at
 
     tcfg = dict(cfg["train"])
     if lr is not None:
@@ -73,6 +73,8 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(tcfg["lr"]),
                             weight_decay=float(tcfg["weight_decay"]))
     num_classes = int(cfg["model"]["num_classes"])
+    bf16 = bool(tcfg.get("cpu_bf16", False))  # see train.config: bfloat16 autocast + channels_last on the CPU
+    channels_last = bf16 and cpu_bf16_layout(net)
     t0 = time.time()
     losses = []
     it = 0
@@ -85,10 +87,13 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
         for image, label in batch_iterator(cfg, train_cases, iters, seed=seed):
             for g in opt.param_groups:
                 g["lr"] = lr_at(tcfg, it / iters, it)
-            outputs = net(image)
-            loss = deep_supervision_loss(loss_fn, outputs, label, tcfg["deep_supervision_weights"])
-            if extra_loss is not None:
-                loss = loss + extra_loss(image, label, outputs)
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                outputs = net(image)
+                loss = deep_supervision_loss(loss_fn, outputs, label, tcfg["deep_supervision_weights"])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(image, label, outputs)
             if penalty is not None:
                 loss = loss + penalty(net)
             opt.zero_grad(set_to_none=True)

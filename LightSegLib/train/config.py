@@ -39,6 +39,7 @@ DEFAULTS = {
         "val_every": 1,           # epochs
         "threads": 2,
         "amp": True,              # used on CUDA only
+        "cpu_bf16": False,        # CPU: bfloat16 autocast + channels_last (about 2x on CPUs with AVX512-BF16/AMX)
     },
     "labels": {"names": []},      # for logs and plots only
 }

@@ -110,11 +110,11 @@ class Distiller(nn.Module):
         for name, loss in self.losses.items():
             w = float(self.methods[name].get("weight", 1.0))
             if name == "logit":
-                total = total + w * loss(s_main, t_main)
+                total = total + w * loss(s_main.float(), t_main.float())
                 continue
             s_names, t_names = self.layers[name]
-            s = [s_feats[n] for n in s_names]
-            t = [t_feats[n] for n in t_names]
+            s = [s_feats[n].float() for n in s_names]  # float: the losses stay fp32 under CPU bf16 autocast
+            t = [t_feats[n].float() for n in t_names]
             total = total + w * (loss(s[0], t[0]) if name == "gcn" else loss(s, t))
         return total
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The cardiac compression study of docs/compression.md, stage by stage (each stage is one command and skips
+# when its output exists, so the study resumes). Run from the repository root with the venv active:
+#   bash benchmarks/cardiac_compression.sh train      # teacher + LFU-Net + DPU-Net baselines (lightseg train)
+#   bash benchmarks/cardiac_compression.sh compress   # pruning, CPRUN, Ghost, distillation (after the teacher)
+#   bash benchmarks/cardiac_compression.sh publish    # export + int8 + engine evaluation + benchmark + plots
+# Single stages: bash benchmarks/cardiac_compression.sh <stage name>, e.g. tiny_gcn.
+# Budgets are the ones measured in docs/compression.md (a shared 2-core AMD EPYC, bfloat16 autocast).
+set -euo pipefail
+DATA=${DATA:-../shared/data/acdc}
+RUNS=${RUNS:-runs}
+CFG=configs/cardiac_compress.toml
+T=$RUNS/cardiac_unet32/best.pt
+TINY='{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [6, 12, 24, 48, 96]}'
+STAGES="0.8,0.85,0.88,0.9,0.93"   # hierarchical per-stage pruning ratios, shallow to deep (about 0.9% of the teacher's params)
+KD_ITERS=${KD_ITERS:-1200}
+
+done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
+
+teacher()  { done_or $RUNS/cardiac_unet32/summary.json || lightseg train --config configs/cardiac_unet32.toml --data $DATA --out $RUNS/cardiac_unet32; }
+lfunet()   { done_or $RUNS/cardiac_lfunet/summary.json || lightseg train --config configs/cardiac_lfunet.toml --data $DATA --out $RUNS/cardiac_lfunet; }
+dpunet()   { done_or $RUNS/cardiac_dpunet/summary.json || lightseg train --config configs/cardiac_dpunet.toml --data $DATA --out $RUNS/cardiac_dpunet; }
+
+# L1 filter norms, per-stage ratios, 3 pruning steps with fine-tuning, CPRUN reconstruction + fine-tuning, and the
+# same narrow U-Net trained from scratch for the same iterations (the CPRUN question).
+prune_l1() { done_or $RUNS/cc_l1/best.pt || lightseg prune $T --importance l1 --stage-ratios $STAGES --steps 3 \
+    --finetune-iters 150 --reconstruct-iters $KD_ITERS --compare-scratch --config $CFG --data $DATA --threads 1 \
+    --out $RUNS/cc_l1/best.pt > $RUNS/cc_l1.log 2>&1; }
+# Network slimming: L1 sparsity on BN gammas, then BN-scale importance, same ratios and schedule.
+prune_bn() { done_or $RUNS/cc_bn/best.pt || lightseg prune $T --importance bn --sparsity-iters 400 --sparsity 1e-4 \
+    --stage-ratios $STAGES --steps 3 --finetune-iters 150 --reconstruct-iters $KD_ITERS --config $CFG --data $DATA \
+    --threads 1 --out $RUNS/cc_bn/best.pt > $RUNS/cc_bn.log 2>&1; }
+ghost()    { done_or $RUNS/cc_ghost/best.pt || lightseg prune $T --ghost --finetune-iters 500 --config $CFG --data $DATA \
+    --threads 1 --out $RUNS/cc_ghost/best.pt > $RUNS/cc_ghost.log 2>&1; }
+dpu_mavkd() { done_or $RUNS/cc_dpu_mavkd/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
+    --methods mavkd --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_mavkd > $RUNS/cc_dpu_mavkd.log 2>&1; }
+dpu_none() { done_or $RUNS/cc_dpu_none/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
+    --methods none --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_none > $RUNS/cc_dpu_none.log 2>&1; }
+tiny_none() { done_or $RUNS/cc_tiny_none/best.pt || lightseg distill --teacher $T --student "$TINY" --methods none \
+    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none > $RUNS/cc_tiny_none.log 2>&1; }
+tiny_feature() { done_or $RUNS/cc_tiny_feature/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature \
+    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_feature > $RUNS/cc_tiny_feature.log 2>&1; }
+tiny_gcn() { done_or $RUNS/cc_tiny_gcn/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature,gcn \
+    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_gcn > $RUNS/cc_tiny_gcn.log 2>&1; }
+
+publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; }
+
+case "${1:-}" in
+  train) teacher; lfunet; dpunet ;;
+  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_feature; tiny_gcn ;;
+  publish) publish ;;
+  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_feature|tiny_gcn) "$1" ;;
+  *) sed -n 2,8p "$0"; exit 2 ;;
+esac
