@@ -430,9 +430,10 @@ def test_extension_layout_runs_without_pip(tmp_path):
     install = tmp_path / "qt-scripted-modules"
     listed = cmake_files(text, "LIGHTSEGLIB_PYTHON_SCRIPTS") + [
         str(p.relative_to(REPO)) for p in (REPO / "LightSegLib" / "commands").glob("*.py")]  # the file(GLOB)
-    listed += cmake_files(text, "LIGHTSEGLIB_RESOURCES") + [  # the models file(GLOB)
+    listed += cmake_files(text, "LIGHTSEGLIB_RESOURCES") + [  # the models file(GLOB), less the reference teacher
         str(p.relative_to(REPO)) for pattern in ("*.json", "*.onnx", "*.md")
-        for p in (REPO / "Resources" / "Models").glob(pattern)]
+        for p in (REPO / "Resources" / "Models").glob(pattern) if not p.name.endswith("-teacher.onnx")]
+    assert 'EXCLUDE REGEX "-teacher\\\\.onnx$"' in text  # the filter this list mirrors
     for relative in listed:
         assert (REPO / relative).is_file(), f"listed but absent: {relative}"
         (install / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -474,10 +475,11 @@ def test_int8_mode_passes_through_and_is_refused_without_an_int8_file(mrml, quan
 
 
 def registered_models():
-    """Real models in the repository's registry (the analytic test model is not one of them)."""
+    """Real models the module offers (not the analytic test model, not the hidden reference teacher)."""
     try:
         from LightSegLib.registry import list_models
-        return [card.id for card in list_models(folder=REPO / "Resources" / "Models") if card.task != "test"]
+        return [card.id for card in list_models(include_reference=False, folder=REPO / "Resources" / "Models")
+                if card.task != "test"]
     except Exception:  # noqa: BLE001  (a broken registry is reported by the registry's own tests)
         return []
 

@@ -14,6 +14,7 @@ T=$RUNS/cardiac_unet32/best.pt
 TINY='{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [6, 12, 24, 48, 96]}'
 STAGES="0.8,0.85,0.88,0.9,0.93"   # hierarchical per-stage pruning ratios, shallow to deep (about 0.9% of the teacher's params)
 KD_ITERS=${KD_ITERS:-1200}
+DPU_ITERS=${DPU_ITERS:-672}   # the iterations the DPU-Net baseline reached in its 42-minute lightseg train run
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
@@ -33,9 +34,9 @@ prune_bn() { done_or $RUNS/cc_bn/best.pt || lightseg prune $T --importance bn --
 ghost()    { done_or $RUNS/cc_ghost/best.pt || lightseg prune $T --ghost --finetune-iters 500 --config $CFG --data $DATA \
     --threads 1 --out $RUNS/cc_ghost/best.pt > $RUNS/cc_ghost.log 2>&1; }
 dpu_mavkd() { done_or $RUNS/cc_dpu_mavkd/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
-    --methods mavkd --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_mavkd > $RUNS/cc_dpu_mavkd.log 2>&1; }
+    --methods mavkd --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_mavkd > $RUNS/cc_dpu_mavkd.log 2>&1; }
 dpu_none() { done_or $RUNS/cc_dpu_none/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
-    --methods none --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_none > $RUNS/cc_dpu_none.log 2>&1; }
+    --methods none --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_none > $RUNS/cc_dpu_none.log 2>&1; }
 tiny_none() { done_or $RUNS/cc_tiny_none/best.pt || lightseg distill --teacher $T --student "$TINY" --methods none \
     --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none > $RUNS/cc_tiny_none.log 2>&1; }
 tiny_feature() { done_or $RUNS/cc_tiny_feature/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature \
@@ -47,7 +48,7 @@ publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; 
 
 case "${1:-}" in
   train) teacher; lfunet; dpunet ;;
-  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_feature; tiny_gcn ;;
+  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_feature; tiny_gcn ;;  # or run stages side by side
   publish) publish ;;
   teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_feature|tiny_gcn) "$1" ;;
   *) sed -n 2,8p "$0"; exit 2 ;;

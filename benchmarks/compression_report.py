@@ -28,6 +28,7 @@ EXPERIMENTS = [
     ("ghost", "cc_ghost/best.pt", "Ghost teacher", False),
     ("lfunet", "cardiac_lfunet/best.pt", "LFU-Net 8-128", False),
     ("dpunet", "cardiac_dpunet/best.pt", "DPU-Net", False),
+    ("dpunet-same-loop", "cc_dpu_none/best.pt", "DPU-Net, distill loop without KD", False),
     ("dpunet-mavkd", "cc_dpu_mavkd/best.pt", "DPU-Net + MAVKD", True),
     ("pruned-l1", "cc_l1/best.pt", "L1-pruned + CPRUN", True),
     ("pruned-bn", "cc_bn/best.pt", "BN-slimmed + CPRUN", False),
@@ -158,6 +159,38 @@ def write_markdown(path: Path, names, evals: dict, bench: dict, extra_rows, thre
     path.write_text("\n".join(text))
 
 
+def publish_teacher(models: Path, evals: dict) -> None:
+    """Register the teacher in the shipped registry as ``cardiac-acdc-teacher`` (status reference: hidden in
+    Slicer, left out of the extension), its metrics the engine's, so anyone can bench against it."""
+    from LightSegLib.registry import read_registry, register_model
+
+    shipped = REPO / "Resources" / "Models"
+    entry = {m["id"]: m for m in read_registry(models)["models"]}["teacher"]
+    card = json.loads((REPO / "configs" / "cards" / "cardiac-acdc-teacher.json").read_text())
+    entry = {k: v for k, v in entry.items() if not k.startswith("int8")}
+    entry.update({k: card[k] for k in ("id", "title", "description", "status", "card")})
+    entry["file"] = "cardiac-acdc-teacher.onnx"
+    shutil.copyfile(models / "teacher.onnx", shipped / entry["file"])
+    e = evals["teacher"]
+    names = ("right ventricle", "myocardium", "left ventricle")
+    metrics = dict(entry["metrics"])
+    metrics.update({
+        "dice_checkpoint": metrics.pop("dice"), "dice_checkpoint_mean": metrics.pop("dice_mean"),
+        "dice": {n: round(e["per_label"][n]["dice"]["mean"], 4) for n in names},
+        "dice_mean": round(e["mean_dice"], 4),
+        "hd95_mm": {n: round(e["per_label"][n]["hd95_mm"]["mean"], 2) for n in names},
+        "note": "dice: ONNX engine with post-processing, 3D Dice per volume over the 20 validation volumes "
+                "(benchmarks/compression_report.py); dice_checkpoint: torch, no post-processing (selection metric)",
+    })
+    entry["metrics"] = metrics
+    entry["reproduce"] = ("lightseg train --config configs/cardiac_unet32.toml --data ../shared/data/acdc "
+                          "--out runs/cardiac_unet32 && lightseg export runs/cardiac_unet32/best.pt --out "
+                          "Resources/Models/cardiac-acdc-teacher.onnx --register cardiac-acdc-teacher --card "
+                          "configs/cards/cardiac-acdc-teacher.json (engine metrics: benchmarks/compression_report.py)")
+    register_model(entry, shipped)
+    print(f"registered cardiac-acdc-teacher in {shipped}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", default="runs")
@@ -165,6 +198,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--docs", default=str(REPO / "docs"))
+    ap.add_argument("--publish-teacher", action="store_true",
+                    help="also register the teacher in Resources/Models as cardiac-acdc-teacher")
     args = ap.parse_args()
     runs = Path(args.runs).resolve()
     models = runs / "cc_models"
@@ -191,6 +226,8 @@ def main() -> int:
     result = json.loads(bench_file.read_text())
     write_markdown(docs / "compression_results.md", names, evals, result, training_only_rows(runs), args.threads)
     print(f"wrote {docs / 'compression_results.md'} and {docs / 'img' / 'compression'}")
+    if args.publish_teacher:
+        publish_teacher(models, evals)
     return 0
 
 
