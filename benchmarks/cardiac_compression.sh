@@ -13,7 +13,10 @@ CFG=configs/cardiac_compress.toml
 T=$RUNS/cardiac_unet32/best.pt
 TINY='{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [6, 12, 24, 48, 96]}'
 STAGES="0.8,0.85,0.88,0.9,0.93"   # hierarchical per-stage pruning ratios, shallow to deep (about 0.9% of the teacher's params)
-KD_ITERS=${KD_ITERS:-1200}
+TINY_ITERS=${TINY_ITERS:-600}       # TinyUNet with and without distillation (tiny_none_long: 1200, no KD)
+PRUNE_FT=${PRUNE_FT:-100}           # fine-tuning after each of the 3 pruning steps
+RECON_ITERS=${RECON_ITERS:-600}     # CPRUN fine-tuning of the rebuilt net (and the from-scratch comparison)
+GHOST_ITERS=${GHOST_ITERS:-200}
 DPU_ITERS=${DPU_ITERS:-672}   # the iterations the DPU-Net baseline reached in its 42-minute lightseg train run
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
@@ -25,31 +28,33 @@ dpunet()   { done_or $RUNS/cardiac_dpunet/summary.json || lightseg train --confi
 # L1 filter norms, per-stage ratios, 3 pruning steps with fine-tuning, CPRUN reconstruction + fine-tuning, and the
 # same narrow U-Net trained from scratch for the same iterations (the CPRUN question).
 prune_l1() { done_or $RUNS/cc_l1/best.pt || lightseg prune $T --importance l1 --stage-ratios $STAGES --steps 3 \
-    --finetune-iters 150 --reconstruct-iters $KD_ITERS --compare-scratch --config $CFG --data $DATA --threads 1 \
+    --finetune-iters $PRUNE_FT --reconstruct-iters $RECON_ITERS --compare-scratch --config $CFG --data $DATA --threads 1 \
     --out $RUNS/cc_l1/best.pt > $RUNS/cc_l1.log 2>&1; }
 # Network slimming: L1 sparsity on BN gammas, then BN-scale importance, same ratios and schedule.
-prune_bn() { done_or $RUNS/cc_bn/best.pt || lightseg prune $T --importance bn --sparsity-iters 400 --sparsity 1e-4 \
-    --stage-ratios $STAGES --steps 3 --finetune-iters 150 --reconstruct-iters $KD_ITERS --config $CFG --data $DATA \
+prune_bn() { done_or $RUNS/cc_bn/best.pt || lightseg prune $T --importance bn --sparsity-iters 200 --sparsity 1e-4 \
+    --stage-ratios $STAGES --steps 3 --finetune-iters $PRUNE_FT --reconstruct-iters $RECON_ITERS --config $CFG --data $DATA \
     --threads 1 --out $RUNS/cc_bn/best.pt > $RUNS/cc_bn.log 2>&1; }
-ghost()    { done_or $RUNS/cc_ghost/best.pt || lightseg prune $T --ghost --finetune-iters 500 --config $CFG --data $DATA \
+ghost()    { done_or $RUNS/cc_ghost/best.pt || lightseg prune $T --ghost --finetune-iters $GHOST_ITERS --config $CFG --data $DATA \
     --threads 1 --out $RUNS/cc_ghost/best.pt > $RUNS/cc_ghost.log 2>&1; }
 dpu_mavkd() { done_or $RUNS/cc_dpu_mavkd/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
     --methods mavkd --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_mavkd > $RUNS/cc_dpu_mavkd.log 2>&1; }
 dpu_none() { done_or $RUNS/cc_dpu_none/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
     --methods none --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_none > $RUNS/cc_dpu_none.log 2>&1; }
 tiny_none() { done_or $RUNS/cc_tiny_none/best.pt || lightseg distill --teacher $T --student "$TINY" --methods none \
-    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none > $RUNS/cc_tiny_none.log 2>&1; }
+    --iters $TINY_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none > $RUNS/cc_tiny_none.log 2>&1; }
+tiny_none_long() { done_or $RUNS/cc_tiny_none1200/best.pt || lightseg distill --teacher $T --student "$TINY" --methods none \
+    --iters 1200 --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none1200 > $RUNS/cc_tiny_none1200.log 2>&1; }
 tiny_feature() { done_or $RUNS/cc_tiny_feature/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature \
-    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_feature > $RUNS/cc_tiny_feature.log 2>&1; }
+    --iters $TINY_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_feature > $RUNS/cc_tiny_feature.log 2>&1; }
 tiny_gcn() { done_or $RUNS/cc_tiny_gcn/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature,gcn \
-    --iters $KD_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_gcn > $RUNS/cc_tiny_gcn.log 2>&1; }
+    --iters $TINY_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_gcn > $RUNS/cc_tiny_gcn.log 2>&1; }
 
 publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; }
 
 case "${1:-}" in
   train) teacher; lfunet; dpunet ;;
-  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_feature; tiny_gcn ;;  # or run stages side by side
+  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn ;;  # or run stages side by side
   publish) publish ;;
-  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_feature|tiny_gcn) "$1" ;;
+  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn) "$1" ;;
   *) sed -n 2,8p "$0"; exit 2 ;;
 esac

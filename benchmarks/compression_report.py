@@ -33,6 +33,7 @@ EXPERIMENTS = [
     ("pruned-l1", "cc_l1/best.pt", "L1-pruned + CPRUN", True),
     ("pruned-bn", "cc_bn/best.pt", "BN-slimmed + CPRUN", False),
     ("tiny", "cc_tiny_none/best.pt", "TinyUNet", False),
+    ("tiny-long", "cc_tiny_none1200/best.pt", "TinyUNet, 2x iterations", False),
     ("tiny-feature", "cc_tiny_feature/best.pt", "TinyUNet + feature KD", True),
     ("tiny-gcn", "cc_tiny_gcn/best.pt", "TinyUNet + feature + GCN KD", True),
 ]
@@ -198,6 +199,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--docs", default=str(REPO / "docs"))
+    ap.add_argument("--no-bench", action="store_true",
+                    help="stop after export and evaluation (e.g. while other jobs make timings meaningless)")
     ap.add_argument("--publish-teacher", action="store_true",
                     help="also register the teacher in Resources/Models as cardiac-acdc-teacher")
     args = ap.parse_args()
@@ -207,6 +210,8 @@ def main() -> int:
     env = dict(os.environ)
     names = export_all(runs, models, args.data, env)
     evals = evaluate_all(names, runs, args.data)
+    if args.no_bench:
+        return 0
     bench_file = runs / "cc_bench.json"
     if not bench_file.is_file():
         from LightSegLib.compress.bench import bench
