@@ -6,6 +6,7 @@ Testing/model_fixtures.py) in `fit` mode (256x256) measures the engine's own ove
 argmax, post-processing and writing, with a foreground spread over the whole body (a worst case).
 
     .venv/bin/python benchmarks/big_ct.py [--model ID] [--threads 2] [--repeat 3]
+    .venv/bin/python benchmarks/big_ct.py --write-ct ct512.nrrd    # then: lightseg bench --input ct512.nrrd ...
 """
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--write-ct", metavar="PATH", help="only write the 512x512x300 CT here (for lightseg bench)")
     args = parser.parse_args()
+    if args.write_ct:
+        make_ct(Path(args.write_ct))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ct = tmp / "ct512x512x300.nrrd"

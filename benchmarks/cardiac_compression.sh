@@ -16,7 +16,7 @@ STAGES="0.8,0.85,0.88,0.9,0.93"   # hierarchical per-stage pruning ratios, shall
 TINY_ITERS=${TINY_ITERS:-600}       # TinyUNet with and without distillation (tiny_none_long: 1200, no KD)
 PRUNE_FT=${PRUNE_FT:-100}           # fine-tuning after each of the 3 pruning steps
 RECON_ITERS=${RECON_ITERS:-600}     # CPRUN fine-tuning of the rebuilt net (and the from-scratch comparison)
-GHOST_ITERS=${GHOST_ITERS:-200}
+GHOST_ITERS=${GHOST_ITERS:-500}
 DPU_ITERS=${DPU_ITERS:-672}   # the iterations the DPU-Net baseline reached in its 42-minute lightseg train run
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
