@@ -112,7 +112,8 @@ def training_only_rows(runs: Path) -> list[tuple[str, dict]]:
         report = torch.load(f, map_location="cpu", weights_only=False).get("compression", {})
         tuned = [t for t in report.get("finetune") or [] if t]
         if tuned:
-            rows.append((f"{what}-pruned, 3 steps x 150 it fine-tune, before reconstruction", tuned[-1]))
+            rows.append((f"{what}-pruned, {report['steps']} steps x {tuned[-1]['iterations']} it fine-tune, before "
+                         "reconstruction", tuned[-1]))
         if report.get("scratch"):
             rows.append((f"same widths {report['reconstruct']['widths']} from scratch, same iterations",
                          report["scratch"]))
