@@ -167,13 +167,13 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
 
     spec = dict(cfg["model"])
     net = build(spec).to(device)
+    bf16 = bool(tcfg["cpu_bf16"]) and device.type == "cpu"
+    channels_last = bf16 and cpu_bf16_layout(net)  # before DDP registers the parameters
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     amp = bool(tcfg["amp"]) and device.type == "cuda"
-    bf16 = bool(tcfg["cpu_bf16"]) and device.type == "cpu"
-    channels_last = bf16 and cpu_bf16_layout(net)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     num_classes = int(spec["num_classes"])
     label_names = list(cfg["labels"]["names"]) or [f"class {k}" for k in range(1, num_classes)]
