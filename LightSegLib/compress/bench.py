@@ -181,12 +181,16 @@ def plot(result: dict, folder, dice: dict | None = None) -> list[Path]:
     for key, label, name in (("macs", "MACs per slice (log)", "dice_vs_macs.png"),
                              ("latency_median_s", f"median CPU latency per volume, s (log; "
                               f"{result.get('threads') or 'default'} threads)", "dice_vs_latency.png")):
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        many = len(rows) > 6  # beyond a few points, labels collide: a legend, one marker/colour pair each
+        fig, ax = plt.subplots(figsize=(9.5, 5) if many else (6.5, 4.5))
         for i, (r, d) in enumerate(rows):
-            ax.scatter(max(r[key], 1e-9), d, s=30)
-            # Staggered labels: an int8 file sits at its fp32 model's MACs.
-            ax.annotate(r["model"], (max(r[key], 1e-9), d), fontsize=7, xytext=(4, 2 - 9 * (i % 3)),
-                        textcoords="offset points")
+            ax.scatter(max(r[key], 1e-9), d, s=36, marker="osD^v<>P*X"[i % 10], color=plt.cm.tab20(i % 20),
+                       label=r["model"])
+            if not many:  # staggered labels: an int8 file sits at its fp32 model's MACs
+                ax.annotate(r["model"], (max(r[key], 1e-9), d), fontsize=7, xytext=(4, 2 - 9 * (i % 3)),
+                            textcoords="offset points")
+        if many:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("validation Dice (mean over structures)")
