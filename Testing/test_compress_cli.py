@@ -245,3 +245,52 @@ def test_prune_reports_bad_ratios_as_user_errors(tmp_path, capsys, extra, messag
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     assert main(["prune", str(src), "--out", str(tmp_path / "o.pt"), "--threads", "1", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, config):
+    """Hours-long CPU distillations get killed: a run resumed from its state file ends with the weights of an
+    uninterrupted run (same batches, optimiser moments and schedule)."""
+    from LightSegLib.commands._compress_common import resolve_config
+    from LightSegLib.compress.finetune import load_data, train_loop
+    from LightSegLib.nets import build
+
+    cfg = resolve_config(config, None, 1)
+    train_cases, _ = load_data(cfg, val=False)
+    spec = {"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [2, 4, 8]}
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return build(spec)
+
+    calls = []
+
+    def kill_at_third_iteration(image, label, outputs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return torch.zeros(())
+
+    straight = net(0)
+    train_loop(straight, cfg, 4, train_cases=train_cases, extra_loss=lambda *a: torch.zeros(()), log=lambda s: None)
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(net(0), cfg, 4, train_cases=train_cases, extra_loss=kill_at_third_iteration, state_path=state,
+                   save_every=2, log=lambda s: None)
+    resumed = net(1)  # other initial weights: everything must come from the state file
+    result = train_loop(resumed, cfg, 4, train_cases=train_cases, extra_loss=lambda *a: torch.zeros(()),
+                        state_path=state, log=lambda s: None)
+    assert result["iterations"] == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_a_time_budget_stops_a_long_distillation(tmp_path, config):
+    from LightSegLib.commands._compress_common import resolve_config
+    from LightSegLib.compress.finetune import load_data, train_loop
+    from LightSegLib.nets import build
+
+    cfg = resolve_config(config, None, 1)
+    train_cases, _ = load_data(cfg, val=False)
+    net = build({"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [2, 4, 8]})
+    result = train_loop(net, cfg, 100_000, train_cases=train_cases, time_budget_min=0.02, log=lambda s: None)
+    assert 0 < result["iterations"] < 100_000 and result["minutes"] < 0.5

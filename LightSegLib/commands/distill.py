@@ -7,6 +7,8 @@ checkpoint (weights used as the starting point). Training data, augmentation and
     lightseg distill --teacher runs/cardiac_unet/best.pt --config configs/cardiac_unet8.toml \\
         --student '{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16, 32, 64]}' \\
         --methods logit,feature,gcn --iters 3000 --out runs/tiny_kd
+    # hours on a CPU: stop on a time budget, resume after an interruption with the same command plus --resume
+    lightseg distill ... --iters 100000 --time-budget 120 --out runs/long_kd [--resume]
     lightseg distill --teacher best.pt --student configs/cardiac_dpunet.toml --methods mavkd --out runs/dpu_mavkd
 """
 from __future__ import annotations
@@ -26,6 +28,10 @@ def register(sub) -> None:
     p.add_argument("--keypoints", type=int, default=64, help="gcn: keypoints per image")
     p.add_argument("--neighbours", type=int, default=8, help="gcn: kNN graph degree")
     p.add_argument("--iters", type=int, default=1000, help="training iterations")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="also stop after this many minutes of training (the LR schedule follows whichever ends first)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/state.pt (saved every 100 iterations) after an interruption")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
     p.add_argument("--config", help="training config for data/augmentation (default: the student's TOML)")
     p.add_argument("--data", help="dataset folder (overrides data.dataset)")
@@ -106,11 +112,16 @@ def run(args) -> int:
     print(f"student {spec['name']} {spec.get('widths')}: {count_params(student):,} params; teacher "
           f"{count_params(teacher):,}; losses {', '.join(methods) or 'none (baseline)'}; layers {layers}")
     train_cases, val_cases = load_data(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = out / "state.pt"
+    if state.exists() and not args.resume:
+        state.unlink()
     result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss if distiller is not None else None,
-                        extra_modules=distiller, train_cases=train_cases, val_cases=val_cases, lr=args.lr)
+                        extra_modules=distiller, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
+                        time_budget_min=args.time_budget, state_path=state)
     if distiller is not None:
         distiller.remove_hooks()
-    out = Path(args.out)
     from ..train.config import prep_spec
 
     prep = prep_spec(cfg)  # the teacher's: the student is trained on, and deployed with, the same pixels

@@ -8,6 +8,7 @@ the numbers it reports are comparable with ``lightseg train``'s.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -37,8 +38,9 @@ def load_data(cfg: dict, val: bool = True, limit: int | None = None):
     return train_cases, val_cases
 
 
-def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True):
-    """An endless-enough DataLoader of (image, label) training batches drawn as ``lightseg train`` draws them."""
+def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True, start: int = 0):
+    """A DataLoader of (image, label) training batches ``start``..``iters`` drawn as ``lightseg train`` draws
+    them. Every sample is a pure function of (seed, index), so a resumed run sees the batches it would have."""
     from torch.utils.data import DataLoader
 
     from ..data.augment import build_transform
@@ -49,16 +51,22 @@ def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = 
     dataset = SliceDataset(cases, dcfg["patch"], iters * batch, float(dcfg["foreground_prob"]),
                            int(dcfg["context_slices"]), float(dcfg["crop_margin"]),
                            build_transform(dcfg["patch"], cfg["augment"]) if augment else None, seed=seed)
-    return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0, drop_last=True)
+    return DataLoader(dataset, batch_size=batch, sampler=range(start * batch, iters * batch), num_workers=0,
+                      drop_last=True)
 
 
 def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | None = None,
                extra_modules: nn.Module | None = None, train_cases=None, val_cases=None, lr: float | None = None,
                penalty: Callable[[nn.Module], torch.Tensor] | None = None, log: Callable[[str], None] = print,
-               seed: int = 0) -> dict:
+               seed: int = 0, time_budget_min: float | None = None, state_path=None,
+               save_every: int = 100) -> dict:
     """Train ``net`` for ``iters`` iterations with DiceCE (+ deep supervision) + ``extra_loss(image, label,
     outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters), poly
-    LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "val_dice", "val_dice_mean"}."""
+    LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "val_dice", "val_dice_mean"}.
+
+    ``time_budget_min``: stop there too; the LR schedule follows whichever of iterations and time runs out
+    first (as ``lightseg train``). ``state_path``: save net, optimiser and progress there every ``save_every``
+    iterations and resume from it when it exists, so an hours-long distillation survives being killed."""
     from monai.losses import DiceCELoss
 
     from ..train.evaluate_core import validate
@@ -75,18 +83,42 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
     num_classes = int(cfg["model"]["num_classes"])
     bf16 = bool(tcfg.get("cpu_bf16", False))  # see train.config: bfloat16 autocast + channels_last on the CPU
     channels_last = bf16 and cpu_bf16_layout(net)
+    budget_s = 60.0 * float(time_budget_min) if time_budget_min else None
+    it, spent = 0, 0.0  # spent: training seconds of earlier (resumed) processes
+    losses: list[float] = []
+    if state_path is not None and Path(state_path).is_file():
+        state = torch.load(str(state_path), map_location="cpu", weights_only=False)
+        net.load_state_dict(state["net"])
+        if extra_modules is not None and state.get("extra") is not None:
+            extra_modules.load_state_dict(state["extra"])
+        opt.load_state_dict(state["opt"])
+        it, spent, losses = int(state["iteration"]), float(state["seconds"]), list(state["losses"])
+        log(f"  resumed from {state_path} at iteration {it} ({spent / 60:.1f} min)")
     t0 = time.time()
-    losses = []
-    it = 0
-    if iters > 0:
+
+    def elapsed() -> float:
+        return spent + time.time() - t0
+
+    def save_state() -> None:
+        tmp = Path(str(state_path) + ".tmp")
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "iteration": it, "seconds": elapsed(),
+                    "losses": losses[-50:],
+                    "extra": extra_modules.state_dict() if extra_modules is not None else None}, str(tmp))
+        tmp.replace(state_path)
+
+    def progress() -> float:
+        p = it / iters
+        return max(p, elapsed() / budget_s) if budget_s else p
+
+    if iters > it and not (budget_s and elapsed() >= budget_s):
         if train_cases is None:
             raise LightSegError("training needs data")
         net.train()
         if extra_modules is not None:
             extra_modules.train()
-        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed):
+        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed, start=it):
             for g in opt.param_groups:
-                g["lr"] = lr_at(tcfg, it / iters, it)
+                g["lr"] = lr_at(tcfg, progress(), it)
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -101,9 +133,14 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
             opt.step()
             losses.append(float(loss.detach()))
             it += 1
-            if it % 50 == 0 or it == iters:
-                log(f"  iter {it}/{iters}: loss {np.mean(losses[-50:]):.4f} ({(time.time() - t0) / 60:.1f} min)")
-    result = {"iterations": it, "minutes": round((time.time() - t0) / 60, 2)}
+            done = it == iters or (budget_s is not None and elapsed() >= budget_s)
+            if it % 50 == 0 or done:
+                log(f"  iter {it}/{iters}: loss {np.mean(losses[-50:]):.4f} ({elapsed() / 60:.1f} min)")
+            if state_path is not None and (it % save_every == 0 or done):
+                save_state()
+            if done:
+                break
+    result = {"iterations": it, "minutes": round(elapsed() / 60, 2)}
     if val_cases:
         v = validate(net, val_cases, num_classes, torch.device("cpu"), int(cfg["data"]["context_slices"]))
         result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])
@@ -114,8 +151,6 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
 
 def save_checkpoint(path, net: nn.Module, spec: dict, prep: dict, metrics: dict | None = None, **extra) -> None:
     """The ``best.pt`` layout of ``lightseg train`` ({"model", "architecture", "prep", "metrics"}): exportable."""
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep, "metrics": metrics or {}, **extra},
                str(path))

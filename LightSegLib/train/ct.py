@@ -199,13 +199,20 @@ def figures_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def speed_markdown(speed: dict | None) -> str:
-    if not speed:
-        return "Not measured for this model (see `benchmarks/big_ct.py --model ID`)."
-    return (f"`benchmarks/big_ct.py --model {speed['model']} --threads {speed['threads']} --repeat {speed['repeat']}` "
-            f"({speed['input']}): median {speed['latency_median_s']} s (min {speed['latency_min_s']}, max "
-            f"{speed['latency_max_s']}), of which the network {speed.get('network_median_s', 'n/a')} s; peak RSS "
-            f"{speed['peak_rss_mb']} MB; measured on a shared 2-core machine (other jobs running).")
+def speed_markdown(bench: dict | None, model_id: str) -> str:
+    """The card's speed section from a ``lightseg bench --json`` document that includes ``model_id``."""
+    row = next((r for r in (bench or {}).get("models", []) if r["model"] == model_id), None)
+    if row is None:
+        return ("Not measured for this model: `python benchmarks/big_ct.py --write-ct ct512.nrrd && lightseg bench "
+                f"--models {model_id} --input ct512.nrrd --repeat 3 --threads 2 --json`, passed to publish as --speed.")
+    others = ", ".join(r["model"] for r in bench["models"] if r is not row)
+    return (f"`lightseg bench --models {','.join(r['model'] for r in bench['models'])} --input {Path(bench['input']).name} "
+            f"--repeat {bench['repeat']} --threads {bench['threads']}` on a 512x512x300 int16 CT made of real slices "
+            f"stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`), each run in its own process"
+            f"{f', side by side with {others}' if others else ''}: median {row['latency_median_s']:.2f} s wall "
+            f"(min {row['latency_min_s']:.2f}, max {row['latency_max_s']:.2f}), of which the network "
+            f"{row.get('network_median_s', float('nan')):.2f} s; peak RSS {row['peak_rss_mb']:.0f} MB. Target: "
+            f"<= 10 s and <= 1.5 GB with 2 threads. Machine: 2-core shared AMD EPYC, no GPU.")
 
 
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
@@ -238,7 +245,7 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     template = Path(card_path).with_suffix(".md.in")
     if template.is_file():
         text = template.read_text().replace("{{figures}}", figures_markdown(report))
-        text = text.replace("{{speed}}", speed_markdown(speed))
+        text = text.replace("{{speed}}", speed_markdown(speed, model_id))
         text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
                                                                              "input", "normalization")}, indent=1))
         (folder / entry.get("card", f"{model_id}.md")).write_text(text)
@@ -293,7 +300,7 @@ def main(argv=None) -> int:
     p.add_argument("--status", default="preview", choices=["stable", "preview", "reference"])
     p.add_argument("--reproduce")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--speed", help="JSON line written by benchmarks/big_ct.py, for the card's speed section")
+    p.add_argument("--speed", help="`lightseg bench --json` output that includes this model (the card's speed section)")
     p.set_defaults(func=_publish_cmd)
     q = sub.add_parser("prune-ct", help="lightseg prune with the CT readers (other options passed through)")
     q.add_argument("--config", required=True)
