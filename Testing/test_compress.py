@@ -95,6 +95,17 @@ def test_iterative_pruning_calls_fine_tune_after_each_step(x):
     assert seen[0][1] > seen[1][1] > seen[2][1]
 
 
+def test_iterative_steps_keep_the_same_fraction_of_what_is_left(x):
+    net = build(spec("unet"))
+    widths = []
+    P.prune(net, x, ratio=0.75, steps=2, fine_tune=lambda model, step: widths.append(P.stage_widths(model, x)))
+    original = spec("unet")["widths"]
+    first = [w / o for w, o in zip(widths[0], original)]
+    second = [w2 / w1 for w1, w2 in zip(widths[0], widths[1])]
+    # keep 0.5 then 0.5 of that (a linear schedule would keep 0.625 then 0.4), up to channel rounding
+    assert all(abs(f - 0.5) < 0.13 for f in first) and all(abs(f - 0.5) < 0.13 for f in second), (widths, original)
+
+
 def test_bn_l1_penalty_is_the_scaled_sum_of_gammas():
     net = build(spec("unet"))
     with torch.no_grad():
@@ -116,12 +127,13 @@ def test_taylor_needs_batches(x):
         P.prune(build(spec("unet")), x, importance="taylor")
 
 
-@pytest.mark.parametrize("name", ["unet", "lfunet"])
-def test_reconstruction_matches_the_pruned_model(name, x):
+@pytest.mark.parametrize("name,importance", [("unet", "l1"), ("lfunet", "l1"), ("unet", "bn")])
+def test_reconstruction_matches_the_pruned_model(name, importance, x):
+    """With BN importance too: the upsamplers (no BN after them) must be pruned with their stage."""
     torch.manual_seed(0)
     s = spec(name)
     net = build(s)
-    P.prune(net, x, stage_ratios=[0.25, 0.5, 0.5, 0.5])
+    P.prune(net, x, importance=importance, stage_ratios=[0.25, 0.5, 0.5, 0.5])
     net.eval()
     fresh, new_spec, counts = reconstruct(net, s, x)
     assert new_spec["widths"] == [6, 8, 16, 32]

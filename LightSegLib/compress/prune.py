@@ -34,10 +34,27 @@ def make_importance(kind: str):
     if kind == "l1":
         return tp.importance.GroupMagnitudeImportance(p=1, target_types=[nn.modules.conv._ConvNd])
     if kind == "bn":
-        return tp.importance.BNScaleImportance()
+        return BNScaleOrL1()
     if kind == "taylor":
         return tp.importance.GroupTaylorImportance()
     raise LightSegError(f"unknown importance {kind!r} (use {', '.join(IMPORTANCES)})")
+
+
+class BNScaleOrL1:
+    """Network slimming's BN-scale importance, and L1 of the filters for a group with no BatchNorm. Plain BN
+    importance scores such groups as None, so Torch-Pruning skips them: in our U-Nets those are the transposed-
+    conv upsamplers (concatenated, no BN), which then kept their full width, and the CPRUN rebuild could copy only
+    part of them (the BN-pruned cardiac net lost the LV)."""
+
+    def __init__(self):
+        import torch_pruning as tp
+
+        self.bn = tp.importance.BNScaleImportance()
+        self.l1 = tp.importance.GroupMagnitudeImportance(p=1, target_types=[nn.modules.conv._ConvNd])
+
+    def __call__(self, group):
+        imp = self.bn(group)
+        return self.l1(group) if imp is None else imp
 
 
 def bn_l1_penalty(model: nn.Module, weight: float = 1e-4) -> torch.Tensor:
@@ -153,12 +170,20 @@ def _forward_training(model: nn.Module, x: torch.Tensor):
     return model(x)
 
 
+def geometric_schedule(pruning_ratio: float, steps: int) -> list[float]:
+    """Cumulative ratios after 0..steps steps, each step keeping the same fraction of the remaining channels.
+    Torch-Pruning's default (linear) schedule makes the last step the harshest: at 0.9 in 3 steps it keeps
+    0.7, 0.4, 0.1 of the channels, so the last step removes 75% of what is left (about 94% of the weights)."""
+    keep = (1.0 - float(pruning_ratio)) ** (1.0 / int(steps))
+    return [1.0 - keep ** i for i in range(int(steps) + 1)]
+
+
 def prune(model: nn.Module, example_input: torch.Tensor, *, importance: str = "l1", ratio: float = 0.5,
           stage_ratios: list[float] | None = None, global_pruning: bool = False, steps: int = 1,
           batches: Callable[[], Iterable] | None = None, loss_fn: Callable | None = None,
           fine_tune: Callable[[nn.Module, int], None] | None = None, round_to: int | None = None,
           max_ratio: float = 0.95, log: Callable[[str], None] = lambda s: None) -> nn.Module:
-    """Prune ``model`` in place (and return it) in ``steps`` equal steps to the target ratio(s).
+    """Prune ``model`` in place (and return it) in ``steps`` geometric steps to the target ratio(s).
 
     ``batches()``: labelled (x, y) batches for Taylor importance (called before each step).
     ``fine_tune(model, step)``: called after each step (iterative prune -> fine-tune); it must leave the model
@@ -189,6 +214,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, importance: str = "l
         pruner = tp.pruner.MetaPruner(
             model, example_input, importance=make_importance(importance), global_pruning=global_pruning,
             pruning_ratio=float(ratio), pruning_ratio_dict=ratio_dict, iterative_steps=int(steps),
+            iterative_pruning_ratio_scheduler=geometric_schedule,
             ignored_layers=head_layers(model), round_to=round_to, max_pruning_ratio=max_ratio,
             forward_fn=_forward_training, output_transform=lambda out: sum(o.sum() for o in _as_list(out)))
     for step in range(int(steps)):
