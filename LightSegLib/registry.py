@@ -80,27 +80,40 @@ def validate(document: dict) -> None:
     except ImportError:  # Slicer's bundled Python may lack it; the test suite validates every registry entry
         jsonschema = None
     if jsonschema is not None:
-        try:
-            jsonschema.validate(document, _schema())
-        except jsonschema.ValidationError as err:
+        # Not jsonschema.validate(): it first checks our schema against the metaschema, 50 ms of every
+        # segmentation's start-up (Testing/test_engine.py checks the schema once instead).
+        schema = _schema()
+        err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(document))
+        if err is not None:
             where = "/".join(str(p) for p in err.absolute_path)
-            raise LightSegError(f"model registry is invalid at '{where}': {err.message}") from None
+            raise LightSegError(f"model registry is invalid at '{where}': {err.message}")
     ids = [m["id"] for m in document["models"]]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:
         raise LightSegError(f"model registry lists these ids twice: {', '.join(sorted(dupes))}")
 
 
+def _validated_stamp(text: str) -> str:
+    """What ``models.json.sha256`` holds once ``text`` has passed the schema: its hash and the schema's."""
+    schema = (Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json").read_bytes()
+    return hashlib.sha256(schema + b"\0" + text.encode()).hexdigest()
+
+
 def read_registry(folder: Path | None = None) -> dict:
+    """The registry document, schema-checked unless ``models.json.sha256`` says this exact text already passed
+    (register_model writes it): importing jsonschema and validating cost 0.1-0.2 s of every segmentation."""
     folder = Path(folder) if folder else models_dir()
     path = folder / "models.json"
     if not path.is_file():
         raise LightSegError(f"model registry not found: {path}")
+    text = path.read_text()
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(text)
     except json.JSONDecodeError as err:
         raise LightSegError(f"model registry {path} is not valid JSON: {err}") from None
-    validate(document)
+    stamp = folder / "models.json.sha256"
+    if not (stamp.is_file() and stamp.read_text().strip() == _validated_stamp(text)):
+        validate(document)
     return document
 
 
@@ -130,7 +143,8 @@ def register_model(entry: dict, folder: Path | None = None) -> None:
     validate(document)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".models.", suffix=".json")
     os.chmod(tmp, 0o644)  # mkstemp makes it private; the registry is read by every user of an install
+    text = json.dumps(document, indent=1) + "\n"
     with os.fdopen(fd, "w") as f:
-        json.dump(document, f, indent=1)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+    (folder / "models.json.sha256").write_text(_validated_stamp(text) + "\n")

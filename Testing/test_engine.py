@@ -1,4 +1,5 @@
 """The engine end to end with the analytic quantiser model (mechanics, not accuracy)."""
+import json
 import threading
 
 import numpy as np
@@ -117,6 +118,34 @@ def test_registry_rejects_invalid_entries(quantiser):
     with pytest.raises(LightSegError, match="labels"):
         register_model(entry, quantiser)
     assert [c.id for c in L.list_models()] == ["test-quantiser"]
+
+
+def test_registry_schema_is_a_valid_json_schema():
+    """The registry is validated without re-checking the schema on every read (start-up time): check it here."""
+    import jsonschema
+
+    from LightSegLib.registry import _schema
+
+    jsonschema.validators.validator_for(_schema()).check_schema(_schema())
+
+
+def test_a_hand_edited_registry_is_schema_checked_again(quantiser):
+    """register_model stamps the text it validated, so reads skip jsonschema; an edit must not slip through."""
+    path = quantiser / "models.json"
+    assert (quantiser / "models.json.sha256").is_file()
+    document = json.loads(path.read_text())
+    del document["models"][0]["labels"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(LightSegError, match="labels"):
+        L.list_models()
+
+
+def test_the_shipped_registry_stamp_is_current():
+    """Else every segmentation pays for jsonschema again (correct, but 0.1-0.2 s slower): re-register an entry."""
+    from LightSegLib.registry import _validated_stamp
+
+    folder = REPO / "Resources" / "Models"
+    assert (folder / "models.json.sha256").read_text().strip() == _validated_stamp((folder / "models.json").read_text())
 
 
 def test_largest_component_and_hole_filling():
