@@ -239,6 +239,27 @@ def test_lightseg_train_takes_msd_ct_configs_directly(tiny_msd_liver, tmp_path):
     assert best["prep"]["orientation"] == "LPS" and best["architecture"]["num_classes"] == 2
 
 
+def test_cross_validation_folds_swap_training_and_validation_cases(tiny_msd_liver, tmp_path, capsys):
+    """`lightseg train --folds N --fold K` (benchmarks/ct_crossval.py runs each K): fold K validates on its share
+    of the pool and trains on the rest; a config without data.holdout is a user error."""
+    from LightSegLib.cli import main
+
+    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    splits = []
+    for k in (0, 1):
+        run = tmp_path / f"fold{k}"
+        assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run),
+                     "--folds", "2", "--fold", str(k)]) == 0
+        splits.append(json.loads((run / "split.json").read_text()))
+        assert tomllib.loads((run / "config.toml").read_text())["data"]["holdout"]["fold"] == k
+    assert splits[0]["val"] == splits[1]["train"] and splits[1]["val"] == splits[0]["train"]
+    plain = tmp_path / "plain.toml"
+    plain.write_text("\n".join(line for line in cfg_path.read_text().splitlines() if not line.startswith("holdout")))
+    assert main(["train", "--config", str(plain), "--data", str(tiny_msd_liver), "--out", str(tmp_path / "x"),
+                 "--fold", "0", "--folds", "2"]) == 2
+    assert "data.holdout" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model_id,organ,code", [("liver-ct", "liver", "10200004"), ("pancreas-ct", "pancreas", "15776009")])
 def test_shipped_ct_models_are_registered_as_trained(model_id, organ, code):
     """The registry entry matches the file, the card says preview, and the inputs are what training used."""

@@ -16,6 +16,10 @@ def register(sub) -> None:
                         help="wall-clock budget in minutes (overrides train.time_budget_min)")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--threads", type=int, help="torch threads per process (overrides train.threads)")
+    parser.add_argument("--fold", type=int, metavar="K",
+                        help="cross-validation: train on the other folds of data.holdout's pool, validate on fold K "
+                             "(the test split stays out); needs data.holdout.folds or --folds")
+    parser.add_argument("--folds", type=int, metavar="N", help="number of folds (overrides data.holdout.folds)")
     parser.set_defaults(func=run)
 
 
@@ -23,6 +27,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..data.ct2d import write_split
+    from ..errors import LightSegError
     from ..train.config import load_config
     from ..train.trainer import train
 
@@ -35,6 +40,14 @@ def run(args) -> int:
         cfg["train"]["epochs"] = args.epochs
     if args.threads is not None:
         cfg["train"]["threads"] = args.threads
+    if args.fold is not None or args.folds is not None:
+        holdout = cfg["data"].get("holdout")
+        if not holdout:
+            raise LightSegError("--fold/--folds split data.holdout's pool: this config has no data.holdout")
+        folds = args.folds if args.folds is not None else int(holdout.get("folds", 0))
+        if folds < 2 or not 0 <= (args.fold or 0) < folds:
+            raise LightSegError(f"--fold must lie in 0..N-1 with --folds N >= 2 (got fold {args.fold}, folds {folds})")
+        cfg["data"]["holdout"] = {**holdout, "folds": folds, "fold": args.fold or 0}
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if not args.resume:
         write_split(cfg, out)  # the held-out case ids, beside the checkpoint
