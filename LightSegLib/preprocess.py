@@ -112,6 +112,17 @@ def _taps(in_len: int, out_len: int, start: int = 0, stop: int | None = None):
     return i0, i1, (centres - i0).astype(np.float32)
 
 
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=1)`` as uint8 (first maximum on ties), about 2x faster for a few classes:
+    numpy's argmax over a strided class axis is slow."""
+    best = scores[:, 0].copy()
+    out = np.zeros(best.shape, np.uint8)
+    for c in range(1, scores.shape[1]):
+        out[scores[:, c] > best] = c
+        np.maximum(best, scores[:, c], out=best)
+    return out
+
+
 def _linear_axis(x: np.ndarray, axis: int, out_len: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     i0, i1, w = _taps(x.shape[axis], out_len, start, stop)
     shape = [1] * x.ndim
@@ -159,7 +170,7 @@ class PlaneGeometry:
         h, w = self.in_hw
         t, b, l, r = self.pad
         out = np.zeros((n, h, w), np.uint8)
-        coarse = np.argmax(logits, axis=1)
+        coarse = argmax_classes(logits)
         fg_rows = np.flatnonzero(coarse.any(axis=(0, 2)))
         if fg_rows.size == 0:
             return out
@@ -175,7 +186,7 @@ class PlaneGeometry:
             return out
         scores = _linear_axis(np.asarray(logits, dtype=np.float32), 2, h + t + b, r0, r1)
         scores = _linear_axis(scores, 3, w + l + r, c0, c1)
-        out[:, r0 - t:r1 - t, c0 - l:c1 - l] = np.argmax(scores, axis=1)
+        out[:, r0 - t:r1 - t, c0 - l:c1 - l] = argmax_classes(scores)
         return out
 
 

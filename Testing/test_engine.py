@@ -195,6 +195,11 @@ def test_foreground_window_gives_the_same_labels_as_full_interpolation(in_hw, sp
     assert fast.shape == (3,) + in_hw and fast[1].max() == 0 and fast[0].max() > 0
 
 
+def test_class_argmax_matches_numpy_including_ties():
+    scores = np.random.default_rng(0).integers(0, 3, size=(2, 5, 7, 9)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(preprocess.argmax_classes(scores), np.argmax(scores, axis=1))
+
+
 def test_inference_path_imports_no_training_packages():
     """`lightseg segment` and the API must start without torch, MONAI or SciPy (Slicer has none of them)."""
     import subprocess
