@@ -49,12 +49,24 @@ tiny_feature() { done_or $RUNS/cc_tiny_feature/best.pt || lightseg distill --tea
 tiny_gcn() { done_or $RUNS/cc_tiny_gcn/best.pt || lightseg distill --teacher $T --student "$TINY" --methods feature,gcn \
     --iters $TINY_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_gcn > $RUNS/cc_tiny_gcn.log 2>&1; }
 
+# The long student for the issue-4 targets: one-shot L1 pruning of the teacher to 4-8-16-24-40 (0.87% of its
+# parameters; widths picked for CPU speed, see docs/compression.md), CPRUN rebuild, then logit KD from the shipped
+# U-Net 8-128 (a teacher assistant: 16x cheaper per step than the 32-512 teacher) for STUDENT_MIN minutes.
+# Resumable: rerun the stage after an interruption (it adds --resume when state.pt exists).
+STUDENT_MIN=${STUDENT_MIN:-110}
+student() { done_or $RUNS/cc_student/best.pt || {
+    [ -f $RUNS/cc_student/init.pt ] || lightseg prune $T --importance l1 --stage-ratios 0.875,0.875,0.875,0.90625,0.921875 \
+      --steps 1 --finetune-iters 0 --reconstruct-iters 0 --config $CFG --data $DATA --threads 1 --out $RUNS/cc_student/init.pt
+    lightseg distill --teacher Resources/Models/cardiac-acdc.pt --student $RUNS/cc_student/init.pt --methods logit \
+      --config $CFG --data $DATA --iters 100000 --time-budget $STUDENT_MIN --threads 1 --out $RUNS/cc_student \
+      $([ -f $RUNS/cc_student/state.pt ] && echo --resume) >> $RUNS/cc_student.log 2>&1; }; }
+
 publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; }
 
 case "${1:-}" in
   train) teacher; lfunet; dpunet ;;
-  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn ;;  # or run stages side by side
+  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn; student ;;  # or run stages side by side
   publish) publish ;;
-  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn) "$1" ;;
+  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn|student) "$1" ;;
   *) sed -n 2,8p "$0"; exit 2 ;;
 esac

@@ -36,6 +36,7 @@ EXPERIMENTS = [
     ("tiny-long", "cc_tiny_none1200/best.pt", "TinyUNet, 2x iterations", False),
     ("tiny-feature", "cc_tiny_feature/best.pt", "TinyUNet + feature KD", True),
     ("tiny-gcn", "cc_tiny_gcn/best.pt", "TinyUNet + feature + GCN KD", True),
+    ("student", "cc_student/best.pt", "L1-pruned 4-40 + CPRUN + logit KD, 110 min", True),
 ]
 SHIPPED = ("cardiac-acdc", "shipped U-Net 8-128")
 STRUCTURES = ("right ventricle", "myocardium", "left ventricle")  # the card's label names, in label order
