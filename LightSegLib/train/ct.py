@@ -199,6 +199,39 @@ def figures_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def training_markdown(checkpoint) -> str:
+    """How the shipped checkpoint was made, read from the run folders (summary.json, config.toml and a pruned
+    checkpoint's compression report), so a republished card never carries the previous run's numbers."""
+    import torch
+
+    from .config import load_config
+
+    def run_line(run: Path) -> str:
+        summary, cfg = json.loads((run / "summary.json").read_text()), load_config(run / "config.toml")
+        t = cfg["train"]
+        return (f"{summary['iterations']} iterations of {t['batch_size']} slices in {summary['minutes']:.0f} minutes "
+                f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''} "
+                f"({cfg['model']['name']} {cfg['model']['widths']}); best validation Dice "
+                f"{summary['best_val_dice_mean']:.3f} (epoch {summary['best_epoch']}, the checkpoint kept)")
+
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    report = ckpt.get("compression")
+    if not report:
+        return f"- Training: {run_line(Path(checkpoint).parent)}."
+    lines = [f"- Training: {run_line(Path(report['source']).parent)}."]
+    rec = report.get("reconstruct") or {}
+    tuned = rec.get("finetune") or {}
+    copied = rec.get("copied") or {}
+    lines.append(f"- Then L1 channel pruning ({int(100 * report['ratio'])}% of each layer's channels, widths "
+                 f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
+                 f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
+                 f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part) and "
+                 f"{tuned.get('iterations', 0)} iterations of fine-tuning "
+                 f"({tuned.get('minutes', 0):.0f} minutes); validation Dice "
+                 f"{tuned.get('val_dice_mean', float('nan')):.3f} after.")
+    return "\n".join(lines)
+
+
 def speed_markdown(bench: dict | None, model_id: str) -> str:
     """The card's speed section from a ``lightseg bench --json`` document that includes ``model_id``."""
     row = next((r for r in (bench or {}).get("models", []) if r["model"] == model_id), None)
@@ -246,6 +279,7 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     if template.is_file():
         text = template.read_text().replace("{{figures}}", figures_markdown(report))
         text = text.replace("{{speed}}", speed_markdown(speed, model_id))
+        text = text.replace("{{training}}", training_markdown(checkpoint))
         text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
                                                                              "input", "normalization")}, indent=1))
         (folder / entry.get("card", f"{model_id}.md")).write_text(text)
