@@ -70,8 +70,11 @@ class ModelCard:
         return path
 
 
+SCHEMA = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json"
+
+
 def _schema() -> dict:
-    return json.loads((Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json").read_text())
+    return json.loads(SCHEMA.read_text())
 
 
 def validate(document: dict) -> None:
@@ -95,8 +98,7 @@ def validate(document: dict) -> None:
 
 def _validated_stamp(text: str) -> str:
     """What ``models.json.sha256`` holds once ``text`` has passed the schema: its hash and the schema's."""
-    schema = (Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json").read_bytes()
-    return hashlib.sha256(schema + b"\0" + text.encode()).hexdigest()
+    return hashlib.sha256(SCHEMA.read_bytes() + b"\0" + text.encode()).hexdigest()
 
 
 def read_registry(folder: Path | None = None) -> dict:

@@ -222,7 +222,10 @@ def training_markdown(checkpoint) -> str:
     rec = report.get("reconstruct") or {}
     tuned = rec.get("finetune") or {}
     copied = rec.get("copied") or {}
-    lines.append(f"- Then L1 channel pruning ({int(100 * report['ratio'])}% of each layer's channels, widths "
+    importance = {"l1": "L1 filter-norm", "bn": "BN-scale", "taylor": "Taylor"}.get(report["importance"], "")
+    removed = (f"per-stage ratios {report['stage_ratios']}" if report.get("stage_ratios")
+               else f"{int(100 * report['ratio'])}% of each layer's channels")
+    lines.append(f"- Then {importance} channel pruning ({removed} removed, widths "
                  f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
                  f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
                  f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part) and "
