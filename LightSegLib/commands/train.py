@@ -7,7 +7,11 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("train", help="train a segmentation model from a TOML config")
+    add_arguments(sub.add_parser("train", help="train a segmentation model from a TOML config"))
+
+
+def add_arguments(parser) -> None:
+    """The options of ``lightseg train`` (also ``python -m LightSegLib.train.ct train``, the cards' spelling)."""
     parser.add_argument("--config", required=True, help="TOML training config (see configs/)")
     parser.add_argument("--data", help="dataset folder (MSD / nnU-Net layout); overrides data.dataset")
     parser.add_argument("--out", help="run folder for checkpoints, log.csv, curves.png (default runs/<config name>)")

@@ -18,14 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 
 
-# ---------------------------------------------------------------- training
-def _train_cmd(args) -> int:
-    """Kept so the model cards' reproduce commands run as written: ``lightseg train`` reads CT configs directly."""
-    from ..commands.train import run
-
-    return run(args)
-
-
 # ---------------------------------------------------------------- evaluation through the engine
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Binary Dice; NaN when both are empty (no organ to find, none found)."""
@@ -312,15 +304,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m LightSegLib.train.ct", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train from a CT config (same options as lightseg train)")
-    t.add_argument("--config", required=True)
-    t.add_argument("--data")
-    t.add_argument("--out")
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--time-budget", type=float, metavar="MIN")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--threads", type=int)
-    t.set_defaults(func=_train_cmd)
+    from ..commands.train import add_arguments
+
+    add_arguments(sub.add_parser("train", help="train from a CT config (same options as lightseg train)"))
     e = sub.add_parser("evaluate", help="Dice of a registered model via the engine: held-out slices and HU checks")
     e.add_argument("--model", required=True)
     e.add_argument("--config", help="the training config (for the held-out split of the 2D sets)")
