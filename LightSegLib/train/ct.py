@@ -192,7 +192,7 @@ def figures_markdown(report: dict) -> str:
 
 
 def training_markdown(checkpoint) -> str:
-    """How the shipped checkpoint was made, read from the run folders (summary.json, config.toml and a pruned
+    """How the shipped checkpoint was made (card sub-bullets), read from the run folders (summary.json, config.toml and a pruned
     checkpoint's compression report), so a republished card never carries the previous run's numbers."""
     import torch
 
@@ -209,15 +209,15 @@ def training_markdown(checkpoint) -> str:
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     report = ckpt.get("compression")
     if not report:
-        return f"- Training: {run_line(Path(checkpoint).parent)}."
-    lines = [f"- Training: {run_line(Path(report['source']).parent)}."]
+        return f"  - Training: {run_line(Path(checkpoint).parent)}."
+    lines = [f"  - Training: {run_line(Path(report['source']).parent)}."]
     rec = report.get("reconstruct") or {}
     tuned = rec.get("finetune") or {}
     copied = rec.get("copied") or {}
     importance = {"l1": "L1 filter-norm", "bn": "BN-scale", "taylor": "Taylor"}.get(report["importance"], "")
     removed = (f"per-stage ratios {report['stage_ratios']}" if report.get("stage_ratios")
                else f"{int(100 * report['ratio'])}% of each layer's channels")
-    lines.append(f"- Then {importance} channel pruning ({removed} removed, widths "
+    lines.append(f"  - Then {importance} channel pruning ({removed} removed, widths "
                  f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
                  f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
                  f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part) and "
