@@ -1,4 +1,4 @@
-"""The baseline checkpoints committed under Resources/Checkpoints load, say what they are, and segment the bundled
+"""The checkpoints committed under Resources/Checkpoints (baselines, compressed student) load, say what they are, and segment the bundled
 ACDC sample (a validation-split volume) about as well as their recorded validation Dice says."""
 import json
 
@@ -13,7 +13,8 @@ SAMPLE = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
 LABEL = REPO / "Resources" / "Samples" / "acdc_patient002_ED_label.nii.gz"
 
 
-@pytest.mark.parametrize("name, family", [("cardiac_lfunet", "lfunet"), ("cardiac_dpunet", "dpunet")])
+@pytest.mark.parametrize("name, family", [("cardiac_lfunet", "lfunet"), ("cardiac_dpunet", "dpunet"),
+                                          ("cardiac_student", "unet")])
 def test_committed_baseline_segments_the_sample(name, family):
     import torch
 
