@@ -243,8 +243,23 @@ def speed_markdown(bench: dict | None, model_id: str) -> str:
             f"<= 10 s and <= 1.5 GB with 2 threads. Machine: 2-core shared AMD EPYC, no GPU.")
 
 
+def crossval_markdown(cv: dict | None) -> str:
+    """The card's cross-validation sentence from ``benchmarks/ct_crossval.py``'s crossval.json."""
+    if not cv:
+        return ("No cross-validation was run (CPU budget); the test figure is one split "
+                "(`benchmarks/ct_crossval.py` runs one).")
+    folds = ", ".join(f"{m:.3f}" for m in cv["fold_means"])
+    return (f"Cross-validated by volume / patient over the {cv['cases']} non-test cases ({cv['folds']} folds; "
+            f"`python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} --minutes "
+            f"{cv['minutes_per_fold']:g}`), each case scored once through the engine by a model that never saw it: "
+            f"Dice {cv['dice_mean_per_case']:.3f} +- {cv['dice_sd_per_case']:.3f} per case (fold means {folds}). "
+            f"That is the config's training stage alone (no pruning, no teacher) at {cv['minutes_per_fold']:g} "
+            f"minutes per fold, far shorter than this model's run: it shows how the recipe varies across patients, "
+            f"not this model's accuracy.")
+
+
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
-            threads: int = 1, speed: dict | None = None, log=print) -> dict:
+            threads: int = 1, speed: dict | None = None, crossval: dict | None = None, log=print) -> dict:
     """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
     in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
     from ..export import export_checkpoint
@@ -275,6 +290,7 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
         text = template.read_text().replace("{{figures}}", figures_markdown(report))
         text = text.replace("{{speed}}", speed_markdown(speed, model_id))
         text = text.replace("{{training}}", training_markdown(checkpoint))
+        text = text.replace("{{crossval}}", crossval_markdown(crossval))
         text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
                                                                              "input", "normalization")}, indent=1))
         (folder / entry.get("card", f"{model_id}.md")).write_text(text)
@@ -284,7 +300,8 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
 
 def _publish_cmd(args) -> int:
     speed = json.loads(Path(args.speed).read_text()) if args.speed else None
-    publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed)
+    crossval = json.loads(Path(args.crossval).read_text()) if args.crossval else None
+    publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed, crossval)
     return 0
 
 
@@ -324,6 +341,7 @@ def main(argv=None) -> int:
     p.add_argument("--reproduce")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed", help="`lightseg bench --json` output that includes this model (the card's speed section)")
+    p.add_argument("--crossval", help="crossval.json of benchmarks/ct_crossval.py for this recipe (the card's text)")
     p.set_defaults(func=_publish_cmd)
     q = sub.add_parser("prune-ct", help="lightseg prune with the CT readers (other options passed through)")
     q.add_argument("--config", required=True)
