@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "LightSegLib.commands.evaluate",
     "LightSegLib.commands.cardiac_function",
     "LightSegLib.commands.prune",
+    "LightSegLib.commands.fold",
     "LightSegLib.commands.distill",
     "LightSegLib.commands.quantize",
     "LightSegLib.commands.bench",

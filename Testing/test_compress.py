@@ -5,6 +5,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
 from LightSegLib.compress import prune as P  # noqa: E402
+from LightSegLib.compress.fold import fold_unet  # noqa: E402
 from LightSegLib.compress.ghost_convert import convert_checkpoint_net, ghostify  # noqa: E402
 from LightSegLib.compress.reconstruct import reconstruct  # noqa: E402
 from LightSegLib.nets import build  # noqa: E402
@@ -212,3 +213,30 @@ def test_pruning_leaves_bn_running_statistics_of_kept_channels_alone(x):
     P.prune(net, x, importance="taylor", ratio=0.5, batches=labelled(x))
     after = bn.running_var
     assert all(any(torch.isclose(a, b) for b in before.values()) for a in after)
+
+
+def test_fold_drops_the_full_resolution_stage_and_keeps_the_deeper_weights(x):
+    from LightSegLib.errors import LightSegError
+    from LightSegLib.export import count_macs
+
+    s = spec("unet", widths=[4, 8, 16, 32])
+    net = build(s).eval()
+    folded, new_spec, counts = fold_unet(net, s)
+    assert new_spec["widths"] == [8, 16, 32] and new_spec["fold"] == 2
+    assert counts == {"exact": len(folded.state_dict()) - 2, "partial": 0, "missing": 2}  # only the new head
+    old, new = net.state_dict(), folded.state_dict()
+    for i in range(3):  # encoders shift down one stage
+        for key, value in new.items():
+            if key.startswith(f"encoders.{i}."):
+                assert torch.equal(value, old[key.replace(f"encoders.{i}.", f"encoders.{i + 1}.", 1)])
+    for key in new:
+        if key.startswith(("decoders.", "ups.")):
+            assert torch.equal(new[key], old[key])
+    assert folded.head.out_channels == 3 * 4
+    with torch.no_grad():
+        assert folded(torch.randn(2, 1, 37, 30)).shape == (2, 3, 37, 30)
+    assert count_macs(folded, (1, 1, 64, 64)) < count_macs(net, (1, 1, 64, 64))
+    with pytest.raises(LightSegError):
+        fold_unet(folded, new_spec)  # already folded
+    with pytest.raises(LightSegError):
+        fold_unet(build(spec("lfunet")), spec("lfunet"))

@@ -186,6 +186,20 @@ def test_ghost_command_converts_and_saves(tmp_path, capsys):
     assert report["params_after"] < report["params_before"]
 
 
+def test_fold_command_writes_a_half_resolution_checkpoint(tmp_path, capsys):
+    from LightSegLib.export import count_params, load_checkpoint
+
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "folded.pt"
+    assert main(["fold", str(src), "--out", str(out)]) == 0
+    report = stdout_json(capsys)
+    net, ckpt = load_checkpoint(out)
+    assert ckpt["architecture"] == {"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [8, 16], "fold": 2}
+    assert ckpt["prep"] == PREP and report["params_after"] == count_params(net)
+    assert report["macs_after"] < report["macs_before"]
+    assert net(torch.zeros(1, 1, 40, 36)).shape == (1, 4, 40, 36)
+
+
 def test_distill_command_trains_a_student(tmp_path, config, capsys):
     from LightSegLib.export import load_checkpoint
 

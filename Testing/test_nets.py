@@ -13,6 +13,7 @@ from LightSegLib.nets.blocks import count_params  # noqa: E402
 SMALL = {
     "unet": {"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
     "unet-ghost": {"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16], "conv": "ghost"},
+    "unet-fold": {"name": "unet", "in_channels": 2, "num_classes": 3, "widths": [4, 8, 16], "fold": 2},
     "lfunet": {"name": "lfunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
     "dpunet": {"name": "dpunet", "in_channels": 2, "num_classes": 3, "widths": [6, 9, 12]},
     "tinyunet": {"name": "tinyunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
@@ -158,7 +159,7 @@ def test_build_rejects_unknown_names_and_arguments():
 
 
 # ------------------------------------------------------------------ ONNX
-@pytest.mark.parametrize("key", ["unet", "lfunet", "dpunet", "tinyunet", "unet-ghost"])
+@pytest.mark.parametrize("key", ["unet", "lfunet", "dpunet", "tinyunet", "unet-ghost", "unet-fold"])
 def test_onnx_export_parity_dynamic_batch_and_size(key, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -61,12 +61,22 @@ student() { done_or $RUNS/cc_student/best.pt || {
       --config $CFG --data $DATA --iters 100000 --time-budget $STUDENT_MIN --threads 1 --out $RUNS/cc_student \
       $([ -f $RUNS/cc_student/state.pt ] && echo --resume) >> $RUNS/cc_student.log 2>&1; }; }
 
+# Resolution folding of the student (issue-4 speed target): drop its full-resolution stage, run the rest at half
+# resolution (space-to-depth in, sub-pixel logits out), keep every deeper weight, then logit KD again for FOLD_MIN
+# minutes at a lower learning rate (a warm start).
+FOLD_MIN=${FOLD_MIN:-120}
+folded() { done_or $RUNS/cc_fold/best.pt || {
+    [ -f $RUNS/cc_fold/init.pt ] || lightseg fold $RUNS/cc_student/best.pt --out $RUNS/cc_fold/init.pt
+    lightseg distill --teacher Resources/Models/cardiac-acdc.pt --student $RUNS/cc_fold/init.pt --methods logit \
+      --config $CFG --data $DATA --iters 100000 --time-budget $FOLD_MIN --lr 1e-3 --threads 1 --out $RUNS/cc_fold \
+      $([ -f $RUNS/cc_fold/state.pt ] && echo --resume) >> $RUNS/cc_fold.log 2>&1; }; }
+
 publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; }
 
 case "${1:-}" in
   train) teacher; lfunet; dpunet ;;
-  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn; student ;;  # or run stages side by side
+  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn; student; folded ;;  # or run stages side by side
   publish) publish ;;
-  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn|student) "$1" ;;
+  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn|student|folded) "$1" ;;
   *) sed -n 2,8p "$0"; exit 2 ;;
 esac

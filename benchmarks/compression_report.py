@@ -37,6 +37,7 @@ EXPERIMENTS = [
     ("tiny-feature", "cc_tiny_feature/best.pt", "TinyUNet + feature KD", True),
     ("tiny-gcn", "cc_tiny_gcn/best.pt", "TinyUNet + feature + GCN KD", True),
     ("student", "cc_student/best.pt", "L1-pruned 4-40 + CPRUN + logit KD, 110 min", True),
+    ("folded", "cc_fold/best.pt", "student folded to half resolution + logit KD, 120 min", True),
 ]
 SHIPPED = ("cardiac-acdc", "shipped U-Net 8-128")
 STRUCTURES = ("right ventricle", "myocardium", "left ventricle")  # the card's label names, in label order

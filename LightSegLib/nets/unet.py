@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DoubleConv, encode_decode, pad_to_multiple
@@ -9,16 +10,22 @@ from .blocks import DoubleConv, encode_decode, pad_to_multiple
 
 class UNet(nn.Module):
     """``widths`` = channels per stage, shallow to deep (e.g. [64, 128, 256, 512, 1024]); ``len(widths) - 1``
-    poolings. Decoder: 2x2 transposed conv to the skip's width, concat, double conv. Any H, W (padded inside)."""
+    poolings. Decoder: 2x2 transposed conv to the skip's width, concat, double conv. Any H, W (padded inside).
+
+    ``fold`` > 1 runs the whole U-Net at 1/fold resolution: the input is folded fold x fold into channels
+    (space-to-depth) and the head's fold² x num_classes maps unfolded into full-resolution logits (a learned
+    sub-pixel output). A narrow U-Net spends about half its CPU time in its full-resolution layers (few channels
+    on the largest maps, padded to the SIMD width); folding removes them (``compress.fold``)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, widths=(64, 128, 256, 512, 1024),
-                 conv: str = "standard"):
+                 conv: str = "standard", fold: int = 1):
         super().__init__()
         widths = [int(w) for w in widths]
         self.widths = widths
-        self.multiple = 2 ** (len(widths) - 1)
+        self.fold = int(fold)
+        self.multiple = 2 ** (len(widths) - 1) * self.fold
         self.encoders = nn.ModuleList()
-        cin = in_channels
+        cin = in_channels * self.fold ** 2
         for w in widths:
             self.encoders.append(DoubleConv(cin, w, conv))
             cin = w
@@ -28,9 +35,13 @@ class UNet(nn.Module):
         for i in range(len(widths) - 2, -1, -1):
             self.ups.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             self.decoders.append(DoubleConv(2 * widths[i], widths[i], conv))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.head = nn.Conv2d(widths[0], num_classes * self.fold ** 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = pad_to_multiple(x, self.multiple)
-        x = encode_decode(x, self.encoders, self.pool, self.decoders, self.ups)
-        return self.head(x)[:, :, :h, :w]
+        if self.fold > 1:
+            x = F.pixel_unshuffle(x, self.fold)
+        x = self.head(encode_decode(x, self.encoders, self.pool, self.decoders, self.ups))
+        if self.fold > 1:
+            x = F.pixel_shuffle(x, self.fold)
+        return x[:, :, :h, :w]

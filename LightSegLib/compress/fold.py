@@ -1,0 +1,43 @@
+"""Resolution folding: drop a trained U-Net's full-resolution stage and run the rest at half resolution.
+
+After pruning, a narrow U-Net (4 channels at full resolution) is bound by memory traffic and per-layer overhead
+on its largest maps, not by MACs: its first encoder stage, last decoder stage, last up-convolution and head take
+about half of its CPU time. Folding a one-channel input 2 x 2 into channels (space-to-depth) gives 4 channels at
+half resolution: the input shape the second encoder stage was trained on when the first stage is 4 wide (the
+pruned student 4-8-16-24-40), so every deeper layer keeps its trained weights; a fresh head predicts 2 x 2
+sub-pixel logits. Fine-tune (or distill) afterwards.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import LightSegError
+from .reconstruct import transfer_weights
+
+
+def fold_unet(net: nn.Module, spec: dict):
+    """``(folded_net, folded_spec, counts)`` for a trained ``unet`` spec: widths[1:], fold 2, weights of the
+    deeper stages shifted into place (encoders i+1 -> i, decoders and up-convolutions kept but the last)."""
+    from ..nets import build
+
+    if spec.get("name") != "unet" or int(spec.get("fold", 1)) != 1:
+        raise LightSegError("folding takes an unfolded 'unet' checkpoint (other families have no such stage)")
+    widths = [int(w) for w in spec["widths"]]
+    if len(widths) < 3:
+        raise LightSegError(f"widths {widths}: too shallow to drop a stage")
+    if widths[0] != int(spec.get("in_channels", 1)) * 4:
+        print(f"note: stage 2 was trained on {widths[0]} channels, the fold gives {int(spec.get('in_channels', 1)) * 4}:"
+              " its first convolution is re-initialised in part")
+    new_spec = dict(spec, widths=widths[1:], fold=2)
+    folded = build(new_spec)
+    last = len(widths) - 2  # index of the dropped (full-resolution) decoder and up-convolution
+    source = {}
+    for key, value in net.state_dict().items():
+        part, index, rest = key.split(".", 2) if key.count(".") >= 2 else (key, None, None)
+        if part == "encoders" and int(index) > 0:
+            source[f"encoders.{int(index) - 1}.{rest}"] = value
+        elif part in ("decoders", "ups") and int(index) < last:
+            source[key] = value
+    counts = transfer_weights(source, folded)
+    folded.train(net.training)
+    return folded, new_spec, counts
