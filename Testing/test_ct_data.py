@@ -285,3 +285,38 @@ def test_liver_ct_finds_the_liver_in_the_bundled_hu_sample():
     pred = sitk.GetArrayFromImage(segment_image(image, card, threads=1).labelmap) == 1
     dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
     assert dice > 0.8
+
+
+@pytest.mark.parametrize("model_id", ["liver-ct", "pancreas-ct"])
+def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_path, monkeypatch):
+    """The committed card is generated (figures, prose and entry facts from ID.eval.json and the registry): a
+    re-render reproduces it byte for byte, and a cross-validation result replaces the 'none was run' sentence."""
+    import shutil
+
+    from LightSegLib.train.ct import recard
+
+    models = REPO / "Resources" / "Models"
+    for name in ("models.json", f"{model_id}.onnx", f"{model_id}.eval.json", f"{model_id}.md"):
+        shutil.copyfile(models / name, tmp_path / name)
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(tmp_path))
+    card = REPO / "configs" / "cards" / f"{model_id}.json"
+    recard(model_id, card)
+    text = (tmp_path / f"{model_id}.md").read_text()
+    assert text == (models / f"{model_id}.md").read_text() and "{{" not in text
+    cv = {"config": "configs/x.toml", "folds": 3, "minutes_per_fold": 10, "cases": 40, "fold_means": [0.9, 0.8, 0.85],
+          "dice_mean_per_case": 0.85, "dice_sd_per_case": 0.1}
+    recard(model_id, card, crossval=cv)
+    text = (tmp_path / f"{model_id}.md").read_text()
+    assert "Dice 0.850 +- 0.100 per case (fold means 0.900, 0.800, 0.850)" in text
+    assert "No cross-validation was run" not in text
+    assert json.loads((tmp_path / f"{model_id}.eval.json").read_text())["test_8bit"] == \
+        json.loads((models / f"{model_id}.eval.json").read_text())["test_8bit"]
+
+
+def test_totalseg_class_names_come_from_the_shared_map():
+    shared("totalseg_example")
+    from LightSegLib.train.ct import totalseg_class_names
+
+    v1, v2 = totalseg_class_names("total_v1"), totalseg_class_names("total")
+    assert (v1[5], v1[10], v1[9]) == ("liver", "pancreas", "portal_vein_and_splenic_vein")
+    assert (v2[5], v2[7], v2[6]) == ("liver", "pancreas", "stomach")

@@ -94,8 +94,20 @@ def eval_nih_hu(card, threads: int = 1) -> dict:
     return out
 
 
-def eval_volume(card, image_path, label_path, values, threads: int = 1) -> dict:
-    """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ)."""
+def totalseg_class_names(map_name: str) -> dict[int, str]:
+    """A TotalSegmentator class map ("total_v1", "total") from the shared copy of its map_to_binary.py."""
+    import ast
+
+    tree = ast.parse((SHARED / "totalseg_example" / "map_to_binary.py.txt").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "class_map":
+            return ast.literal_eval(node.value)[map_name]
+    raise KeyError("class_map")
+
+
+def eval_volume(card, image_path, label_path, values, threads: int = 1, class_names: dict | None = None) -> dict:
+    """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ).
+    With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong)."""
     import SimpleITK as sitk
 
     from ..inference import segment_image
@@ -108,9 +120,15 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1) -> dict:
     pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
-    return {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
-            "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
-            "false_positive_slices": int((z_pred & ~z_truth).sum())}
+    out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
+           "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
+           "false_positive_slices": int((z_pred & ~z_truth).sum())}
+    if class_names is not None and pred.any():
+        found, counts = np.unique(sitk.GetArrayFromImage(reference)[pred], return_counts=True)
+        order = np.argsort(-counts)[:3]
+        out["prediction_lies_on"] = {class_names.get(int(found[i]), "background" if found[i] == 0 else str(found[i])):
+                                     int(counts[i]) for i in order}
+    return out
 
 
 def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=("test",)) -> dict:
@@ -127,14 +145,15 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
         v1 = {"liver": [5], "pancreas": [10]}[organ]
         v2 = {"liver": [5], "pancreas": [7]}[organ]
         report["totalseg_ct_3mm_vs_auto_v1"] = eval_volume(card, ts / "example_ct.nii.gz",
-                                                           ts / "example_seg_v1_full_5de6e4d.nii.gz", v1, threads)
+                                                           ts / "example_seg_v1_full_5de6e4d.nii.gz", v1, threads,
+                                                           totalseg_class_names("total_v1"))
         from ..io import read_image
 
         series = read_image(ts / "example_ct_dicom")
         tmp = Path("/tmp") / f"lightseg_eval_{card.id}_dicom.nii.gz"
         sitk.WriteImage(series, str(tmp))
         report["totalseg_dicom_20slices_vs_auto_v2"] = eval_volume(card, tmp, ts / "example_seg_dicom.nii.gz", v2,
-                                                                   threads)
+                                                                   threads, totalseg_class_names("total"))
     dq = SHARED / "dcmqi_ct3slice"
     if organ == "liver" and dq.is_dir():
         from ..io import read_image
@@ -185,9 +204,13 @@ def figures_markdown(report: dict) -> str:
                        ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
         r = report.get(key)
         if r:
+            lies = ""
+            if r.get("prediction_lies_on"):
+                lies = "; the prediction lies on " + ", ".join(f"{k} {v}" for k, v in r["prediction_lies_on"].items())
+                lies += " voxels of the reference map"
             lines.append(f"| {label} | full engine, 3D post-processing; {r['slices_with_organ_pred']} slices with "
                          f"prediction vs {r['slices_with_organ_ref']} in the reference, "
-                         f"{r['false_positive_slices']} false-positive slices | {r['dice']} |")
+                         f"{r['false_positive_slices']} false-positive slices{lies} | {r['dice']} |")
     return "\n".join(lines)
 
 
@@ -263,7 +286,7 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
     in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
     from ..export import export_checkpoint
-    from ..registry import get_model, models_dir, register_model
+    from ..registry import models_dir
     from .config import load_config
 
     folder = models_dir()
@@ -272,8 +295,22 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     parity = REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"
     export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
                       parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
+    card_text = {"training": training_markdown(checkpoint), "speed": speed_markdown(speed, model_id),
+                 "crossval": crossval_markdown(crossval)}
+    report = evaluate_and_card(model_id, card_path, cfg, threads, card_text)
+    log(json.dumps(report, indent=1))
+    return report
+
+
+def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_text: dict) -> dict:
+    """Evaluate the registered model through the engine; its figures go into the registry entry, ``ID.eval.json``
+    (with the card's generated prose, so the card can be re-rendered without the run folders) and the card."""
+    from ..registry import get_model, models_dir, register_model
+
+    folder = models_dir()
     card = get_model(model_id)
     report = evaluate_model(card, cfg, card.task, threads, splits=("val", "test"))
+    report["card_text"] = card_text
     (folder / f"{model_id}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
     entry = dict(card.entry)
     metrics = dict(entry["metrics"])
@@ -285,23 +322,58 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
             metrics[key] = report[key]["dice"]
     entry["metrics"] = metrics
     register_model(entry, folder)
-    template = Path(card_path).with_suffix(".md.in")
-    if template.is_file():
-        text = template.read_text().replace("{{figures}}", figures_markdown(report))
-        text = text.replace("{{speed}}", speed_markdown(speed, model_id))
-        text = text.replace("{{training}}", training_markdown(checkpoint))
-        text = text.replace("{{crossval}}", crossval_markdown(crossval))
-        text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
-                                                                             "input", "normalization")}, indent=1))
-        (folder / entry.get("card", f"{model_id}.md")).write_text(text)
-    log(json.dumps(report, indent=1))
+    render_card(model_id, card_path, report, entry, folder)
     return report
 
 
+def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Path) -> None:
+    """``configs/cards/ID.md.in`` -> the registry's ``ID.md``: figures, generated prose and entry facts filled in."""
+    template = Path(card_path).with_suffix(".md.in")
+    if not template.is_file():
+        return
+    text = template.read_text().replace("{{figures}}", figures_markdown(report))
+    for key, value in report["card_text"].items():
+        text = text.replace("{{" + key + "}}", value)
+    text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
+                                                                         "input", "normalization")}, indent=1))
+    (folder / entry.get("card", f"{model_id}.md")).write_text(text)
+
+
+def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: dict | None = None,
+           crossval: dict | None = None) -> None:
+    """Re-render a published model's card from its ``ID.eval.json`` (no checkpoint needed), with a new speed
+    measurement or cross-validation result when given; with the training config, re-evaluate the registered
+    model first (new checks)."""
+    from ..registry import get_model, models_dir
+    from .config import load_config
+
+    folder = models_dir()
+    path = folder / f"{model_id}.eval.json"
+    report = json.loads(path.read_text())
+    text = report["card_text"]
+    if speed is not None:
+        text["speed"] = speed_markdown(speed, model_id)
+    if crossval is not None:
+        text["crossval"] = crossval_markdown(crossval)
+    if config_path:
+        evaluate_and_card(model_id, card_path, load_config(config_path), threads, text)
+        return
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    render_card(model_id, card_path, report, get_model(model_id).entry, folder)
+
+
 def _publish_cmd(args) -> int:
+    from ..errors import LightSegError
+
     speed = json.loads(Path(args.speed).read_text()) if args.speed else None
     crossval = json.loads(Path(args.crossval).read_text()) if args.crossval else None
-    publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed, crossval)
+    if args.card_only:
+        recard(args.id, args.card, args.config, args.threads, speed, crossval)
+    elif not (args.checkpoint and args.config):
+        raise LightSegError("publish needs the checkpoint and --config (or --card-only to re-render the card)")
+    else:
+        publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed,
+                crossval)
     return 0
 
 
@@ -333,15 +405,18 @@ def main(argv=None) -> int:
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=_evaluate_cmd)
     p = sub.add_parser("publish", help="export a checkpoint, register it, evaluate it, write its card figures")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", help="the model's checkpoint (not needed with --card-only)")
     p.add_argument("--id", required=True)
     p.add_argument("--card", required=True, help="card template JSON (configs/cards/ID.json; ID.md.in beside it)")
-    p.add_argument("--config", required=True, help="the training config (held-out split)")
+    p.add_argument("--config", help="the training config (held-out split)")
     p.add_argument("--status", default="preview", choices=["stable", "preview", "reference"])
     p.add_argument("--reproduce")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed", help="`lightseg bench --json` output that includes this model (the card's speed section)")
     p.add_argument("--crossval", help="crossval.json of benchmarks/ct_crossval.py for this recipe (the card's text)")
+    p.add_argument("--card-only", action="store_true",
+                   help="re-render the published card from ID.eval.json with a new --speed / --crossval; with --config, "
+                        "re-evaluate the registered model first (no checkpoint needed)")
     p.set_defaults(func=_publish_cmd)
     q = sub.add_parser("prune-ct", help="lightseg prune with the CT readers (other options passed through)")
     q.add_argument("--config", required=True)
