@@ -52,6 +52,17 @@ def test_segment_writes_labelmap_and_summary(quantiser, volume, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), expected)
 
 
+def test_threads_option_bounds_simpleitk_too(quantiser, volume, tmp_path):
+    """--threads holds for reading, resampling and post-processing (SimpleITK), not only for the network."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        assert main(["segment", "--model", "test-quantiser", "--threads", "1", str(volume),
+                     str(tmp_path / "o.nii.gz")]) == 0
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 def test_jsonl_progress_for_programs(quantiser, volume, tmp_path):
     out = tmp_path / "out.seg.nrrd"
     proc = run_cli("segment", "--model", "test-quantiser", "--progress", "jsonl", volume, out)

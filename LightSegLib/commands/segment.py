@@ -143,6 +143,10 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
     if key not in _RUNNERS:  # one model session per process, reused across a batch
         _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)
+    if args.threads:  # reading, resampling and post-processing too: SimpleITK would otherwise take every core
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     reporter = Reporter(args.progress, source.name)
     try:
         t = time.perf_counter()
