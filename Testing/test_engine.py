@@ -179,7 +179,9 @@ def test_largest_component_and_hole_filling():
 
 @pytest.mark.parametrize("in_hw,spec", [((70, 50), {"mode": "fit", "size": [32, 32]}),
                                         ((37, 61), {"mode": "spacing", "spacing": [2.3, 1.7]}),
-                                        ((20, 24), {"mode": "keep"})])
+                                        ((20, 24), {"mode": "keep"}),
+                                        ((37, 61), {"mode": "spacing", "spacing": [1.0, 1.0]}),  # same grid
+                                        ((30, 32), {"mode": "fit", "size": [32, 32]})])  # padded, same size
 def test_foreground_window_gives_the_same_labels_as_full_interpolation(in_hw, spec):
     geometry = preprocess.plane_geometry(in_hw, (1.0, 1.0), spec)
     rng = np.random.default_rng(3)
