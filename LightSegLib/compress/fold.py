@@ -15,7 +15,7 @@ from ..errors import LightSegError
 from .reconstruct import transfer_weights
 
 
-def fold_unet(net: nn.Module, spec: dict):
+def fold_unet(net: nn.Module, spec: dict, log=print):
     """``(folded_net, folded_spec, counts)`` for a trained ``unet`` spec: widths[1:], fold 2, weights of the
     deeper stages shifted into place (encoders i+1 -> i, decoders and up-convolutions kept but the last)."""
     from ..nets import build
@@ -26,8 +26,8 @@ def fold_unet(net: nn.Module, spec: dict):
     if len(widths) < 3:
         raise LightSegError(f"widths {widths}: too shallow to drop a stage")
     if widths[0] != int(spec.get("in_channels", 1)) * 4:
-        print(f"note: stage 2 was trained on {widths[0]} channels, the fold gives {int(spec.get('in_channels', 1)) * 4}:"
-              " its first convolution is re-initialised in part")
+        log(f"note: stage 2 was trained on {widths[0]} channels, the fold gives {int(spec.get('in_channels', 1)) * 4}:"
+            " its first convolution is copied in part")
     new_spec = dict(spec, widths=widths[1:], fold=2)
     folded = build(new_spec)
     last = len(widths) - 2  # index of the dropped (full-resolution) decoder and up-convolution

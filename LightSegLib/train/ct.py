@@ -344,12 +344,15 @@ def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: 
     """Re-render a published model's card from its ``ID.eval.json`` (no checkpoint needed), with a new speed
     measurement or cross-validation result when given; with the training config, re-evaluate the registered
     model first (new checks)."""
+    from ..errors import LightSegError
     from ..registry import get_model, models_dir
     from .config import load_config
 
     folder = models_dir()
     path = folder / f"{model_id}.eval.json"
     report = json.loads(path.read_text())
+    if "card_text" not in report:
+        raise LightSegError(f"{path.name} predates --card-only: publish {model_id} again from its checkpoint")
     text = report["card_text"]
     if speed is not None:
         text["speed"] = speed_markdown(speed, model_id)
