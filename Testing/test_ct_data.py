@@ -309,8 +309,9 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     text = (tmp_path / f"{model_id}.md").read_text()
     assert "Dice 0.850 +- 0.100 per case (fold means 0.900, 0.800, 0.850)" in text
     assert "No cross-validation was run" not in text
-    assert json.loads((tmp_path / f"{model_id}.eval.json").read_text())["test_8bit"] == \
-        json.loads((models / f"{model_id}.eval.json").read_text())["test_8bit"]
+    kept = json.loads((tmp_path / f"{model_id}.eval.json").read_text())
+    assert kept["crossval"] == cv  # the per-fold figures stay beside the card's sentence
+    assert kept["test_8bit"] == json.loads((models / f"{model_id}.eval.json").read_text())["test_8bit"]
 
 
 def test_totalseg_class_names_come_from_the_shared_map():

@@ -297,20 +297,24 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
                       parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
     card_text = {"training": training_markdown(checkpoint), "speed": speed_markdown(speed, model_id),
                  "crossval": crossval_markdown(crossval)}
-    report = evaluate_and_card(model_id, card_path, cfg, threads, card_text)
+    report = evaluate_and_card(model_id, card_path, cfg, threads, card_text, crossval)
     log(json.dumps(report, indent=1))
     return report
 
 
-def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_text: dict) -> dict:
+def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_text: dict,
+                      crossval: dict | None = None) -> dict:
     """Evaluate the registered model through the engine; its figures go into the registry entry, ``ID.eval.json``
-    (with the card's generated prose, so the card can be re-rendered without the run folders) and the card."""
+    (with the card's generated prose, so the card can be re-rendered without the run folders, and the recipe's
+    cross-validation per case) and the card."""
     from ..registry import get_model, models_dir, register_model
 
     folder = models_dir()
     card = get_model(model_id)
     report = evaluate_model(card, cfg, card.task, threads, splits=("val", "test"))
     report["card_text"] = card_text
+    if crossval is not None:
+        report["crossval"] = crossval
     (folder / f"{model_id}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
     entry = dict(card.entry)
     metrics = dict(entry["metrics"])
@@ -358,8 +362,9 @@ def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: 
         text["speed"] = speed_markdown(speed, model_id)
     if crossval is not None:
         text["crossval"] = crossval_markdown(crossval)
+        report["crossval"] = crossval
     if config_path:
-        evaluate_and_card(model_id, card_path, load_config(config_path), threads, text)
+        evaluate_and_card(model_id, card_path, load_config(config_path), threads, text, report.get("crossval"))
         return
     path.write_text(json.dumps(report, indent=1) + "\n")
     render_card(model_id, card_path, report, get_model(model_id).entry, folder)
