@@ -14,7 +14,7 @@ LABEL = REPO / "Resources" / "Samples" / "acdc_patient002_ED_label.nii.gz"
 
 
 @pytest.mark.parametrize("name, family", [("cardiac_lfunet", "lfunet"), ("cardiac_dpunet", "dpunet"),
-                                          ("cardiac_student", "unet")])
+                                          ("cardiac_student", "unet"), ("cardiac_folded", "unet")])
 def test_committed_baseline_segments_the_sample(name, family):
     import torch
 
