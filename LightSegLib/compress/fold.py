@@ -25,8 +25,9 @@ def fold_unet(net: nn.Module, spec: dict, log=print):
     widths = [int(w) for w in spec["widths"]]
     if len(widths) < 3:
         raise LightSegError(f"widths {widths}: too shallow to drop a stage")
-    if widths[0] != int(spec.get("in_channels", 1)) * 4:
-        log(f"note: stage 2 was trained on {widths[0]} channels, the fold gives {int(spec.get('in_channels', 1)) * 4}:"
+    folded_channels = int(spec.get("in_channels", 1)) * 4
+    if widths[0] != folded_channels:
+        log(f"note: stage 2 was trained on {widths[0]} channels, the fold gives {folded_channels}:"
             " its first convolution is copied in part")
     new_spec = dict(spec, widths=widths[1:], fold=2)
     folded = build(new_spec)

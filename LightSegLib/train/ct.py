@@ -115,8 +115,9 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
     image = sitk.ReadImage(str(image_path))
     # The reference may be stored on a differently oriented grid (the DICOM series' NIfTI label is y-flipped):
     # compare in physical space, the label resampled (nearest) onto the image grid.
-    reference = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    truth = np.isin(sitk.GetArrayFromImage(reference), list(values))
+    reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
+                                                     sitk.sitkNearestNeighbor, 0))
+    truth = np.isin(reference, list(values))
     pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
@@ -124,7 +125,7 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
            "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
            "false_positive_slices": int((z_pred & ~z_truth).sum())}
     if class_names is not None and pred.any():
-        found, counts = np.unique(sitk.GetArrayFromImage(reference)[pred], return_counts=True)
+        found, counts = np.unique(reference[pred], return_counts=True)
         order = np.argsort(-counts)[:3]
         out["prediction_lies_on"] = {class_names.get(int(found[i]), "background" if found[i] == 0 else str(found[i])):
                                      int(counts[i]) for i in order}
