@@ -57,10 +57,6 @@ def export_onnx(net, path, in_channels: int, trace_hw=(160, 160)) -> Path:
     return path
 
 
-def count_params(net) -> int:
-    return int(sum(p.numel() for p in net.parameters()))
-
-
 def count_macs(net, input_shape) -> int:
     """Multiply-accumulates of one forward pass (conv, transposed conv, linear layers; the rest is noise)."""
     import torch
@@ -172,6 +168,7 @@ def export_checkpoint(checkpoint, out, *, card_path=None, register_id=None, pari
                       models_folder=None, log=print) -> dict:
     import torch
 
+    from .nets.blocks import count_params
     from .registry import models_dir, register_model
 
     net, ckpt = load_checkpoint(checkpoint)

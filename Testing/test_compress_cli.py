@@ -158,7 +158,8 @@ def test_bench_rejects_an_unknown_model(tmp_path, quantiser, capsys):
 
 
 def test_prune_command_writes_an_exportable_narrow_checkpoint(tmp_path, config, capsys):
-    from LightSegLib.export import count_params, load_checkpoint
+    from LightSegLib.export import load_checkpoint
+    from LightSegLib.nets.blocks import count_params
 
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     out = tmp_path / "pruned" / "best.pt"
@@ -187,7 +188,8 @@ def test_ghost_command_converts_and_saves(tmp_path, capsys):
 
 
 def test_fold_command_writes_a_half_resolution_checkpoint(tmp_path, capsys):
-    from LightSegLib.export import count_params, load_checkpoint
+    from LightSegLib.export import load_checkpoint
+    from LightSegLib.nets.blocks import count_params
 
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     out = tmp_path / "folded.pt"

@@ -321,3 +321,30 @@ def test_totalseg_class_names_come_from_the_shared_map():
     v1, v2 = totalseg_class_names("total_v1"), totalseg_class_names("total")
     assert (v1[5], v1[10], v1[9]) == ("liver", "pancreas", "portal_vein_and_splenic_vein")
     assert (v2[5], v2[7], v2[6]) == ("liver", "pancreas", "stomach")
+
+
+def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_liver, tmp_path):
+    """The CPRUN chain of pancreas-ct (train a teacher, prune-ct + reconstruct, lightseg distill from the rebuilt
+    net): the card's 'how it was made' lines follow the distilled checkpoint back to the teacher's run."""
+    from LightSegLib.cli import main
+    from LightSegLib.train import ct
+
+    cfg = str(tiny_config(tmp_path / "liver.toml", "liver_msd.toml"))
+    data = str(tiny_msd_liver)
+    teacher = tmp_path / "teacher"
+    assert ct.main(["train", "--config", cfg, "--data", data, "--out", str(teacher)]) == 0
+    pruned = tmp_path / "cprun.pt"
+    assert ct.main(["prune-ct", "--config", cfg, str(teacher / "best.pt"), "--importance", "l1", "--ratio", "0.5",
+                    "--reconstruct-iters", "1", "--threads", "1", "--data", data, "--out", str(pruned)]) == 0
+    kd = tmp_path / "kd"
+    assert main(["distill", "--teacher", str(teacher / "best.pt"), "--student", str(pruned), "--config", cfg,
+                 "--data", data, "--methods", "logit", "--iters", "3", "--threads", "1", "--out", str(kd)]) == 0
+    lines = ct.training_markdown(kd / "best.pt").splitlines()
+    assert len(lines) == 3
+    trained = json.loads((teacher / "summary.json").read_text())
+    assert lines[0].startswith("  - Training: ") and f"{trained['iterations']} iterations of 2 slices" in lines[0]
+    assert "L1 filter-norm channel pruning (50% of each layer's channels removed" in lines[1]
+    assert "1 iterations of fine-tuning" in lines[1]
+    distilled = json.loads((kd / "distill.json").read_text())
+    assert distilled["student_init"] == str(pruned) and distilled["iterations"] == 3
+    assert lines[2].startswith("  - Then logit knowledge distillation from the teacher (teacher/best.pt): 3 iterations")

@@ -76,20 +76,21 @@ def run(args) -> int:
     from ..compress.distill.runner import Distiller
     from ..compress.finetune import load_data, save_checkpoint, train_loop
     from ..errors import LightSegError
-    from ..export import count_macs, count_params, load_checkpoint
+    from ..export import count_macs, load_checkpoint
     from ..nets import build
+    from ..nets.blocks import count_params
     from ._compress_common import apply_prep, example_input, resolve_config, set_threads
 
     set_threads(args.threads)
     teacher, tckpt = load_checkpoint(args.teacher)
-    spec, state = student_spec(args.student)
+    spec, init_state = student_spec(args.student)
     config = args.config or (args.student if str(args.student).endswith(".toml") else None)
     cfg = apply_prep(resolve_config(config, args.data, args.threads, spec), tckpt.get("prep"), args.teacher)
     if int(spec.get("num_classes", 0)) != int(tckpt["architecture"].get("num_classes", -1)):
         raise LightSegError("student and teacher must have the same num_classes")
     student = build(spec)
-    if state is not None:
-        student.load_state_dict(state)
+    if init_state is not None:
+        student.load_state_dict(init_state)
     weights = {}
     for item in filter(None, args.weights.split(",")):
         key, _, value = item.partition("=")
@@ -129,7 +130,8 @@ def run(args) -> int:
     if "val_dice" in result:
         metrics = {"val_dice": result["val_dice"], "val_dice_mean": result["val_dice_mean"],
                    "split": cfg["data"]["val_split"]}
-    summary = {"teacher": str(args.teacher), "student": spec, "methods": methods, "layers": layers,
+    summary = {"teacher": str(args.teacher), "student": spec,
+               "student_init": str(args.student) if init_state is not None else None, "methods": methods, "layers": layers,
                "params": count_params(student), "macs": count_macs(student, (1, int(spec.get("in_channels", 1)), 256, 256)),
                **result}
     save_checkpoint(out / "best.pt", student, spec, prep, metrics, distillation=summary)

@@ -19,7 +19,7 @@ def run(args) -> int:
 
     from ..compress.finetune import save_checkpoint
     from ..compress.fold import fold_unet
-    from ..compress.prune import count_params
+    from ..nets.blocks import count_params
     from ..export import count_macs, load_checkpoint
 
     net, ckpt = load_checkpoint(args.checkpoint)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import LightSegError
+from ..nets.blocks import count_params
 from .stages import head_layers, stage_blocks, stage_convs
 
 IMPORTANCES = ("l1", "bn", "taylor")
@@ -141,10 +142,6 @@ def _in_channels(model: nn.Module) -> int:
         if isinstance(m, nn.Conv2d):
             return int(m.in_channels)
     raise LightSegError("model has no Conv2d")
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def _default_loss(model: nn.Module, batch) -> torch.Tensor:
