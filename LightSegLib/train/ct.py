@@ -251,10 +251,9 @@ def training_markdown(checkpoint) -> str:
     lines.append(f"  - Then {importance} channel pruning ({removed} removed, widths "
                  f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
                  f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
-                 f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part) and "
-                 f"{tuned.get('iterations', 0)} iterations of fine-tuning "
-                 f"({tuned.get('minutes', 0):.0f} minutes); validation Dice "
-                 f"{tuned.get('val_dice_mean', float('nan')):.3f} after.")
+                 f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part)"
+                 + (f" and {tuned['iterations']} iterations of fine-tuning ({tuned['minutes']:.0f} minutes); "
+                    f"validation Dice {tuned.get('val_dice_mean', float('nan')):.3f} after." if tuned else "."))
     return "\n".join(lines)
 
 
