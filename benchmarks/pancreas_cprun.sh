@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pancreas-ct, the CPRUN way, stage by stage (each stage skips when its output exists, so the recipe resumes):
-# a U-Net 16-256 teacher, L1 pruning of half of each layer's channels, the reconstructed 8-128 U-Net, then logit
-# knowledge distillation from the teacher. Run from the repository root with the venv active:
+# a U-Net 16-256 teacher, L1 pruning of half of each layer's channels, the reconstructed 8-128 U-Net, then
+# knowledge distillation (logits and encoder features) from the teacher. Run from the repository root with the venv active:
 #   bash benchmarks/pancreas_cprun.sh            # every stage
 #   bash benchmarks/pancreas_cprun.sh distill    # one stage
 # TEACHER_CFG picks the teacher's config (data, crops, budget); KD_MIN is the distillation's wall-clock budget.
@@ -11,6 +11,7 @@ TEACHER_CFG=${TEACHER_CFG:-configs/pancreas_nih2d_teacher.toml}
 RUN=${RUN:-runs/pancreas_teacher}
 KD_MIN=${KD_MIN:-40}
 THREADS=${THREADS:-1}
+CV=${CV:-runs/pancreas_cv/crossval.json}   # benchmarks/ct_crossval.py's result for the card, when there is one
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
@@ -19,10 +20,12 @@ teacher() { done_or $RUN/summary.json || python -m LightSegLib.train.ct train --
 prune()   { done_or $RUN/cprun.pt || python -m LightSegLib.train.ct prune-ct --config $TEACHER_CFG $RUN/best.pt \
     --importance l1 --ratio 0.5 --threads $THREADS --out $RUN/cprun.pt; }
 distill() { done_or $RUN/kd/best.pt || lightseg distill --teacher $RUN/best.pt --student $RUN/cprun.pt \
-    --config $TEACHER_CFG --methods logit --lr 1e-3 --iters 1000000 --time-budget $KD_MIN --threads $THREADS \
+    --config $TEACHER_CFG --methods logit,feature --lr 1e-3 --iters 1000000 --time-budget $KD_MIN --threads $THREADS \
     --out $RUN/kd $([ -f $RUN/kd/state.pt ] && echo --resume); }
 publish() { python -m LightSegLib.train.ct publish $RUN/kd/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
-    --config configs/pancreas_nih2d.toml --threads $THREADS; }
+    --config configs/pancreas_nih2d.toml --threads $THREADS \
+    --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
+    $([ -f $CV ] && echo --crossval $CV); }
 
 if [ $# -eq 0 ]; then set -- teacher prune distill; fi
 for stage in "$@"; do "$stage"; done
