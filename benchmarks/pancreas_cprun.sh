@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pancreas-ct, the CPRUN way, stage by stage (each stage skips when its output exists, so the recipe resumes):
 # a U-Net 16-256 teacher, L1 pruning of half of each layer's channels, the reconstructed 8-128 U-Net, then
-# knowledge distillation (logits and encoder features) from the teacher. Run from the repository root with the venv active:
+# knowledge distillation (logits and encoder features) from the teacher. Run from the repository root with the
+# venv active:
 #   bash benchmarks/pancreas_cprun.sh            # every stage
 #   bash benchmarks/pancreas_cprun.sh distill    # one stage
 # TEACHER_CFG picks the teacher's config (data, crops, budget); KD_MIN is the distillation's wall-clock budget.
