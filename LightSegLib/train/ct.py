@@ -233,9 +233,9 @@ def training_markdown(checkpoint) -> str:
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     kd = ckpt.get("distillation")
     if kd and kd.get("student_init"):  # lightseg distill from a checkpoint: how that was made, then the KD
-        methods = " and ".join(kd["methods"]) or "no"
+        methods, teacher = " and ".join(kd["methods"]) or "no", Path(kd["teacher"])
         return (training_markdown(kd["student_init"]) + f"\n  - Then {methods} knowledge distillation from the "
-                f"teacher ({Path(kd['teacher']).parent.name}/{Path(kd['teacher']).name}): {kd['iterations']} "
+                f"teacher ({teacher.parent.name}/{teacher.name}): {kd['iterations']} "
                 f"iterations in {kd['minutes']:.0f} minutes; validation Dice {kd.get('val_dice_mean', float('nan')):.3f} "
                 f"after (the last iteration is the checkpoint).")
     report = ckpt.get("compression")
