@@ -314,6 +314,21 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     assert kept["test_8bit"] == json.loads((models / f"{model_id}.eval.json").read_text())["test_8bit"]
 
 
+def test_crossval_sentence_names_the_recipe_it_ran():
+    """A cross-validation of the full recipe (epochs + pruning stage) must not be described as 'training stage
+    alone', and its command must be the one that reruns it."""
+    from LightSegLib.train.ct import crossval_markdown
+
+    cv = {"config": "configs/x.toml", "folds": 3, "minutes_per_fold": None, "epochs_per_fold": 87,
+          "prune": "--importance l1 --ratio 0.3", "cases": 82, "fold_means": [0.95, 0.93, 0.94],
+          "dice_mean_per_case": 0.94, "dice_sd_per_case": 0.05}
+    text = crossval_markdown(cv)
+    assert ('`python benchmarks/ct_crossval.py --config configs/x.toml --folds 3 --epochs 87 '
+            '--prune="--importance l1 --ratio 0.3"`') in text
+    assert "training stage for 87 epochs, then the pruning stage" in text and "alone" not in text
+    short = crossval_markdown({**cv, "minutes_per_fold": 10, "epochs_per_fold": None, "prune": None})
+    assert "--minutes 10`" in short and "training stage alone (no pruning, no teacher) at 10 minutes" in short
+
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
     from LightSegLib.train.ct import totalseg_class_names

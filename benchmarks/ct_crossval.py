@@ -1,21 +1,25 @@
 """K-fold cross-validation by volume / patient of a CT recipe (issue 6: "report cross-validated figures").
 
 The test split of ``data.holdout`` stays out; the rest (the pool) is cut into N folds. For each fold the recipe's
-training stage runs on the other folds for a fixed budget, and its *last* checkpoint (no selection on the fold)
-is exported and scored through the inference engine on the fold's cases, as ``train.ct publish`` scores a model.
-Every pool case is thus scored once, by a model that never saw it. Resumable: finished folds are skipped.
+training stage runs on the other folds for a fixed budget (minutes, or epochs to match a shipped run's iterations
+on a busy machine), optionally followed by the recipe's pruning stage (``--prune``: ``prune-ct`` options, run on
+the *last* checkpoint). The result (no selection on the fold) is exported and scored through the inference engine
+on the fold's cases, as ``train.ct publish`` scores a model. Every pool case is thus scored once, by a model that
+never saw it. Resumable: finished stages and folds are skipped. ``--fold K`` runs one fold, so folds can run as
+parallel processes; the summary is written once every fold is done.
 
     .venv/bin/python benchmarks/ct_crossval.py --config configs/liver_lits2d.toml --folds 5 --minutes 10 \\
         --card configs/cards/liver-ct.json --out runs/liver_cv
 
-Writes OUT/crossval.json and prints a markdown table. The figures describe the recipe at that budget, not a
-shipped model (which trains longer on train+val and may be pruned afterwards).
+Writes OUT/crossval.json and prints a markdown table. Without ``--prune`` and at a short budget the figures
+describe the recipe's training stage, not a shipped model (which trains longer and may be pruned afterwards).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,12 +34,23 @@ def run_fold(args, k: int) -> dict:
     if result_path.is_file():
         return json.loads(result_path.read_text())
     if not (out / "summary.json").is_file():
+        budget = ["--epochs", str(args.epochs), "--time-budget", "0"] if args.epochs else ["--time-budget",
+                                                                                             str(args.minutes)]
         cmd = [sys.executable, "-m", "LightSegLib.cli", "train", "--config", args.config, "--folds", str(args.folds),
-               "--fold", str(k), "--time-budget", str(args.minutes), "--threads", str(args.threads), "--out", str(out)]
+               "--fold", str(k), *budget, "--threads", str(args.threads), "--out", str(out)]
         if (out / "last.pt").is_file():
             cmd.append("--resume")
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
+    checkpoint = out / "last.pt"
+    if args.prune:
+        checkpoint = out / "pruned.pt"
+        if not checkpoint.is_file():
+            cmd = [sys.executable, "-m", "LightSegLib.train.ct", "prune-ct", "--config", str(out / "config.toml"),
+                   str(out / "last.pt"), *shlex.split(args.prune), "--threads", str(args.threads),
+                   "--out", str(checkpoint)]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
 
     from LightSegLib.export import export_checkpoint
     from LightSegLib.registry import get_model
@@ -48,7 +63,7 @@ def run_fold(args, k: int) -> dict:
     cfg = load_config(out / "config.toml")  # the fold's config as trained (holdout.fold set)
     size = cfg["data"]["inplane"].get("size", [256, 256])
     model_id = f"cv-fold{k}"
-    export_checkpoint(out / "last.pt", models / f"{model_id}.onnx", card_path=args.card, register_id=model_id,
+    export_checkpoint(checkpoint, models / f"{model_id}.onnx", card_path=args.card, register_id=model_id,
                       macs_hw=tuple(size), status="reference", log=lambda s: None)
     report = eval_npz_split(get_model(model_id), cfg, "val", args.threads)
     summary = json.loads((out / "summary.json").read_text())
@@ -63,13 +78,22 @@ def main(argv=None) -> int:
     ap.add_argument("--card", required=True, help="the model's card template (labels for the scratch registry)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget per fold")
+    ap.add_argument("--epochs", type=int, help="training budget per fold in epochs instead of minutes")
+    ap.add_argument("--prune", help="prune-ct options for the pruning stage, e.g. '--importance l1 --ratio 0.3 "
+                                    "--reconstruct-iters 1000'")
+    ap.add_argument("--fold", type=int, help="run this fold only (folds can run as parallel processes)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.fold is not None:
+        run_fold(args, args.fold)
+    if any(not (Path(args.out) / f"fold{k}" / "fold.json").is_file() for k in range(args.folds)):
+        return 0  # another process runs the remaining folds; the last to finish (or a rerun) writes the summary
     folds = [run_fold(args, k) for k in range(args.folds)]
     per_case = {c: d for f in folds for c, d in f["per_case"].items()}
     fold_means = [f["dice_mean_per_case"] for f in folds]
-    result = {"config": args.config, "folds": args.folds, "minutes_per_fold": args.minutes,
+    result = {"config": args.config, "folds": args.folds, "minutes_per_fold": None if args.epochs else args.minutes,
+              "epochs_per_fold": args.epochs, "prune": args.prune,
               "cases": len(per_case), "dice_mean_per_case": round(statistics.mean(per_case.values()), 4),
               "dice_sd_per_case": round(statistics.stdev(per_case.values()), 4),
               "fold_means": fold_means, "fold_sd": round(statistics.stdev(fold_means), 4), "per_fold": folds}

@@ -279,13 +279,22 @@ def crossval_markdown(cv: dict | None) -> str:
         return ("No cross-validation was run (CPU budget); the test figure is one split "
                 "(`benchmarks/ct_crossval.py` runs one).")
     folds = ", ".join(f"{m:.3f}" for m in cv["fold_means"])
+    epochs, prune = cv.get("epochs_per_fold"), cv.get("prune")
+    budget = f"--epochs {epochs}" if epochs else f"--minutes {cv['minutes_per_fold']:g}"
+    command = (f"python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} {budget}"
+               + (f' --prune="{prune}"' if prune else ""))
+    stage = f"{epochs} epochs" if epochs else f"{cv['minutes_per_fold']:g} minutes"
+    if prune:
+        scope = (f"Each fold ran the training stage for {stage}, then the pruning stage (`{prune}`) on its last "
+                 f"checkpoint, with no selection on the fold.")
+    else:
+        scope = (f"That is the config's training stage alone (no pruning, no teacher) at {stage} per fold, "
+                 f"far shorter than this model's run: it shows how the recipe varies across patients, not this "
+                 f"model's accuracy.")
     return (f"Cross-validated by volume / patient over the {cv['cases']} non-test cases ({cv['folds']} folds; "
-            f"`python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} --minutes "
-            f"{cv['minutes_per_fold']:g}`), each case scored once through the engine by a model that never saw it: "
+            f"`{command}`), each case scored once through the engine by a model that never saw it: "
             f"Dice {cv['dice_mean_per_case']:.3f} +- {cv['dice_sd_per_case']:.3f} per case (fold means {folds}). "
-            f"That is the config's training stage alone (no pruning, no teacher) at {cv['minutes_per_fold']:g} "
-            f"minutes per fold, far shorter than this model's run: it shows how the recipe varies across patients, "
-            f"not this model's accuracy.")
+            + scope)
 
 
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
