@@ -293,6 +293,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     re-render reproduces it byte for byte, and a cross-validation result replaces the 'none was run' sentence."""
     import shutil
 
+    from LightSegLib.registry import get_model
     from LightSegLib.train.ct import recard
 
     models = REPO / "Resources" / "Models"
@@ -312,6 +313,9 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     kept = json.loads((tmp_path / f"{model_id}.eval.json").read_text())
     assert kept["crossval"] == cv  # the per-fold figures stay beside the card's sentence
     assert kept["test_8bit"] == json.loads((models / f"{model_id}.eval.json").read_text())["test_8bit"]
+    recard(model_id, card, status="stable")  # e.g. once a cross-validation shows the target is met
+    assert get_model(model_id).entry["status"] == "stable"
+    assert json.loads((tmp_path / f"{model_id}.eval.json").read_text())["crossval"] == cv
 
 
 def test_crossval_sentence_names_the_recipe_it_ran():

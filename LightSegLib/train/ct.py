@@ -360,12 +360,12 @@ def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Pat
 
 
 def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: dict | None = None,
-           crossval: dict | None = None) -> None:
+           crossval: dict | None = None, status: str | None = None) -> None:
     """Re-render a published model's card from its ``ID.eval.json`` (no checkpoint needed), with a new speed
-    measurement or cross-validation result when given; with the training config, re-evaluate the registered
-    model first (new checks)."""
+    measurement, cross-validation result or registry status when given (a cross-validation can settle whether a
+    model meets its target); with the training config, re-evaluate the registered model first (new checks)."""
     from ..errors import LightSegError
-    from ..registry import get_model, models_dir
+    from ..registry import get_model, models_dir, register_model
     from .config import load_config
 
     folder = models_dir()
@@ -374,6 +374,8 @@ def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: 
     if "card_text" not in report:
         raise LightSegError(f"{path.name} predates --card-only: publish {model_id} again from its checkpoint")
     text = report["card_text"]
+    if status is not None:
+        register_model({**get_model(model_id).entry, "status": status}, folder)
     if speed is not None:
         text["speed"] = speed_markdown(speed, model_id)
     if crossval is not None:
@@ -392,12 +394,12 @@ def _publish_cmd(args) -> int:
     speed = json.loads(Path(args.speed).read_text()) if args.speed else None
     crossval = json.loads(Path(args.crossval).read_text()) if args.crossval else None
     if args.card_only:
-        recard(args.id, args.card, args.config, args.threads, speed, crossval)
+        recard(args.id, args.card, args.config, args.threads, speed, crossval, args.status)
     elif not (args.checkpoint and args.config):
         raise LightSegError("publish needs the checkpoint and --config (or --card-only to re-render the card)")
     else:
-        publish(args.checkpoint, args.id, args.card, args.config, args.status, args.reproduce, args.threads, speed,
-                crossval)
+        publish(args.checkpoint, args.id, args.card, args.config, args.status or "preview", args.reproduce,
+                args.threads, speed, crossval)
     return 0
 
 
@@ -433,7 +435,8 @@ def main(argv=None) -> int:
     p.add_argument("--id", required=True)
     p.add_argument("--card", required=True, help="card template JSON (configs/cards/ID.json; ID.md.in beside it)")
     p.add_argument("--config", help="the training config (held-out split)")
-    p.add_argument("--status", default="preview", choices=["stable", "preview", "reference"])
+    p.add_argument("--status", choices=["stable", "preview", "reference"],
+                   help="registry status (default: preview when publishing; kept by --card-only unless given)")
     p.add_argument("--reproduce")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed", help="`lightseg bench --json` output that includes this model (the card's speed section)")
