@@ -198,6 +198,22 @@ def test_shipped_configs_load(name, format_):
         assert d["label_map"] == {"1": 1, "2": 1} and d["holdout"]["val"] > 0
 
 
+
+def test_a_variant_config_states_only_what_differs(tmp_path):
+    """The pancreas teacher extends the student's config: same data, split and schedule, wider and longer."""
+    from LightSegLib.errors import LightSegError
+    from LightSegLib.train.config import load_config
+
+    student = load_config(REPO / "configs" / "pancreas_nih2d.toml")
+    teacher = load_config(REPO / "configs" / "pancreas_nih2d_teacher.toml")
+    assert teacher["data"] == student["data"] and teacher["augment"] == student["augment"]
+    assert teacher["model"]["widths"] == [16, 32, 64, 128, 256] and teacher["model"]["name"] == "unet"
+    assert teacher["train"]["time_budget_min"] == 80 and teacher["train"]["lr"] == student["train"]["lr"]
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n[train]\nlr = 0.1\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(LightSegError, match="comes back"):
+        load_config(tmp_path / "a.toml")
+
 def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
     """The HU check rests on two facts: the 8-bit slices are about clip(HU, 0, 255), and the HU slices need
     np.flip(axis=1) to be in the 8-bit slices' radiological view. One HU slice of PANCREAS_0001 is also in

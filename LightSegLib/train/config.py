@@ -45,24 +45,38 @@ DEFAULTS = {
 }
 
 
-def _merge(base: dict, over: dict, where: str = "") -> dict:
+def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
         if key in out and isinstance(out[key], dict) and isinstance(value, dict) and key not in ("inplane", "normalization", "labels"):
-            out[key] = _merge(out[key], value, f"{where}{key}.")
+            out[key] = _merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def load_config(path) -> dict:
-    path = Path(path)
+def _read(path: Path, chain: tuple = ()) -> dict:
+    """The file's TOML on top of the file it ``extends`` (a path relative to it): a variant config (a wider
+    teacher, a longer budget) states only what differs, so the shared data and schedule live in one place."""
     if not path.is_file():
         raise LightSegError(f"config file not found: {path}")
+    if path.resolve() in chain:
+        raise LightSegError(f"config {path}: 'extends' comes back to a file it started from")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise LightSegError(f"config {path} is not valid TOML: {err}") from None
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise LightSegError(f"config {path}: 'extends' must be a file name, not {base!r}")
+    return _merge(_read(path.parent / base, chain + (path.resolve(),)), raw)
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    raw = _read(path)
     unknown = set(raw) - set(DEFAULTS)
     if unknown:
         raise LightSegError(f"config {path}: unknown section(s) {', '.join(sorted(unknown))}")
