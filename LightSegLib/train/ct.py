@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -291,10 +292,13 @@ def crossval_markdown(cv: dict | None) -> str:
         scope = (f"That is the config's training stage alone (no pruning, no teacher) at {stage} per fold, "
                  f"far shorter than this model's run: it shows how the recipe varies across patients, not this "
                  f"model's accuracy.")
+    per_case = sorted((v, c) for f in cv.get("per_fold", []) for c, v in f["per_case"].items())
+    spread = (f"median {statistics.median(v for v, _ in per_case):.3f}; lowest "
+              + ", ".join(f"{c} {v:.2f}" for v, c in per_case[:2]) + "; ") if per_case else ""
     return (f"Cross-validated by volume / patient over the {cv['cases']} non-test cases ({cv['folds']} folds; "
             f"`{command}`), each case scored once through the engine by a model that never saw it: "
-            f"Dice {cv['dice_mean_per_case']:.3f} +- {cv['dice_sd_per_case']:.3f} per case (fold means {folds}). "
-            + scope)
+            f"Dice {cv['dice_mean_per_case']:.4f} +- {cv['dice_sd_per_case']:.3f} per case ({spread}fold means "
+            f"{folds}). " + scope)
 
 
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
