@@ -360,6 +360,36 @@ def test_crossval_sentence_names_the_recipe_it_ran():
     short = crossval_markdown({**cv, "minutes_per_fold": 10, "epochs_per_fold": None, "prune": None})
     assert "--minutes 10`" in short and "training stage alone (no pruning, no teacher) at 10 minutes" in short
 
+def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, monkeypatch):
+    """benchmarks/ct_crossval.py with a pruning stage: one fold per process (no summary until every fold is done),
+    then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
+    import importlib.util
+
+    data, negatives = shared("lits_liver_2d"), shared("totalseg_example")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'extends = "{REPO / "configs" / "liver_lits2d.toml"}"\n[model]\nwidths = [4, 8, 16, 32, 64]\n'
+                   f'[data]\ndataset = "{data}"\ninplane = {{ mode = "fit", size = [64, 64] }}\npatch = [48, 48]\n'
+                   f'negatives = {{ image = "{negatives / "example_ct.nii.gz"}", '
+                   f'label = "{negatives / "example_seg_v1_full_5de6e4d.nii.gz"}" }}\n'
+                   '[train]\nbatch_size = 2\niters_per_epoch = 2\nwarmup_iters = 0\n')
+    spec = importlib.util.spec_from_file_location("ct_crossval", REPO / "benchmarks" / "ct_crossval.py")
+    crossval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crossval)
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(tmp_path))  # the script points it at its scratch registry
+    out = tmp_path / "cv"
+    argv = ["--config", str(cfg), "--folds", "2", "--epochs", "1", "--card", str(REPO / "configs" / "cards" /
+            "liver-ct.json"), "--prune=--importance l1 --ratio 0.5 --reconstruct-iters 2", "--out", str(out)]
+    assert crossval.main([*argv, "--fold", "1"]) == 0
+    assert (out / "fold1" / "fold.json").is_file() and not (out / "crossval.json").exists()
+    assert crossval.main(argv) == 0
+    result = json.loads((out / "crossval.json").read_text())
+    assert result["epochs_per_fold"] == 1 and result["prune"].startswith("--importance l1")
+    folds = [set(f["per_case"]) for f in result["per_fold"]]
+    assert not folds[0] & folds[1] and result["cases"] == len(folds[0] | folds[1]) == 82
+    assert all(f["iterations"] == 2 for f in result["per_fold"])
+    pruned = torch.load(out / "fold0" / "pruned.pt", map_location="cpu", weights_only=False)
+    assert pruned["architecture"]["widths"] == [2, 4, 8, 16, 32]
+
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
     from LightSegLib.train.ct import totalseg_class_names

@@ -79,16 +79,16 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget per fold")
     ap.add_argument("--epochs", type=int, help="training budget per fold in epochs instead of minutes")
-    ap.add_argument("--prune", help="prune-ct options for the pruning stage, e.g. '--importance l1 --ratio 0.3 "
-                                    "--reconstruct-iters 1000'")
+    ap.add_argument("--prune", help="prune-ct options for the pruning stage, given with '=', e.g. "
+                                    "--prune='--importance l1 --ratio 0.3 --reconstruct-iters 1000'")
     ap.add_argument("--fold", type=int, help="run this fold only (folds can run as parallel processes)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.fold is not None:
         run_fold(args, args.fold)
-    if any(not (Path(args.out) / f"fold{k}" / "fold.json").is_file() for k in range(args.folds)):
-        return 0  # another process runs the remaining folds; the last to finish (or a rerun) writes the summary
+        if any(not (Path(args.out) / f"fold{k}" / "fold.json").is_file() for k in range(args.folds)):
+            return 0  # other processes run the remaining folds; the last to finish (or a rerun) writes the summary
     folds = [run_fold(args, k) for k in range(args.folds)]
     per_case = {c: d for f in folds for c, d in f["per_case"].items()}
     fold_means = [f["dice_mean_per_case"] for f in folds]
