@@ -198,7 +198,6 @@ def test_shipped_configs_load(name, format_):
         assert d["label_map"] == {"1": 1, "2": 1} and d["holdout"]["val"] > 0
 
 
-
 def test_a_variant_config_states_only_what_differs(tmp_path):
     """The pancreas teacher extends the student's config: same data, split and schedule, wider and longer."""
     from LightSegLib.errors import LightSegError
@@ -213,6 +212,7 @@ def test_a_variant_config_states_only_what_differs(tmp_path):
     (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
     with pytest.raises(LightSegError, match="comes back"):
         load_config(tmp_path / "a.toml")
+
 
 def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
     """The HU check rests on two facts: the 8-bit slices are about clip(HU, 0, 255), and the HU slices need
@@ -360,6 +360,7 @@ def test_crossval_sentence_names_the_recipe_it_ran():
     short = crossval_markdown({**cv, "minutes_per_fold": 10, "epochs_per_fold": None, "prune": None})
     assert "--minutes 10`" in short and "training stage alone (no pruning, no teacher) at 10 minutes" in short
 
+
 def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, monkeypatch):
     """benchmarks/ct_crossval.py with a pruning stage: one fold per process (no summary until every fold is done),
     then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
@@ -389,6 +390,7 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
     assert all(f["iterations"] == 2 for f in result["per_fold"])
     pruned = torch.load(out / "fold0" / "pruned.pt", map_location="cpu", weights_only=False)
     assert pruned["architecture"]["widths"] == [2, 4, 8, 16, 32]
+
 
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
