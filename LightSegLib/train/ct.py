@@ -281,10 +281,10 @@ def crossval_markdown(cv: dict | None) -> str:
                 "(`benchmarks/ct_crossval.py` runs one).")
     folds = ", ".join(f"{m:.3f}" for m in cv["fold_means"])
     epochs, prune = cv.get("epochs_per_fold"), cv.get("prune")
-    budget = f"--epochs {epochs}" if epochs else f"--minutes {cv['minutes_per_fold']:g}"
+    budget, stage = ((f"--epochs {epochs}", f"{epochs} epochs") if epochs else
+                     (f"--minutes {cv['minutes_per_fold']:g}", f"{cv['minutes_per_fold']:g} minutes"))
     command = (f"python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} {budget}"
                + (f' --prune="{prune}"' if prune else ""))
-    stage = f"{epochs} epochs" if epochs else f"{cv['minutes_per_fold']:g} minutes"
     if prune:
         scope = (f"Each fold ran the training stage for {stage}, then the pruning stage (`{prune}`) on its last "
                  f"checkpoint, with no selection on the fold.")
