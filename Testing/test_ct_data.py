@@ -359,6 +359,10 @@ def test_crossval_sentence_names_the_recipe_it_ran():
     assert "per case (median 0.940; lowest b 0.00, c 0.93; fold means" in crossval_markdown({**cv, "per_fold": per_fold})
     short = crossval_markdown({**cv, "minutes_per_fold": 10, "epochs_per_fold": None, "prune": None})
     assert "--minutes 10`" in short and "training stage alone (no pruning, no teacher) at 10 minutes" in short
+    capped = crossval_markdown({**cv, "minutes_per_fold": 5, "per_fold": [{**f, "iterations": n} for f, n in
+                                                                          zip(per_fold, (5100, 5133))]})
+    assert "--epochs 87 --minutes 5 --prune=" in capped
+    assert "training stage for 87 epochs or 5 minutes, whichever came first (5100, 5133 iterations)" in capped
 
 
 def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, monkeypatch):
@@ -421,8 +425,12 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     assert len(lines) == 3
     trained = json.loads((teacher / "summary.json").read_text())
     assert lines[0].startswith("  - Training: ") and f"{trained['iterations']} iterations of 2 slices" in lines[0]
+    assert trained["device"] == "cpu" and "on 1 CPU thread(s)" in lines[0] and "GPU" not in lines[1]
     assert "L1 filter-norm channel pruning (50% of each layer's channels removed" in lines[1]
     assert "1 iterations of fine-tuning" in lines[1]
     distilled = json.loads((kd / "distill.json").read_text())
     assert distilled["student_init"] == str(pruned) and distilled["iterations"] == 3
     assert lines[2].startswith("  - Then logit knowledge distillation from the teacher (teacher/best.pt): 3 iterations")
+    (teacher / "summary.json").write_text(json.dumps({**trained, "device": "NVIDIA H200"}))  # as a GPU run records it
+    assert "iterations of 2 slices in 0 minutes on one NVIDIA H200 GPU in mixed precision (" in \
+        ct.training_markdown(kd / "best.pt").splitlines()[0]

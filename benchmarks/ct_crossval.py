@@ -34,8 +34,8 @@ def run_fold(args, k: int) -> dict:
     if result_path.is_file():
         return json.loads(result_path.read_text())
     if not (out / "summary.json").is_file():
-        budget = ["--epochs", str(args.epochs), "--time-budget", "0"] if args.epochs else ["--time-budget",
-                                                                                             str(args.minutes)]
+        budget = ((["--epochs", str(args.epochs)] if args.epochs else [])
+                  + ["--time-budget", str(args.minutes or 0)])
         cmd = [sys.executable, "-m", "LightSegLib.cli", "train", "--config", args.config, "--folds", str(args.folds),
                "--fold", str(k), *budget, "--threads", str(args.threads), "--out", str(out)]
         if (out / "last.pt").is_file():
@@ -77,14 +77,17 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="a CT training config with data.holdout")
     ap.add_argument("--card", required=True, help="the model's card template (labels for the scratch registry)")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per fold")
-    ap.add_argument("--epochs", type=int, help="training budget per fold in epochs instead of minutes")
+    ap.add_argument("--minutes", type=float,
+                    help="training budget per fold (default 10; with --epochs a cap: whichever ends first)")
+    ap.add_argument("--epochs", type=int, help="training budget per fold in epochs (holds on a loaded machine)")
     ap.add_argument("--prune", help="prune-ct options for the pruning stage, given with '=', e.g. "
                                     "--prune='--importance l1 --ratio 0.3 --reconstruct-iters 1000'")
     ap.add_argument("--fold", type=int, help="run this fold only (folds can run as parallel processes)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.minutes is None and not args.epochs:
+        args.minutes = 10.0
     if args.fold is not None:
         run_fold(args, args.fold)
         if any(not (Path(args.out) / f"fold{k}" / "fold.json").is_file() for k in range(args.folds)):
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     folds = [run_fold(args, k) for k in range(args.folds)]
     per_case = {c: d for f in folds for c, d in f["per_case"].items()}
     fold_means = [f["dice_mean_per_case"] for f in folds]
-    result = {"config": args.config, "folds": args.folds, "minutes_per_fold": None if args.epochs else args.minutes,
+    result = {"config": args.config, "folds": args.folds, "minutes_per_fold": args.minutes,
               "epochs_per_fold": args.epochs, "prune": args.prune,
               "cases": len(per_case), "dice_mean_per_case": round(statistics.mean(per_case.values()), 4),
               "dice_sd_per_case": round(statistics.stdev(per_case.values()), 4),

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder (overrides data.dataset)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where fine-tuning runs (auto: a CUDA GPU when there is one); pruning itself runs on the CPU")
     p.set_defaults(func=run)
 
 
@@ -53,6 +55,7 @@ def run(args) -> int:
     from ._compress_common import apply_prep, example_input, resolve_config, set_threads
 
     set_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     net, ckpt = load_checkpoint(args.checkpoint)
     spec, prep = dict(ckpt["architecture"]), ckpt.get("prep")
     cfg = apply_prep(resolve_config(args.config, args.data, args.threads, spec), prep, args.checkpoint)
@@ -71,7 +74,8 @@ def run(args) -> int:
         if iters <= 0:
             return None
         print(f"{label}: {iters} iterations")
-        return train_loop(model, cfg, iters, train_cases=train_cases, val_cases=val_cases, lr=args.lr)
+        return train_loop(model, cfg, iters, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
+                          device=device)
 
     if args.ghost:
         from ..compress.ghost_convert import convert_checkpoint_net
@@ -87,7 +91,7 @@ def run(args) -> int:
             print(f"sparsity training (L1 on BN gammas, weight {args.sparsity})")
             report["sparsity"] = train_loop(net, cfg, args.sparsity_iters, train_cases=train_cases,
                                             val_cases=val_cases, lr=args.lr,
-                                            penalty=lambda m: P.bn_l1_penalty(m, args.sparsity))
+                                            penalty=lambda m: P.bn_l1_penalty(m, args.sparsity), device=device)
         stage_ratios = None
         if args.stage_ratios:
             try:

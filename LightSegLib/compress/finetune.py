@@ -38,9 +38,11 @@ def load_data(cfg: dict, val: bool = True, limit: int | None = None):
     return train_cases, val_cases
 
 
-def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True, start: int = 0):
+def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True, start: int = 0,
+                   workers: int = 0):
     """A DataLoader of (image, label) training batches ``start``..``iters`` drawn as ``lightseg train`` draws
-    them. Every sample is a pure function of (seed, index), so a resumed run sees the batches it would have."""
+    them. Every sample is a pure function of (seed, index), so a resumed run sees the batches it would have, with
+    any number of loader ``workers``."""
     from torch.utils.data import DataLoader
 
     from ..data.augment import build_transform
@@ -51,22 +53,28 @@ def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = 
     dataset = SliceDataset(cases, dcfg["patch"], iters * batch, float(dcfg["foreground_prob"]),
                            int(dcfg["context_slices"]), float(dcfg["crop_margin"]),
                            build_transform(dcfg["patch"], cfg["augment"]) if augment else None, seed=seed)
-    return DataLoader(dataset, batch_size=batch, sampler=range(start * batch, iters * batch), num_workers=0,
-                      drop_last=True)
+    return DataLoader(dataset, batch_size=batch, sampler=range(start * batch, iters * batch), num_workers=workers,
+                      drop_last=True, worker_init_fn=_worker_init if workers else None)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
 
 
 def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | None = None,
                extra_modules: nn.Module | None = None, train_cases=None, val_cases=None, lr: float | None = None,
                penalty: Callable[[nn.Module], torch.Tensor] | None = None, log: Callable[[str], None] = print,
                seed: int = 0, time_budget_min: float | None = None, state_path=None,
-               save_every: int = 100) -> dict:
+               save_every: int = 100, device: str = "cpu") -> dict:
     """Train ``net`` for ``iters`` iterations with DiceCE (+ deep supervision) + ``extra_loss(image, label,
     outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters), poly
     LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "val_dice", "val_dice_mean"}.
 
     ``time_budget_min``: stop there too; the LR schedule follows whichever of iterations and time runs out
     first (as ``lightseg train``). ``state_path``: save net, optimiser and progress there every ``save_every``
-    iterations and resume from it when it exists, so an hours-long distillation survives being killed."""
+    iterations and resume from it when it exists, so an hours-long distillation survives being killed.
+    ``device="cuda"`` trains there (bfloat16 autocast, ``data.num_workers`` loader processes) and hands the net
+    back on the CPU; the default CPU keeps ``train.cpu_bf16``."""
     from monai.losses import DiceCELoss
 
     from ..train.evaluate_core import validate
@@ -76,13 +84,18 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
     if lr is not None:
         tcfg["lr"] = lr
     tcfg["warmup_iters"] = min(int(tcfg.get("warmup_iters", 0)), iters // 10)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    net.to(device)
+    if extra_modules is not None:
+        extra_modules.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     params = list(net.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(tcfg["lr"]),
                             weight_decay=float(tcfg["weight_decay"]))
     num_classes = int(cfg["model"]["num_classes"])
-    bf16 = bool(tcfg.get("cpu_bf16", False))  # see train.config: bfloat16 autocast + channels_last on the CPU
-    channels_last = bf16 and cpu_bf16_layout(net)
+    bf16 = cuda or bool(tcfg.get("cpu_bf16", False))  # see train.config: bfloat16 autocast + channels_last on the CPU
+    channels_last = bf16 and not cuda and cpu_bf16_layout(net)
     budget_s = 60.0 * float(time_budget_min) if time_budget_min else None
     it, spent = 0, 0.0  # spent: training seconds of earlier (resumed) processes
     losses: list[float] = []
@@ -116,12 +129,14 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
         net.train()
         if extra_modules is not None:
             extra_modules.train()
-        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed, start=it):
+        workers = int(cfg["data"].get("num_workers", 0)) if cuda else 0
+        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed, start=it, workers=workers):
             for g in opt.param_groups:
                 g["lr"] = lr_at(tcfg, progress(), it)
+            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = net(image)
                 loss = deep_supervision_loss(loss_fn, outputs, label, tcfg["deep_supervision_weights"])
                 if extra_loss is not None:
@@ -140,12 +155,15 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
                 save_state()
             if done:
                 break
-    result = {"iterations": it, "minutes": round(elapsed() / 60, 2)}
+    result = {"iterations": it, "minutes": round(elapsed() / 60, 2),
+              "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
     if val_cases:
-        v = validate(net, val_cases, num_classes, torch.device("cpu"), int(cfg["data"]["context_slices"]))
+        v = validate(net, val_cases, num_classes, device, int(cfg["data"]["context_slices"]))
         result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])
         log(f"  validation Dice {', '.join(f'{d:.4f}' for d in v['per_class'])} (mean {v['mean']:.4f})")
-    net.eval()
+    net.eval().cpu()
+    if extra_modules is not None:
+        extra_modules.cpu()
     return result
 
 

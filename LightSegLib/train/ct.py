@@ -225,9 +225,11 @@ def training_markdown(checkpoint) -> str:
 
     def run_line(run: Path) -> str:
         summary, cfg = json.loads((run / "summary.json").read_text()), load_config(run / "config.toml")
-        t = cfg["train"]
+        t, device = cfg["train"], summary.get("device", "cpu")
+        where = (f"on one {device} GPU in mixed precision" if device != "cpu" else
+                 f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''}")
         return (f"{summary['iterations']} iterations of {t['batch_size']} slices in {summary['minutes']:.0f} minutes "
-                f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''} "
+                f"{where} "
                 f"({cfg['model']['name']} {cfg['model']['widths']}); best validation Dice "
                 f"{summary['best_val_dice_mean']:.3f} (epoch {summary['best_epoch']}, the checkpoint kept)")
 
@@ -253,7 +255,8 @@ def training_markdown(checkpoint) -> str:
                  f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
                  f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
                  f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part)"
-                 + (f" and {tuned['iterations']} iterations of fine-tuning ({tuned['minutes']:.0f} minutes); "
+                 + (f" and {tuned['iterations']} iterations of fine-tuning ({tuned['minutes']:.0f} minutes"
+                    f"{'' if tuned.get('device', 'cpu') == 'cpu' else ' on the GPU'}); "
                     f"validation Dice {tuned.get('val_dice_mean', float('nan')):.3f} after." if tuned else "."))
     return "\n".join(lines)
 
@@ -280,9 +283,13 @@ def crossval_markdown(cv: dict | None) -> str:
         return ("No cross-validation was run (CPU budget); the test figure is one split "
                 "(`benchmarks/ct_crossval.py` runs one).")
     folds = ", ".join(f"{m:.3f}" for m in cv["fold_means"])
-    epochs, prune = cv.get("epochs_per_fold"), cv.get("prune")
+    epochs, minutes, prune = cv.get("epochs_per_fold"), cv.get("minutes_per_fold"), cv.get("prune")
     budget, stage = ((f"--epochs {epochs}", f"{epochs} epochs") if epochs else
-                     (f"--minutes {cv['minutes_per_fold']:g}", f"{cv['minutes_per_fold']:g} minutes"))
+                     (f"--minutes {minutes:g}", f"{minutes:g} minutes"))
+    if epochs and minutes:
+        iterations = ", ".join(str(f["iterations"]) for f in cv.get("per_fold", []))
+        budget, stage = (f"{budget} --minutes {minutes:g}",
+                         f"{epochs} epochs or {minutes:g} minutes, whichever came first ({iterations} iterations)")
     command = (f"python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} {budget}"
                + (f' --prune="{prune}"' if prune else ""))
     if prune:

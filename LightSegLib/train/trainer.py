@@ -283,7 +283,8 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
         distributed.barrier()
     bar.close()
     summary = {"epochs": state["epoch"], "iterations": state["iteration"], "minutes": round(state["elapsed"] / 60, 1),
-               "best_val_dice_mean": state["best"], "best_epoch": state["best_epoch"]}
+               "best_val_dice_mean": state["best"], "best_epoch": state["best_epoch"],
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         log(f"done: {json.dumps(summary)}")
