@@ -28,7 +28,7 @@ def build_transform(patch, cfg: dict):
     t += [
         CenterSpatialCropd(keys, roi_size=patch),
         SpatialPadd(keys, spatial_size=patch),
-        RandGaussianNoised("image", prob=float(cfg.get("noise_prob", 0.15)), std=0.03),
+        RandGaussianNoised("image", prob=float(cfg.get("noise_prob", 0.15)), std=float(cfg.get("noise_std", 0.03))),
         RandGaussianSmoothd("image", prob=float(cfg.get("blur_prob", 0.1)), sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0)),
         RandScaleIntensityd("image", factors=0.2, prob=float(cfg.get("intensity_prob", 0.3))),
         RandShiftIntensityd("image", offsets=0.1, prob=float(cfg.get("intensity_prob", 0.3))),
