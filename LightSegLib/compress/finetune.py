@@ -68,7 +68,8 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
                save_every: int = 100, device: str = "cpu") -> dict:
     """Train ``net`` for ``iters`` iterations with DiceCE (+ deep supervision) + ``extra_loss(image, label,
     outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters), poly
-    LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "val_dice", "val_dice_mean"}.
+    LR. Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "val_dice",
+    "val_dice_mean"}.
 
     ``time_budget_min``: stop there too; the LR schedule follows whichever of iterations and time runs out
     first (as ``lightseg train``). ``state_path``: save net, optimiser and progress there every ``save_every``
