@@ -152,3 +152,17 @@ def test_mavkd_pairs_every_decoder_scale_across_families(student_name):
     loss.backward()
     assert loss.item() > 0 and all(v.grad is not None for v in d.losses["mavkd"].vectors)
     d.remove_hooks()
+
+
+def test_distiller_moves_its_teacher_with_it():
+    """train_loop moves the distiller to the training device (``.to``) and back (``.cpu``); the teacher sits outside
+    the distiller's parameters, so it must follow through ``_apply``. A dtype change takes the same path as a
+    device change and runs on a machine without a GPU."""
+    teacher = build({"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [8, 16, 32]})
+    student = build({"name": "tinyunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]})
+    d = Distiller(teacher, student, {"logit": {}, "feature": {}}, torch.randn(1, 1, 32, 32))
+    d.to(torch.float64)
+    assert {p.dtype for p in teacher.parameters()} == {p.dtype for p in d.parameters()} == {torch.float64}
+    d.float()
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}
+    assert not any(p is q for p in d.parameters() for q in teacher.parameters())

@@ -1,4 +1,4 @@
-"""Helpers shared by the compression commands (prune, distill, quantize): config/data resolution."""
+"""Helpers shared by the compression commands (prune, distill, quantize): config/data and device resolution."""
 from __future__ import annotations
 
 
@@ -54,3 +54,14 @@ def apply_prep(cfg: dict, prep: dict | None, source: str) -> dict:
               file=sys.stderr)
     data.update(wanted)
     return cfg
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where training runs (auto: a CUDA GPU when there is one)")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name

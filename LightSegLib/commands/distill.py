@@ -15,6 +15,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from ._compress_common import add_device_argument
+
     p = sub.add_parser("distill", help="train a small student from a teacher checkpoint (KD losses)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
     p.add_argument("--student", required=True, help="student: JSON spec, .json file, .toml config or .pt checkpoint")
@@ -37,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder (overrides data.dataset)")
     p.add_argument("--out", required=True, help="output folder (best.pt, distill.json)")
     p.add_argument("--threads", type=int, default=2)
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -79,7 +82,7 @@ def run(args) -> int:
     from ..export import count_macs, load_checkpoint
     from ..nets import build
     from ..nets.blocks import count_params
-    from ._compress_common import apply_prep, example_input, resolve_config, set_threads
+    from ._compress_common import apply_prep, example_input, resolve_config, resolve_device, set_threads
 
     set_threads(args.threads)
     teacher, tckpt = load_checkpoint(args.teacher)
@@ -120,7 +123,7 @@ def run(args) -> int:
         state.unlink()
     result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss if distiller is not None else None,
                         extra_modules=distiller, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
-                        time_budget_min=args.time_budget, state_path=state)
+                        time_budget_min=args.time_budget, state_path=state, device=resolve_device(args.device))
     if distiller is not None:
         distiller.remove_hooks()
     from ..train.config import prep_spec

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from ._compress_common import add_device_argument
+
     p = sub.add_parser("prune", help="prune channels (Torch-Pruning) and rebuild a narrow net, or Ghost-convert")
     p.add_argument("checkpoint", help="training checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="checkpoint to write (exportable with 'lightseg export')")
@@ -36,8 +38,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder (overrides data.dataset)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where fine-tuning runs (auto: a CUDA GPU when there is one); pruning itself runs on the CPU")
+    add_device_argument(p)  # fine-tuning; pruning itself runs on the CPU
     p.set_defaults(func=run)
 
 
@@ -52,10 +53,10 @@ def run(args) -> int:
     from ..errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build
-    from ._compress_common import apply_prep, example_input, resolve_config, set_threads
+    from ._compress_common import apply_prep, example_input, resolve_config, resolve_device, set_threads
 
     set_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     net, ckpt = load_checkpoint(args.checkpoint)
     spec, prep = dict(ckpt["architecture"]), ckpt.get("prep")
     cfg = apply_prep(resolve_config(args.config, args.data, args.threads, spec), prep, args.checkpoint)

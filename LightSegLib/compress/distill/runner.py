@@ -99,6 +99,11 @@ class Distiller(nn.Module):
         self.s_cap = FeatureCapture(student, s_all) if s_all else None
         self.t_cap = FeatureCapture(teacher, t_all) if t_all else None
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` / ``.cpu()`` move the teacher too (it is kept out of this module's parameters)."""
+        self.teacher[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     def extra_loss(self, image: torch.Tensor, label, outputs) -> torch.Tensor:
         with torch.no_grad():
             t_out = self.teacher[0](image)
