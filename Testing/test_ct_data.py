@@ -299,6 +299,21 @@ def test_shipped_ct_models_are_registered_as_trained(model_id, organ, code, targ
     assert card.metrics["test_8bit"]["cases"] > 0
 
 
+def test_noise_check_is_repeatable_and_costs_dice():
+    """The card's noisy-slice row: the same seeded noise on every call, and 60 HU of it must cost the shipped
+    liver model Dice on real held-out slices (if it did not, the noise would not have reached the engine)."""
+    shared("lits_liver_2d")
+    from LightSegLib.registry import get_model
+    from LightSegLib.train.config import load_config
+    from LightSegLib.train.ct import eval_npz_split
+
+    card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
+    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    clean, noisy = eval_npz_split(card, cfg, "val"), eval_npz_split(card, cfg, "val", noise_sd=60.0)
+    assert noisy == eval_npz_split(card, cfg, "val", noise_sd=60.0)
+    assert noisy["slices"] == clean["slices"] and noisy["dice_pooled"] < clean["dice_pooled"] - 0.01
+
+
 def test_liver_ct_finds_the_liver_in_the_bundled_hu_sample():
     """End to end on real HU input shipped with the repository (TotalSegmentator's automatic map as reference)."""
     from LightSegLib.inference import segment_image
