@@ -175,6 +175,27 @@ def test_prune_command_writes_an_exportable_narrow_checkpoint(tmp_path, config, 
     assert net(torch.zeros(1, 1, 40, 36)).shape == (1, 4, 40, 36)
 
 
+def test_prune_fine_tuning_resumes_from_its_state_file(tmp_path, config, capsys):
+    """A pruning run killed during fine-tuning (a time limit, a closed session) continues with --resume: pruning is
+    redone (deterministic) and the fine-tuning picks up its saved iteration; without --resume it starts afresh."""
+    src = teacher_checkpoint(tmp_path / "teacher.pt")
+    out = tmp_path / "pruned" / "best.pt"
+    state = out.parent / "best.fine-tune-reconstructed-net.state.pt"
+
+    def prune(iters, *extra):
+        assert main(["prune", str(src), "--out", str(out), "--ratio", "0.5", "--reconstruct-iters", str(iters),
+                     "--config", str(config), "--threads", "1", *extra]) == 0
+        text = capsys.readouterr().out
+        return text, json.loads(text.strip().splitlines()[-1])
+
+    prune(2)
+    assert torch.load(state, weights_only=False)["iteration"] == 2
+    text, report = prune(3, "--resume")
+    assert f"resumed from {state} at iteration 2" in text and report["reconstruct"]["finetune"]["iterations"] == 3
+    text, report = prune(1)
+    assert "resumed" not in text and torch.load(state, weights_only=False)["iteration"] == 1
+
+
 def test_ghost_command_converts_and_saves(tmp_path, capsys):
     from LightSegLib.export import load_checkpoint
 

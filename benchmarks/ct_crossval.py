@@ -48,7 +48,7 @@ def run_fold(args, k: int) -> dict:
         if not checkpoint.is_file():
             cmd = [sys.executable, "-m", "LightSegLib.train.ct", "prune-ct", "--config", str(out / "config.toml"),
                    str(out / "last.pt"), *shlex.split(args.prune), "--threads", str(args.threads),
-                   "--out", str(checkpoint)]
+                   "--out", str(checkpoint), "--resume"]  # an interrupted fine-tuning continues
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
 

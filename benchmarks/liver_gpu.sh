@@ -3,7 +3,8 @@
 # (folds 0-2 of benchmarks/ct_crossval.py and the model to ship), each training for EPOCHS epochs or MINUTES
 # minutes, whichever ends first, then L1 pruning (30%), the CPRUN rebuild and RECON fine-tuning iterations.
 #   bash benchmarks/liver_gpu.sh runs/liver_gpu          # then: publish runs/liver_gpu/final/pruned.pt (card)
-# Resumable (finished stages are skipped). Folds score themselves through the engine (ONNX Runtime on the CPU).
+# Resumable (finished stages are skipped, an interrupted fine-tuning continues). Folds score themselves through
+# the engine (ONNX Runtime on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/liver_gpu}
@@ -21,7 +22,7 @@ final() {
       --threads 1 $resume || return 1
   fi
   [ -f "$OUT/final/pruned.pt" ] || $PY -m LightSegLib.train.ct prune-ct --config $CFG "$OUT/final/best.pt" $PRUNE \
-    --threads 1 --out "$OUT/final/pruned.pt"
+    --threads 1 --out "$OUT/final/pruned.pt" --resume
 }
 
 pids=()

@@ -38,12 +38,15 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder (overrides data.dataset)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted fine-tuning from the OUT.*.state.pt files (saved every 100 iterations)")
     add_device_argument(p)  # fine-tuning; pruning itself runs on the CPU
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
+    import re
     from pathlib import Path
 
     import torch
@@ -71,12 +74,22 @@ def run(args) -> int:
     report = {"source": str(args.checkpoint), "params_before": P.count_params(net),
               "macs_before": count_macs(net, hw)}
 
+    out = Path(args.out)
+    if not args.resume:
+        for old in out.parent.glob(f"{out.stem}.*.state.pt"):
+            old.unlink()
+
+    def state_for(label: str) -> Path:
+        """One file per training stage: pruning is deterministic, so a rerun rebuilds the same nets to resume."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out.parent / f"{out.stem}.{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.state.pt"
+
     def tune(model, iters, label):
         if iters <= 0:
             return None
         print(f"{label}: {iters} iterations")
         return train_loop(model, cfg, iters, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
-                          device=device)
+                          device=device, state_path=state_for(label))
 
     if args.ghost:
         from ..compress.ghost_convert import convert_checkpoint_net
@@ -92,7 +105,8 @@ def run(args) -> int:
             print(f"sparsity training (L1 on BN gammas, weight {args.sparsity})")
             report["sparsity"] = train_loop(net, cfg, args.sparsity_iters, train_cases=train_cases,
                                             val_cases=val_cases, lr=args.lr,
-                                            penalty=lambda m: P.bn_l1_penalty(m, args.sparsity), device=device)
+                                            penalty=lambda m: P.bn_l1_penalty(m, args.sparsity), device=device,
+                                            state_path=state_for("sparsity"))
         stage_ratios = None
         if args.stage_ratios:
             try:
@@ -115,7 +129,6 @@ def run(args) -> int:
                       global_pruning=args.global_pruning, steps=args.steps, finetune=tunes,
                       widths=P.widths(net.eval(), x))
         if args.no_reconstruct:
-            out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"module": net, "architecture": spec, "prep": prep, "pruning": report}, str(out))
             report.update(params_after=P.count_params(net), macs_after=count_macs(net, hw), out=str(out))
