@@ -47,6 +47,7 @@ def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = 
 
     from ..data.augment import build_transform
     from ..data.slices import SliceDataset
+    from ..train.trainer import worker_init
 
     dcfg, tcfg = cfg["data"], cfg["train"]
     batch = int(tcfg["batch_size"])
@@ -54,11 +55,7 @@ def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = 
                            int(dcfg["context_slices"]), float(dcfg["crop_margin"]),
                            build_transform(dcfg["patch"], cfg["augment"]) if augment else None, seed=seed)
     return DataLoader(dataset, batch_size=batch, sampler=range(start * batch, iters * batch), num_workers=workers,
-                      drop_last=True, worker_init_fn=_worker_init if workers else None)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
+                      drop_last=True, worker_init_fn=worker_init if workers else None)
 
 
 def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | None = None,
@@ -79,7 +76,7 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
     from monai.losses import DiceCELoss
 
     from ..train.evaluate_core import validate
-    from ..train.trainer import cpu_bf16_layout, deep_supervision_loss, lr_at
+    from ..train.trainer import cpu_bf16_layout, deep_supervision_loss, device_name, lr_at
 
     tcfg = dict(cfg["train"])
     if lr is not None:
@@ -157,7 +154,7 @@ def train_loop(net: nn.Module, cfg: dict, iters: int, *, extra_loss: Callable | 
             if done:
                 break
     result = {"iterations": it, "minutes": round(elapsed() / 60, 2),
-              "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+              "device": device_name(device)}
     if val_cases:
         v = validate(net, val_cases, num_classes, device, int(cfg["data"]["context_slices"]))
         result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])

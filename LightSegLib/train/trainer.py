@@ -48,10 +48,18 @@ class EpochSampler:
         return self.n
 
 
-def _worker_init(_):
+def worker_init(_):
+    """Loader processes: one thread each, so they do not fight the training process for cores."""
     import torch
 
     torch.set_num_threads(1)
+
+
+def device_name(device) -> str:
+    """What a run records as where it trained: the GPU's name, or "cpu"."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def lr_at(cfg_train: dict, progress: float, iteration: int) -> float:
@@ -162,7 +170,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
     sampler = EpochSampler(ipe * batch)
     workers = int(dcfg["num_workers"])
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        worker_init_fn=_worker_init, persistent_workers=workers > 0,
+                        worker_init_fn=worker_init, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 
     spec = dict(cfg["model"])
@@ -284,7 +292,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
     bar.close()
     summary = {"epochs": state["epoch"], "iterations": state["iteration"], "minutes": round(state["elapsed"] / 60, 1),
                "best_val_dice_mean": state["best"], "best_epoch": state["best_epoch"],
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+               "device": device_name(device)}
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         log(f"done: {json.dumps(summary)}")
