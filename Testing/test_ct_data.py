@@ -411,6 +411,26 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
     assert pruned["architecture"]["widths"] == [2, 4, 8, 16, 32]
 
 
+def test_crossval_compare_pairs_cases_across_folds():
+    """Two recipes are compared case by case, whatever fold each case fell in; cases only one run scored are left
+    out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ct_crossval", REPO / "benchmarks" / "ct_crossval.py")
+    crossval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crossval)
+    base = {f"vol{i}": 0.90 + 0.005 * i for i in range(12)}
+    a = {"per_fold": [{"per_case": {c: base[c] + 0.01 for c in list(base)[:6]}},
+                      {"per_case": {**{c: base[c] + 0.01 for c in list(base)[6:11]}, "vol11": base["vol11"] - 0.02,
+                                    "only_a": 0.5}}]}
+    b = {"per_fold": [{"per_case": dict(list(base.items())[::2])}, {"per_case": dict(list(base.items())[1::2])}]}
+    result = crossval.compare(a, b)
+    assert result["cases"] == 12 and (result["a_better"], result["b_better"]) == (11, 1)
+    assert result["mean_difference"] == pytest.approx((11 * 0.01 - 0.02) / 12, abs=1e-4)
+    assert result["wilcoxon_p"] < 0.05
+    assert crossval.compare(b, b)["wilcoxon_p"] == 1.0
+
+
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
     from LightSegLib.train.ct import totalseg_class_names

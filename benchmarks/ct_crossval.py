@@ -13,6 +13,11 @@ parallel processes; the summary is written once every fold is done.
 
 Writes OUT/crossval.json and prints a markdown table. Without ``--prune`` and at a short budget the figures
 describe the recipe's training stage, not a shipped model (which trains longer and may be pruned afterwards).
+
+Two recipes cross-validated on the same folds are compared case by case (paired), since their difference is far
+smaller than the spread between cases:
+
+    .venv/bin/python benchmarks/ct_crossval.py --compare runs/liver_noise_cv/crossval.json runs/liver_cv/crossval.json
 """
 from __future__ import annotations
 
@@ -72,10 +77,28 @@ def run_fold(args, k: int) -> dict:
     return result
 
 
+def compare(a: dict, b: dict) -> dict:
+    """Paired per-case difference a - b over the cases both cross-validations scored, with a Wilcoxon signed-rank
+    p-value (two-sided; cases are not normally distributed: a few near 0 dominate the spread)."""
+    from scipy.stats import wilcoxon
+
+    case_a = {c: d for f in a["per_fold"] for c, d in f["per_case"].items()}
+    case_b = {c: d for f in b["per_fold"] for c, d in f["per_case"].items()}
+    cases = sorted(case_a.keys() & case_b.keys())
+    diff = [case_a[c] - case_b[c] for c in cases]
+    return {"cases": len(cases), "mean_a": round(statistics.mean(case_a[c] for c in cases), 4),
+            "mean_b": round(statistics.mean(case_b[c] for c in cases), 4),
+            "mean_difference": round(statistics.mean(diff), 4), "sd_difference": round(statistics.stdev(diff), 4),
+            "a_better": sum(d > 0 for d in diff), "b_better": sum(d < 0 for d in diff),
+            "wilcoxon_p": round(float(wilcoxon(diff).pvalue), 4) if any(diff) else 1.0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="a CT training config with data.holdout")
-    ap.add_argument("--card", required=True, help="the model's card template (labels for the scratch registry)")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                    help="compare two crossval.json case by case (A - B) and exit")
+    ap.add_argument("--config", help="a CT training config with data.holdout")
+    ap.add_argument("--card", help="the model's card template (labels for the scratch registry)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--minutes", type=float,
                     help="training budget per fold (default 10; with --epochs a cap: whichever ends first)")
@@ -84,8 +107,14 @@ def main(argv=None) -> int:
                                     "--prune='--importance l1 --ratio 0.3 --reconstruct-iters 1000'")
     ap.add_argument("--fold", type=int, help="run this fold only (folds can run as parallel processes)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.compare:
+        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(json.dumps(compare(a, b), indent=1))
+        return 0
+    if not (args.config and args.card and args.out):
+        ap.error("--config, --card and --out are required (unless --compare)")
     if args.minutes is None and not args.epochs:
         args.minutes = 10.0
     if args.fold is not None:
