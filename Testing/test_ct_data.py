@@ -378,11 +378,15 @@ def test_crossval_sentence_names_the_recipe_it_ran():
                                                                           zip(per_fold, (5100, 5133))]})
     assert "--epochs 87 --minutes 5 --prune=" in capped
     assert "training stage for 87 epochs or 5 minutes, whichever came first (5100, 5133 iterations)" in capped
+    kd = crossval_markdown({**cv, "distill": "--methods logit --iters 30"})
+    assert '--prune="--importance l1 --ratio 0.3" --distill="--methods logit --iters 30"`' in kd
+    assert ("on its last checkpoint, then distillation (`--methods logit --iters 30`) from that checkpoint into the "
+            "pruned net, with no selection on the fold") in kd
 
 
 def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, monkeypatch):
-    """benchmarks/ct_crossval.py with a pruning stage: one fold per process (no summary until every fold is done),
-    then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
+    """benchmarks/ct_crossval.py with pruning and distillation stages: one fold per process (no summary until every
+    fold is done), then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
     import importlib.util
 
     data, negatives = shared("lits_liver_2d"), shared("totalseg_example")
@@ -398,7 +402,8 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
     monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(tmp_path))  # the script points it at its scratch registry
     out = tmp_path / "cv"
     argv = ["--config", str(cfg), "--folds", "2", "--epochs", "1", "--card", str(REPO / "configs" / "cards" /
-            "liver-ct.json"), "--prune=--importance l1 --ratio 0.5 --reconstruct-iters 2", "--out", str(out)]
+            "liver-ct.json"), "--prune=--importance l1 --ratio 0.5 --reconstruct-iters 2",
+            "--distill=--methods logit --iters 2", "--out", str(out)]
     assert crossval.main([*argv, "--fold", "1"]) == 0
     assert (out / "fold1" / "fold.json").is_file() and not (out / "crossval.json").exists()
     assert crossval.main(argv) == 0
@@ -409,6 +414,9 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
     assert all(f["iterations"] == 2 for f in result["per_fold"])
     pruned = torch.load(out / "fold0" / "pruned.pt", map_location="cpu", weights_only=False)
     assert pruned["architecture"]["widths"] == [2, 4, 8, 16, 32]
+    scored = torch.load(out / "fold0" / "kd" / "best.pt", map_location="cpu", weights_only=False)  # what was scored
+    assert scored["architecture"]["widths"] == [2, 4, 8, 16, 32]
+    assert scored["distillation"]["teacher"] == str(out / "fold0" / "last.pt") and result["distill"]
 
 
 def test_crossval_compare_pairs_cases_across_folds():

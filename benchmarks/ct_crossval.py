@@ -3,7 +3,8 @@
 The test split of ``data.holdout`` stays out; the rest (the pool) is cut into N folds. For each fold the recipe's
 training stage runs on the other folds for a fixed budget (minutes, or epochs to match a shipped run's iterations
 on a busy machine), optionally followed by the recipe's pruning stage (``--prune``: ``prune-ct`` options, run on
-the *last* checkpoint). The result (no selection on the fold) is exported and scored through the inference engine
+the *last* checkpoint) and a distillation stage (``--distill``: the pruned net as student, the fold's trained net as
+teacher). The result (no selection on the fold) is exported and scored through the inference engine
 on the fold's cases, as ``train.ct publish`` scores a model. Every pool case is thus scored once, by a model that
 never saw it. Resumable: finished stages and folds are skipped. ``--fold K`` runs one fold, so folds can run as
 parallel processes; the summary is written once every fold is done.
@@ -56,6 +57,17 @@ def run_fold(args, k: int) -> dict:
                    "--out", str(checkpoint), "--resume"]  # an interrupted fine-tuning continues
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
+    if args.distill:  # the CPRUN way: the pruned, rebuilt net learns from the fold's own trained net
+        student, kd = checkpoint, out / "kd"
+        checkpoint = kd / "best.pt"
+        if not checkpoint.is_file():
+            cmd = [sys.executable, "-m", "LightSegLib.cli", "distill", "--teacher", str(out / "last.pt"),
+                   "--student", str(student), "--config", str(out / "config.toml"), *shlex.split(args.distill),
+                   "--threads", str(args.threads), "--out", str(kd)]
+            if (kd / "state.pt").is_file():
+                cmd.append("--resume")
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
 
     from LightSegLib.export import export_checkpoint
     from LightSegLib.registry import get_model
@@ -105,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="training budget per fold in epochs (holds on a loaded machine)")
     ap.add_argument("--prune", help="prune-ct options for the pruning stage, given with '=', e.g. "
                                     "--prune='--importance l1 --ratio 0.3 --reconstruct-iters 1000'")
+    ap.add_argument("--distill", help="lightseg distill options for a distillation stage after --prune (teacher: the "
+                                      "fold's trained net), e.g. --distill='--methods logit,feature --iters 3684'")
     ap.add_argument("--fold", type=int, help="run this fold only (folds can run as parallel processes)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
@@ -115,6 +129,8 @@ def main(argv=None) -> int:
         return 0
     if not (args.config and args.card and args.out):
         ap.error("--config, --card and --out are required (unless --compare)")
+    if args.distill and not args.prune:
+        ap.error("--distill needs --prune (the student is the pruned, rebuilt net)")
     if args.minutes is None and not args.epochs:
         args.minutes = 10.0
     if args.fold is not None:
@@ -125,7 +141,7 @@ def main(argv=None) -> int:
     per_case = {c: d for f in folds for c, d in f["per_case"].items()}
     fold_means = [f["dice_mean_per_case"] for f in folds]
     result = {"config": args.config, "folds": args.folds, "minutes_per_fold": args.minutes,
-              "epochs_per_fold": args.epochs, "prune": args.prune,
+              "epochs_per_fold": args.epochs, "prune": args.prune, "distill": args.distill,
               "cases": len(per_case), "dice_mean_per_case": round(statistics.mean(per_case.values()), 4),
               "dice_sd_per_case": round(statistics.stdev(per_case.values()), 4),
               "fold_means": fold_means, "fold_sd": round(statistics.stdev(fold_means), 4), "per_fold": folds}

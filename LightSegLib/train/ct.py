@@ -298,11 +298,13 @@ def crossval_markdown(cv: dict | None) -> str:
         iterations = ", ".join(str(f["iterations"]) for f in cv.get("per_fold", []))
         budget, stage = (f"{budget} --minutes {minutes:g}",
                          f"{epochs} epochs or {minutes:g} minutes, whichever came first ({iterations} iterations)")
+    distill = cv.get("distill")
     command = (f"python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} {budget}"
-               + (f' --prune="{prune}"' if prune else ""))
+               + (f' --prune="{prune}"' if prune else "") + (f' --distill="{distill}"' if distill else ""))
     if prune:
+        then = f", then distillation (`{distill}`) from that checkpoint into the pruned net" if distill else ""
         scope = (f"Each fold ran the training stage for {stage}, then the pruning stage (`{prune}`) on its last "
-                 f"checkpoint, with no selection on the fold.")
+                 f"checkpoint{then}, with no selection on the fold.")
     else:
         scope = (f"That is the config's training stage alone (no pruning, no teacher) at {stage} per fold, "
                  f"far shorter than this model's run: it shows how the recipe varies across patients, not this "
