@@ -5,6 +5,7 @@
 # venv active:
 #   bash benchmarks/pancreas_cprun.sh            # every stage
 #   bash benchmarks/pancreas_cprun.sh distill    # one stage
+#   bash benchmarks/pancreas_cprun.sh crossval   # the whole recipe, 3 folds by patient, one process per fold (hours)
 # TEACHER_CFG picks the teacher's config (data, crops, budget); KD_MIN is the distillation's wall-clock budget.
 # Budgets are the ones of the shipped model (a shared 2-core AMD EPYC, one thread per job, bfloat16 autocast).
 set -euo pipefail
@@ -12,7 +13,8 @@ TEACHER_CFG=${TEACHER_CFG:-configs/pancreas_nih2d_teacher.toml}
 RUN=${RUN:-runs/pancreas_teacher}
 KD_MIN=${KD_MIN:-40}
 THREADS=${THREADS:-1}
-CV=${CV:-runs/pancreas_cv/crossval.json}   # benchmarks/ct_crossval.py's result for the card, when there is one
+CV_RUN=${CV_RUN:-runs/pancreas_cv_recipe}
+CV=${CV:-$CV_RUN/crossval.json}   # benchmarks/ct_crossval.py's result for the card, when there is one
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
@@ -23,6 +25,15 @@ prune()   { done_or $RUN/cprun.pt || python -m LightSegLib.train.ct prune-ct --c
 distill() { done_or $RUN/kd/best.pt || lightseg distill --teacher $RUN/best.pt --student $RUN/cprun.pt \
     --config $TEACHER_CFG --methods logit,feature --lr 1e-3 --iters 1000000 --time-budget $KD_MIN --threads $THREADS \
     --out $RUN/kd $([ -f $RUN/kd/state.pt ] && echo --resume); }
+# The same stages per fold at the shipped run's budgets in iterations (6,114 teacher iterations = 77 epochs of 80;
+# 3,684 distillation iterations), so that a loaded machine gives the same recipe. Resumable: rerun to continue.
+# The last fold to finish writes the summary; the final plain call finishes any fold whose process failed.
+cv_args=(--config $TEACHER_CFG --folds 3 --epochs 77 --prune="--importance l1 --ratio 0.5"
+    --distill="--methods logit,feature --lr 1e-3 --iters 3684" --card configs/cards/pancreas-ct.json
+    --threads $THREADS --out $CV_RUN)
+crossval() { mkdir -p $CV_RUN; echo "logs: $CV_RUN/fold{0,1,2}.log"
+    for k in 0 1 2; do python benchmarks/ct_crossval.py "${cv_args[@]}" --fold $k >> $CV_RUN/fold$k.log 2>&1 & done
+    wait; python benchmarks/ct_crossval.py "${cv_args[@]}"; }
 publish() { python -m LightSegLib.train.ct publish $RUN/kd/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
     --config configs/pancreas_nih2d.toml --threads $THREADS \
     --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
