@@ -126,6 +126,30 @@ def test_noise_augmentation_strength_comes_from_the_config():
     assert 0 < max(weak) <= 0.031 and 0 < max(strong) <= 0.155 and np.mean(strong) > 3 * np.mean(weak)
 
 
+def test_intensity_shift_and_histogram_shift_come_from_the_config():
+    """augment.intensity_shift is the largest offset MONAI adds (default 0.1, as before); histogram_shift_prob adds a
+    random monotone remapping that keeps the window's ends, so an organ can get darker relative to its neighbours
+    (a fatty or unenhanced liver)."""
+    from LightSegLib.data.augment import build_transform
+
+    off = {k: 0.0 for k in ("affine_prob", "elastic_prob", "blur_prob", "noise_prob", "gamma_prob")}
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
+
+    def sample(cfg):
+        data = {"image": ramp.copy(), "label": np.zeros((1, 64, 64), np.uint8)}
+        return np.asarray(build_transform([64, 64], {**off, **cfg})(data)["image"])
+
+    shift_only = {"intensity_prob": 1.0, "intensity_shift": 0.25}
+    offsets = [float(sample(shift_only)[0, 0, 0]) for _ in range(30)]  # the ramp's 0: scaling leaves it, offsets move it
+    assert max(abs(o) for o in offsets) <= 0.25 + 1e-6 and max(abs(o) for o in offsets) > 0.1
+    assert all(abs(float(sample({"intensity_prob": 1.0})[0, 0, 0])) <= 0.1 + 1e-6 for _ in range(20))
+    remapped = [sample({"intensity_prob": 0.0, "histogram_shift_prob": 1.0}) for _ in range(10)]
+    assert all(r.min() == pytest.approx(0.0, abs=1e-5) and r.max() == pytest.approx(1.0, abs=1e-5) for r in remapped)
+    assert all(np.all(np.diff(r.ravel()) >= -1e-6) for r in remapped)  # monotone
+    assert max(float(np.abs(r - ramp).max()) for r in remapped) > 0.02
+    assert np.array_equal(sample({"intensity_prob": 0.0}), ramp)  # off by default
+
+
 def test_deep_supervision_loss_weights():
     from LightSegLib.train.trainer import deep_supervision_loss
 

@@ -11,8 +11,8 @@ import math
 
 def build_transform(patch, cfg: dict):
     from monai.transforms import (CenterSpatialCropd, Compose, Rand2DElasticd, RandAdjustContrastd, RandAffined,
-                                  RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd,
-                                  RandShiftIntensityd, SpatialPadd)
+                                  RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd,
+                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
 
     keys = ["image", "label"]
     patch = [int(p) for p in patch]
@@ -31,9 +31,12 @@ def build_transform(patch, cfg: dict):
         RandGaussianNoised("image", prob=float(cfg.get("noise_prob", 0.15)), std=float(cfg.get("noise_std", 0.03))),
         RandGaussianSmoothd("image", prob=float(cfg.get("blur_prob", 0.1)), sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0)),
         RandScaleIntensityd("image", factors=0.2, prob=float(cfg.get("intensity_prob", 0.3))),
-        RandShiftIntensityd("image", offsets=0.1, prob=float(cfg.get("intensity_prob", 0.3))),
+        RandShiftIntensityd("image", offsets=float(cfg.get("intensity_shift", 0.1)),
+                            prob=float(cfg.get("intensity_prob", 0.3))),
         RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=float(cfg.get("gamma_prob", 0.3))),
     ]
+    if cfg.get("histogram_shift_prob", 0.0) > 0:  # a random monotone remapping: tissues' relative brightness changes
+        t.append(RandHistogramShiftd("image", num_control_points=(5, 10), prob=float(cfg["histogram_shift_prob"])))
     flip = float(cfg.get("flip_prob", 0.0))
     if flip > 0:
         t += [RandFlipd(keys, prob=flip, spatial_axis=0), RandFlipd(keys, prob=flip, spatial_axis=1)]

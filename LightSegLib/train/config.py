@@ -23,7 +23,8 @@ DEFAULTS = {
         "num_workers": 1,
     },
     "augment": {"affine_prob": 0.5, "rotate_deg": 30.0, "scale": 0.15, "elastic_prob": 0.1, "noise_prob": 0.15,
-                "noise_std": 0.03, "blur_prob": 0.1, "intensity_prob": 0.3, "gamma_prob": 0.3, "flip_prob": 0.0},
+                "noise_std": 0.03, "blur_prob": 0.1, "intensity_prob": 0.3, "intensity_shift": 0.1, "gamma_prob": 0.3,
+                "histogram_shift_prob": 0.0, "flip_prob": 0.0},
     "train": {
         "seed": 0,
         "batch_size": 16,
