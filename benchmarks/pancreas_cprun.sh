@@ -14,7 +14,8 @@ RUN=${RUN:-runs/pancreas_teacher}
 KD_MIN=${KD_MIN:-40}
 THREADS=${THREADS:-1}
 CV_RUN=${CV_RUN:-runs/pancreas_cv_recipe}
-CV=${CV:-$CV_RUN/crossval.json}   # benchmarks/ct_crossval.py's result for the card, when there is one
+# benchmarks/ct_crossval.py's result for the card: the whole recipe's when it is done, else the 10-minute one
+CV=${CV:-$([ -f $CV_RUN/crossval.json ] && echo $CV_RUN/crossval.json || echo runs/pancreas_cv/crossval.json)}
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
