@@ -384,11 +384,19 @@ def test_crossval_sentence_names_the_recipe_it_ran():
             "pruned net, with no selection on the fold") in kd
 
 
+def crossval_script():
+    """benchmarks/ct_crossval.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ct_crossval", REPO / "benchmarks" / "ct_crossval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, monkeypatch):
     """benchmarks/ct_crossval.py with pruning and distillation stages: one fold per process (no summary until every
     fold is done), then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
-    import importlib.util
-
     data, negatives = shared("lits_liver_2d"), shared("totalseg_example")
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(f'extends = "{REPO / "configs" / "liver_lits2d.toml"}"\n[model]\nwidths = [4, 8, 16, 32, 64]\n'
@@ -396,9 +404,7 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
                    f'negatives = {{ image = "{negatives / "example_ct.nii.gz"}", '
                    f'label = "{negatives / "example_seg_v1_full_5de6e4d.nii.gz"}" }}\n'
                    '[train]\nbatch_size = 2\niters_per_epoch = 2\nwarmup_iters = 0\n')
-    spec = importlib.util.spec_from_file_location("ct_crossval", REPO / "benchmarks" / "ct_crossval.py")
-    crossval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(crossval)
+    crossval = crossval_script()
     monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(tmp_path))  # the script points it at its scratch registry
     out = tmp_path / "cv"
     argv = ["--config", str(cfg), "--folds", "2", "--epochs", "1", "--card", str(REPO / "configs" / "cards" /
@@ -422,11 +428,7 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
 def test_crossval_compare_pairs_cases_across_folds():
     """Two recipes are compared case by case, whatever fold each case fell in; cases only one run scored are left
     out."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ct_crossval", REPO / "benchmarks" / "ct_crossval.py")
-    crossval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(crossval)
+    crossval = crossval_script()
     base = {f"vol{i}": 0.90 + 0.005 * i for i in range(12)}
     a = {"per_fold": [{"per_case": {c: base[c] + 0.01 for c in list(base)[:6]}},
                       {"per_case": {**{c: base[c] + 0.01 for c in list(base)[6:11]}, "vol11": base["vol11"] - 0.02,

@@ -89,13 +89,17 @@ def run_fold(args, k: int) -> dict:
     return result
 
 
+def cases_of(folds: list[dict]) -> dict[str, float]:
+    """Dice per case over all folds (each pool case lies in exactly one)."""
+    return {c: d for f in folds for c, d in f["per_case"].items()}
+
+
 def compare(a: dict, b: dict) -> dict:
     """Paired per-case difference a - b over the cases both cross-validations scored, with a Wilcoxon signed-rank
     p-value (two-sided; cases are not normally distributed: a few near 0 dominate the spread)."""
     from scipy.stats import wilcoxon
 
-    case_a = {c: d for f in a["per_fold"] for c, d in f["per_case"].items()}
-    case_b = {c: d for f in b["per_fold"] for c, d in f["per_case"].items()}
+    case_a, case_b = cases_of(a["per_fold"]), cases_of(b["per_fold"])
     cases = sorted(case_a.keys() & case_b.keys())
     diff = [case_a[c] - case_b[c] for c in cases]
     return {"cases": len(cases), "mean_a": round(statistics.mean(case_a[c] for c in cases), 4),
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
         if any(not (Path(args.out) / f"fold{k}" / "fold.json").is_file() for k in range(args.folds)):
             return 0  # other processes run the remaining folds; the last to finish (or a rerun) writes the summary
     folds = [run_fold(args, k) for k in range(args.folds)]
-    per_case = {c: d for f in folds for c, d in f["per_case"].items()}
+    per_case = cases_of(folds)
     fold_means = [f["dice_mean_per_case"] for f in folds]
     result = {"config": args.config, "folds": args.folds, "minutes_per_fold": args.minutes,
               "epochs_per_fold": args.epochs, "prune": args.prune, "distill": args.distill,
