@@ -3,7 +3,7 @@
 Why initialise from the trained conv: the primary conv takes the original's first ``ceil(cout / ratio)``
 filters, so those output channels are exactly the trained ones; the cheap depthwise branch starts as an identity
 (a Dirac kernel), so the remaining channels start as copies of primary channels instead of noise, and a short
-fine-tune recovers the rest. For nets built with a ``conv`` option (unet, lfunet, dpunet) the converted model is
+fine-tune recovers the rest. For nets built with a ``conv`` option (unet, lfunet, dpunet, resnet50) the converted model is
 exactly ``nets.build(spec | {"conv": "ghost"})``, so it saves and exports as an ordinary checkpoint.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ def convertible(conv: nn.Module) -> bool:
 
 
 def ghost_from_conv(conv: nn.Conv2d, ratio: int = 2) -> GhostModule:
-    ghost = GhostModule(conv.in_channels, conv.out_channels, 3, ratio=ratio, bias=conv.bias is not None)
+    ghost = GhostModule(conv.in_channels, conv.out_channels, conv.kernel_size[0], ratio=ratio,
+                        bias=conv.bias is not None, stride=conv.stride[0])
     primary = ghost.primary.out_channels
     with torch.no_grad():
         ghost.primary.weight.copy_(conv.weight[:primary])
@@ -35,11 +36,11 @@ def ghost_from_conv(conv: nn.Conv2d, ratio: int = 2) -> GhostModule:
 
 
 def ghostify(model: nn.Module, ratio: int = 2, inplace: bool = False, names=None) -> tuple[nn.Module, int]:
-    """Replace the convertible 3x3 convs (see ``convertible``; only those in ``names`` if given); returns
-    (model, number converted)."""
+    """Replace the convertible 3x3 convs (see ``convertible``), or exactly the plain convs named in ``names``
+    (a family's Ghost variant may also replace 1x1 and strided convs); returns (model, number converted)."""
     model = model if inplace else copy.deepcopy(model)
     targets = [(name, m) for name, m in model.named_modules()
-               if convertible(m) and (names is None or name in names)]
+               if (name in names and type(m) is nn.Conv2d if names is not None else convertible(m))]
     for name, conv in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -49,7 +50,7 @@ def ghostify(model: nn.Module, ratio: int = 2, inplace: bool = False, names=None
 
 def ghost_spec(spec: dict) -> dict | None:
     """The architecture spec of the converted net when the family builds Ghost variants itself, else None."""
-    if spec.get("name") in ("unet", "lfunet", "dpunet"):
+    if spec.get("name") in ("unet", "lfunet", "dpunet", "resnet50"):
         return dict(spec, conv="ghost")
     return None
 

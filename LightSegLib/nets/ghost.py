@@ -9,18 +9,19 @@ from torch import nn
 
 
 class GhostModule(nn.Module):
-    """Drop-in for ``nn.Conv2d(cin, cout, k, padding=k//2, bias=False)``: primary conv -> ceil(cout/ratio)
+    """Drop-in for ``nn.Conv2d(cin, cout, k, stride, padding=k//2, bias=False)``: primary conv -> ceil(cout/ratio)
     channels, cheap depthwise 3x3 -> the remaining ``cout - primary`` channels, concatenated.
 
     The cheap branch is a plain depthwise conv (groups = primary channels) with ``ratio - 1`` outputs per input,
     cropped to the channels still needed; BN and activation stay outside, as for the conv it replaces."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, ratio: int = 2,
-                 dw_size: int = 3, bias: bool = False):
+                 dw_size: int = 3, bias: bool = False, stride: int = 1):
         super().__init__()
         self.out_channels = out_channels
         primary = math.ceil(out_channels / ratio)
-        self.primary = nn.Conv2d(in_channels, primary, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.primary = nn.Conv2d(in_channels, primary, kernel_size, stride=stride, padding=kernel_size // 2,
+                                 bias=bias)
         self.cheap = nn.Conv2d(primary, primary * (ratio - 1), dw_size, padding=dw_size // 2, groups=primary,
                                bias=bias)
 

@@ -1,0 +1,157 @@
+"""Image-level classification (pneumonia on a chest X-ray): read a radiograph, run the ONNX model, explain.
+
+Inference needs numpy, SimpleITK and ONNX Runtime only. A classification model's ONNX graph has two outputs,
+``logits`` (N, classes) and ``cam`` (N, classes, h, w), the class activation map; the card's ``threshold`` is the
+probability of its ``positive`` label above which that label is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import LightSegError
+
+RADIOGRAPH_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+def _dicom_tag(reader, tag: str) -> str | None:
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+
+
+def _first_number(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return float(text.split("\\")[0])
+    except ValueError:
+        return None
+
+
+def read_radiograph(path) -> np.ndarray:
+    """A 2D grey radiograph as float32 (H, W), dark = air: DICOM rescale and window applied, MONOCHROME1
+    shown as MONOCHROME2, colour images reduced to grey. Refuses volumes and unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise LightSegError(f"{path}: no such file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        image = reader.Execute()
+    except RuntimeError:
+        raise LightSegError(f"{path}: not a readable image (PNG, JPEG or DICOM)") from None
+    size = image.GetSize()
+    if len(size) > 2 and any(s > 1 for s in size[2:]):
+        raise LightSegError(f"{path}: a {len(size)}D volume of size {'x'.join(map(str, size))}; "
+                            "a classifier takes one 2D radiograph")
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = array[..., :3].mean(axis=-1)
+    array = array.reshape(array.shape[-2:])
+    if reader.HasMetaDataKey("0028|0004"):  # a DICOM file, whatever its name
+        array = _dicom_display(reader, array)
+    if not np.isfinite(array).all():
+        raise LightSegError(f"{path}: the image holds NaN or infinite values")
+    if array.max() <= array.min():
+        raise LightSegError(f"{path}: the image is constant")
+    return array
+
+
+def _dicom_display(reader, array: np.ndarray) -> np.ndarray:
+    """GDCM has applied the rescale slope and intercept and turned MONOCHROME1 into MONOCHROME2 (v -> max - v,
+    max = 2^BitsStored - 1); the window is given in stored values, so it is mirrored the same way."""
+    centre, width = _first_number(_dicom_tag(reader, "0028|1050")), _first_number(_dicom_tag(reader, "0028|1051"))
+    if centre is None or width is None or width <= 1:
+        return array
+    if (_dicom_tag(reader, "0028|0004") or "").upper() == "MONOCHROME1":
+        bits = int(_first_number(_dicom_tag(reader, "0028|0101")) or 16)
+        centre = (2 ** bits - 1) - centre
+    return np.clip(array, centre - width / 2.0, centre + width / 2.0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Classification:
+    label: str
+    probability: float          # of the card's positive class
+    threshold: float
+    cam: np.ndarray             # (h, w) activation map of the positive class, 0 (none) .. 1 (strongest)
+    path: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "label": self.label, "probability": round(self.probability, 4)}
+
+
+class Classifier:
+    """One ONNX Runtime session for a classification card, reused for every image."""
+
+    def __init__(self, card, threads: int | None = None):
+        from .inference import OnnxRunner, default_threads
+
+        if card.task != "classification":
+            raise LightSegError(f"model '{card.id}' is a {card.task} segmentation model, not a classifier")
+        self.card = card
+        self.runner = OnnxRunner(card.verified_path(), threads or default_threads())
+        self.positive = card.classes.index(card.positive)
+
+    def __call__(self, array: np.ndarray, threshold: float | None = None, path=None) -> Classification:
+        from .cxr_prep import prepare
+
+        threshold = float(self.card.threshold if threshold is None else threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise LightSegError(f"threshold {threshold} outside [0, 1]")
+        x = prepare(array, int(self.card.input["size"]))
+        logits, cam = self.runner.session.run(["logits", "cam"], {self.runner.input_name: x})
+        p = float(softmax(logits)[0, self.positive])
+        # The positive class's evidence against the others: where the map is positive, that region argues for it.
+        evidence = cam[0, self.positive] - np.delete(cam[0], self.positive, axis=0).mean(axis=0)
+        evidence = np.maximum(evidence, 0.0)
+        peak = float(evidence.max())
+        label = self.card.positive if p >= threshold else self.card.classes[1 - self.positive]
+        return Classification(label, p, threshold, evidence / peak if peak > 0 else evidence,
+                              None if path is None else str(path))
+
+
+def heatmap_png(array: np.ndarray, cam: np.ndarray, path, alpha: float = 0.45) -> Path:
+    """The radiograph in grey with the activation map in red-yellow over it, at the radiograph's size."""
+    from .cxr_prep import normalise
+
+    h, w = array.shape
+    grey = normalise(array) * 255.0
+    heat = _resize_to(cam.astype(np.float32), h, w)
+    heat = np.clip(heat, 0.0, 1.0)
+    colour = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
+    weight = (alpha * heat)[..., None]
+    rgb = (1 - weight) * grey[..., None] + weight * colour
+    png = sitk.GetImageFromArray(np.clip(rgb, 0, 255).astype(np.uint8), isVector=True)
+    path = Path(path)
+    sitk.WriteImage(png, str(path))
+    return path
+
+
+def _resize_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    image = sitk.GetImageFromArray(a)
+    ah, aw = a.shape
+    image.SetSpacing((w / aw, h / ah))
+    image.SetOrigin((0.5 * (w / aw - 1.0), 0.5 * (h / ah - 1.0)))
+    return sitk.GetArrayFromImage(sitk.Resample(image, (w, h), sitk.Transform(), sitk.sitkLinear, (0.0, 0.0),
+                                                (1.0, 1.0), (1.0, 0.0, 0.0, 1.0), 0.0, sitk.sitkFloat32))
+
+
+def radiograph_inputs(paths) -> list[Path]:
+    """Files as given, and the radiographs inside folders (sorted), so a folder of X-rays is one argument."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and (f.suffix.lower() in RADIOGRAPH_SUFFIXES or not f.suffix)))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,53 @@
+"""``lightseg classify --model pneumonia-cxr [--json] [--threshold T] [--heatmap DIR] INPUT...``.
+
+Each input is handled on its own: a bad one gets one line on stderr and the others still run; the exit code is 2
+if any input failed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("classify", help="classify 2D radiographs (PNG, JPEG, DICOM, or folders of them)")
+    parser.add_argument("paths", nargs="+", metavar="INPUT")
+    parser.add_argument("--model", required=True, help="a classification model id (see 'lightseg models')")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="probability of the positive class above which it is given (default: the card's)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of {path, label, probability}")
+    parser.add_argument("--heatmap", metavar="DIR", help="write each input's activation map overlay as DIR/NAME.png")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..classify import Classifier, heatmap_png, radiograph_inputs, read_radiograph
+    from ..errors import LightSegError
+    from ..registry import get_model
+
+    classifier = Classifier(get_model(args.model), threads=args.threads)
+    heat_dir = Path(args.heatmap) if args.heatmap else None
+    if heat_dir is not None:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    results, failed = [], 0
+    for path in radiograph_inputs(args.paths):
+        try:
+            array = read_radiograph(path)
+            result = classifier(array, args.threshold, path=path)
+            if heat_dir is not None:
+                heatmap_png(array, result.cam, heat_dir / f"{path.stem}.png")
+        except (LightSegError, OSError) as err:
+            failed += 1
+            print(f"lightseg: error: {err}", file=sys.stderr)
+            continue
+        results.append(result.as_dict())
+        if not args.json:
+            print(f"{path}: {result.label} (p = {result.probability:.3f}, threshold {result.threshold:.3f})")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    if not results and not failed:
+        print("lightseg: error: no radiograph found in the inputs", file=sys.stderr)
+        return 2
+    return 2 if failed else 0

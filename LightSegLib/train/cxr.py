@@ -1,0 +1,246 @@
+"""Training of the pneumonia chest X-ray classifier: the uncompressed ResNet50 baseline and the fine-tuning of its
+compressed (pruned + Ghost) version with logit distillation from the baseline.
+
+Why a loop of its own: the segmentation trainer samples slices from volumes and scores Dice; here the whole image
+set (2,000 images at 160 px, 200 MB as float32) sits in memory and the score is ROC AUC. Why 160 px and bfloat16 on
+CPUs with AVX-512 BF16: a ResNet50 step (batch 16, forward + backward) took 0.45 s at 160 px against 1.05 s at
+224 px on the 2-core EPYC, 2x faster than fp32; on AVX2-only CPUs bfloat16 is far slower, so it is used only where
+the CPU has native bf16 instructions.
+
+Every epoch writes ``last.pt`` (model, optimiser, epoch, history): rerunning the same command resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULTS = {
+    "data": "../shared/data/chest_xray/train",
+    "size": 160,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "epochs": 30,
+    "batch": 32,
+    "lr": 0.1,
+    "weight_decay": 1e-4,
+    "warmup_epochs": 2,
+    "bn_l1": 1e-5,
+    "kd_weight": 0.0,
+    "kd_temperature": 4.0,
+}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_data(cfg: dict, cache_dir: Path) -> dict:
+    """Train/val arrays through the inference preprocessing, cached as npz beside the run."""
+    from ..data import cxr
+
+    cache = cache_dir / f"cxr_{cfg['size']}_{cfg['seed']}_{cfg['val_fraction']}.npz"
+    parts = cxr.split(cxr.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return {k: z[k] for k in z.files} | {"val_paths": [str(p) for p, _ in parts["val"]]}
+    out = {}
+    for side in ("train", "val"):
+        out[f"x_{side}"], out[f"y_{side}"] = cxr.load(parts[side], cfg["size"])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out | {"val_paths": [str(p) for p, _ in parts["val"]]}
+
+
+def augmenter(size: int, seed: int):
+    """Small geometric and intensity changes a radiograph really shows: tilt, scale, shift, exposure."""
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandScaleIntensity
+
+    t = Compose([
+        RandAffine(prob=0.9, rotate_range=math.radians(10), scale_range=0.1, translate_range=size * 0.06,
+                   padding_mode="zeros"),
+        RandAdjustContrast(prob=0.5, gamma=(0.7, 1.4)),
+        RandScaleIntensity(factors=0.15, prob=0.5),
+    ])
+    t.set_random_state(seed)
+    return t
+
+
+@torch.no_grad()
+def predict(net, x: np.ndarray, batch: int = 64, bf16: bool = False) -> np.ndarray:
+    """Class probabilities (N, classes)."""
+    net.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(x[i:i + batch]).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out.append(torch.softmax(net(xb).float(), dim=1))
+    return torch.cat(out).numpy()
+
+
+def roc_auc(prob_positive: np.ndarray, y: np.ndarray) -> float:
+    from monai.metrics import compute_roc_auc
+
+    return float(compute_roc_auc(torch.from_numpy(prob_positive).float(), torch.from_numpy(y).float()))
+
+
+def lr_at(cfg: dict, epoch_progress: float) -> float:
+    warm = float(cfg["warmup_epochs"])
+    if epoch_progress < warm:
+        return cfg["lr"] * (epoch_progress + 1e-3) / warm
+    p = (epoch_progress - warm) / max(1e-9, cfg["epochs"] - warm)
+    return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log=print, extra: dict | None = None):
+    """Train ``net`` for ``cfg['epochs']``, resuming from ``out_dir/last.pt``; returns the history rows."""
+    from ..compress.distill.logits import LogitKD
+    from ..compress.prune import bn_l1_penalty
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bf16 = cpu_has_bf16()
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True,
+                          weight_decay=cfg["weight_decay"])
+    start, history = 0, []
+    last = out_dir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], state["history"]
+        log(f"resumed {last} at epoch {start}")
+    kd = LogitKD(cfg["kd_temperature"]) if teacher is not None and cfg["kd_weight"] > 0 else None
+    if teacher is not None:
+        teacher.eval().to(memory_format=torch.channels_last)
+    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    steps = len(x_train) // cfg["batch"]
+    for epoch in range(start, cfg["epochs"]):
+        aug = augmenter(cfg["size"], cfg["seed"] * 1000 + epoch)
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
+        net.train()
+        t0, losses = time.perf_counter(), []
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch + step / steps)
+            idx = order[step * cfg["batch"]:(step + 1) * cfg["batch"]]
+            xb = torch.stack([aug(x_train[i]).as_tensor() for i in idx])
+            xb = xb.float().contiguous(memory_format=torch.channels_last)
+            yb = y_train[idx]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = net(xb).float()
+                loss = F.cross_entropy(logits, yb)
+                if kd is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(xb).float()
+                    loss = (1 - cfg["kd_weight"]) * loss + cfg["kd_weight"] * kd(logits, t_logits)
+            if cfg["bn_l1"] > 0:
+                loss = loss + bn_l1_penalty(net, cfg["bn_l1"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        prob = predict(net, data["x_val"], bf16=bf16)
+        y_val = data["y_val"]
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+               "val_loss": float(-np.log(np.clip(prob[np.arange(len(y_val)), y_val], 1e-7, 1)).mean()),
+               "val_acc": float(((prob[:, 1] >= 0.5) == y_val).mean()),
+               "val_auc": roc_auc(prob[:, 1], y_val), "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(row)
+        log(json.dumps(row))
+        torch.save({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                    "history": history}, last.with_suffix(".tmp"))
+        last.with_suffix(".tmp").replace(last)
+    final = out_dir / "final.pt"
+    torch.save({"spec": spec, "state_dict": net.state_dict(), "history": history, "config": cfg,
+                "bf16": bf16} | (extra or {}), final)
+    with open(out_dir / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    return history
+
+
+def load_net(path):
+    from ..nets import build
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = build(ckpt["spec"])
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), ckpt
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m LightSegLib.train.cxr", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("baseline", help="train the uncompressed ResNet50")
+    p.add_argument("--out", default="runs/cxr_baseline")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("compress", help="prune (BN scale, per-stage ratios), Ghost-split, fine-tune with KD")
+    p.add_argument("baseline", help="the baseline's final.pt")
+    p.add_argument("--out", default="runs/cxr_compressed")
+    p.add_argument("--ratios", default="0.4,0.5,0.65,0.8", help="pruning ratio per stage, shallow to deep")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--kd-weight", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(DEFAULTS["seed"])
+    if args.cmd == "baseline":
+        from ..nets import build
+
+        cfg = dict(DEFAULTS, epochs=args.epochs)
+        spec = {"name": "resnet50", "in_channels": 1, "num_classes": 2}
+        out = Path(args.out)
+        data = load_data(cfg, out.parent)
+        fit(build(spec), cfg, data, out, spec)
+    elif args.cmd == "compress":
+        compress(args)
+
+
+def compress(args) -> None:
+    """baseline -> pruned -> pruned + Ghost -> fine-tuned; the validation scores of each point go to points.json."""
+    from ..compress.bottleneck_prune import prune_bottlenecks
+    from ..compress.ghost_convert import convert_checkpoint_net
+    from ..nets.blocks import count_params
+
+    teacher, ckpt = load_net(args.baseline)
+    ratios = [float(r) for r in args.ratios.split(",")]
+    cfg = dict(ckpt["config"], epochs=args.epochs, lr=args.lr, warmup_epochs=1, kd_weight=args.kd_weight, bn_l1=0.0)
+    out = Path(args.out)
+    data = load_data(cfg, Path(args.baseline).parent.parent)
+    bf16 = cpu_has_bf16()
+
+    def point(name, net):
+        prob = predict(net, data["x_val"], bf16=bf16)
+        y = data["y_val"]
+        return {"point": name, "params": count_params(net), "val_acc": float(((prob[:, 1] >= 0.5) == y).mean()),
+                "val_auc": roc_auc(prob[:, 1], y)}
+
+    pruned, spec = prune_bottlenecks(teacher, ratios)
+    ghost, ghost_spec, _ = convert_checkpoint_net(pruned, spec)
+    points = [point("baseline", teacher), point("pruned", pruned), point("pruned + Ghost", ghost)]
+    print(json.dumps(points))
+    fit(ghost.train(), cfg, data, out, ghost_spec, teacher=teacher,
+        extra={"ratios": ratios, "baseline": str(args.baseline)})
+    tuned, _ = load_net(out / "final.pt")
+    points.append(point("fine-tuned", tuned))
+    (out / "points.json").write_text(json.dumps(points, indent=1))
+    print(json.dumps(points))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The pneumonia chest X-ray classifier: ResNet50, its CPGResNet50 compression, reading radiographs, the engine and
+`lightseg classify`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LightSegLib.errors import LightSegError
+
+REPO = Path(__file__).resolve().parents[1]
+CXR = REPO.parent / "shared" / "data" / "chest_xray" / "train"
+needs_cxr = pytest.mark.skipif(not CXR.is_dir(), reason=f"chest X-ray data not found at {CXR}")
+
+
+def lightseg(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "LightSegLib.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+# ------------------------------------------------------------------ nets and compression
+def test_resnet50_params_by_hand_and_cam_is_exact():
+    torch = pytest.importorskip("torch")
+    from LightSegLib.nets import build
+    from LightSegLib.nets.blocks import count_params
+
+    # torchvision's ResNet50 has 25,557,032 parameters (3 channels in, 1000 classes); here 1 channel in
+    # (conv1 7x7x64: -2*3136) and 2 classes (fc 2048*2+2 instead of 2048*1000+1000).
+    net = build({"name": "resnet50", "in_channels": 1, "num_classes": 2}).eval()
+    assert count_params(net) == 25_557_032 - 2 * 3136 - (2048 * 1000 + 1000) + (2048 * 2 + 2) == 23_505_858
+    for block in net.blocks:  # zero-initialised residual BNs would make every map trivial
+        torch.nn.init.uniform_(block.bn3.weight)
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        logits, cam = net.forward_cam(x)
+        torch.testing.assert_close(logits, net(x), atol=1e-4, rtol=1e-4)
+    assert cam.shape == (2, 2, 3, 3)
+
+
+def _trained_like_resnet(seed=0):
+    torch = pytest.importorskip("torch")
+    from LightSegLib.nets import build
+
+    torch.manual_seed(seed)
+    net = build({"name": "resnet50", "in_channels": 1, "num_classes": 2})
+    for m in net.modules():  # distinct BN scales and statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.05, 1.0)
+            torch.nn.init.normal_(m.bias, 0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_bottleneck_pruning_keeps_the_largest_bn_scales_and_removes_channels_for_real():
+    torch = pytest.importorskip("torch")
+    from LightSegLib.compress.bottleneck_prune import prune_bottlenecks
+    from LightSegLib.nets.blocks import count_params
+
+    net = _trained_like_resnet()
+    same, spec0 = prune_bottlenecks(net, [0, 0, 0, 0])
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():  # nothing removed: only a reordering of inner channels, so the function is unchanged
+        torch.testing.assert_close(same.eval()(x), net(x), atol=1e-4, rtol=1e-4)
+    pruned, spec = prune_bottlenecks(net, [0.25, 0.5, 0.5, 0.75])
+    assert spec["mids"][0] == [48, 48] and spec["mids"][3] == [64, 64] and spec["mids"][-1] == [128, 128]
+    assert count_params(pruned) < count_params(net) / 2
+    block, new = net.blocks[0], pruned.blocks[0]
+    top = torch.argsort(block.bn1.weight.abs(), descending=True)[:48]
+    torch.testing.assert_close(new.conv1.weight, block.conv1.weight[top])
+    torch.testing.assert_close(new.bn1.running_var, block.bn1.running_var[top])
+    with pytest.raises(LightSegError, match="stage ratios"):
+        prune_bottlenecks(net, [0.5, 0.5])
+
+
+def test_ghost_split_of_the_pruned_resnet_loads_as_the_ghost_spec():
+    torch = pytest.importorskip("torch")
+    from LightSegLib.compress.bottleneck_prune import prune_bottlenecks
+    from LightSegLib.compress.ghost_convert import convert_checkpoint_net
+    from LightSegLib.nets import build
+    from LightSegLib.nets.blocks import count_params
+    from LightSegLib.nets.ghost import GhostModule
+
+    pruned, spec = prune_bottlenecks(_trained_like_resnet(), [0.4, 0.5, 0.65, 0.8])
+    ghost, ghost_spec, converted = convert_checkpoint_net(pruned, spec)
+    assert ghost_spec == dict(spec, conv="ghost")
+    assert converted == 16 * 3 + 4  # three convs per bottleneck and the four projection shortcuts
+    assert isinstance(ghost.blocks[3].conv2, GhostModule) and ghost.blocks[3].conv2.primary.stride == (2, 2)
+    assert count_params(ghost) <= 3_500_000 < count_params(pruned)
+    fresh = build(ghost_spec)
+    fresh.load_state_dict(ghost.state_dict(), strict=True)
+    with torch.no_grad():  # the primary half of every split is the pruned conv's strongest filters, copied
+        c = pruned.blocks[0].conv1.weight
+        torch.testing.assert_close(ghost.blocks[0].conv1.primary.weight, c[:ghost.blocks[0].conv1.primary.out_channels])
+
+
+# ------------------------------------------------------------------ metrics
+def test_threshold_and_calibration_metrics_by_hand():
+    from LightSegLib.train.cxr_report import confusion, ece, roc_curve, youden_threshold
+
+    prob = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9])
+    y = np.array([0, 0, 1, 1, 0, 1])
+    c = confusion(prob, y, 0.5)
+    assert (c["tp"], c["tn"], c["fp"], c["fn"]) == (2, 2, 1, 1)
+    assert c["sensitivity"] == pytest.approx(2 / 3) and c["specificity"] == pytest.approx(2 / 3)
+    fpr, tpr, _ = roc_curve(prob, y)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(7 / 9)  # 7 of the 9 (positive, negative) pairs ranked right
+    assert youden_threshold(prob, y) == pytest.approx(0.8)  # TPR 2/3 at FPR 0: J = 0.667, the best
+    e, rows = ece(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 1, 1, 1]))
+    assert e == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
+    assert [r["n"] for r in rows] == [2, 2]
+
+
+# ------------------------------------------------------------------ reading radiographs
+def _write_dicom(path, array, photometric="MONOCHROME2", window=None):
+    image = sitk.GetImageFromArray(array)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    tags = {"0008|0060": "CR"}
+    if window:
+        tags |= {"0028|1050": str(window[0]), "0028|1051": str(window[1])}
+    for k, v in tags.items():
+        image.SetMetaData(k, v)
+    written = Path(path).with_suffix(".dcm")  # ITK picks the writer by suffix; the file may be renamed after
+    writer.SetFileName(str(written))
+    writer.Execute(image)
+    written.rename(path)
+    if photometric != "MONOCHROME2":  # GDCM always writes MONOCHROME2: patch the value (same length) in place
+        data = Path(path).read_bytes()
+        assert data.count(b"MONOCHROME2") == 1
+        Path(path).write_bytes(data.replace(b"MONOCHROME2", photometric.encode()))
+    return path
+
+
+def test_read_radiograph_png_dicom_and_refusals(tmp_path):
+    from LightSegLib.classify import read_radiograph
+
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([ramp] * 3, axis=-1), isVector=True), str(tmp_path / "a.png"))
+    png = read_radiograph(tmp_path / "a.png")
+    assert png.shape == (48, 64) and png[0, 0] == 0 and png[0, -1] == 252
+
+    ramp16 = np.tile(np.arange(64, dtype=np.uint16) * 60, (48, 1))
+    mono2 = read_radiograph(_write_dicom(tmp_path / "m2.dcm", ramp16))
+    np.testing.assert_allclose(mono2, ramp16)
+    mono1 = read_radiograph(_write_dicom(tmp_path / "m1", ramp16, "MONOCHROME1"))  # no suffix, as DICOM often is
+    assert mono1[0, 0] > mono1[0, -1]  # MONOCHROME1 shows low stored values white: inverted to our convention
+    mono1w = read_radiograph(_write_dicom(tmp_path / "m1w", ramp16, "MONOCHROME1", window=(1000, 1000)))
+    assert mono1w.min() == 65535 - 1500 and mono1w.max() == 65535 - 500
+    windowed = read_radiograph(_write_dicom(tmp_path / "w.dcm", ramp16, window=(1000, 1000)))
+    assert windowed.min() == 500 and windowed.max() == 1500
+    ramp8 = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    assert read_radiograph(_write_dicom(tmp_path / "u8.dcm", ramp8)).max() == 63
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(LightSegError, match="not a readable image"):
+        read_radiograph(tmp_path / "notes.txt")
+    with pytest.raises(LightSegError, match="3D volume"):
+        read_radiograph(REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((32, 32), 7, np.uint8)), str(tmp_path / "flat.png"))
+    with pytest.raises(LightSegError, match="constant"):
+        read_radiograph(tmp_path / "flat.png")
+    with pytest.raises(LightSegError, match="no such file"):
+        read_radiograph(tmp_path / "missing.png")
+
+
+def test_patient_split_keeps_each_child_on_one_side():
+    from LightSegLib.data.cxr import patient_of, split
+
+    names = [Path("PNEUMONIA/person1000_bacteria_2931.jpeg"), Path("PNEUMONIA/person1000_bacteria_2932.jpeg"),
+             Path("NORMAL/IM-0115-0001.jpeg"), Path("NORMAL/NORMAL2-IM-0587-0001-0002.jpeg"),
+             Path("NORMAL/NORMAL2-IM-0587-0001-0001.jpeg")]
+    assert patient_of(names[0]) == patient_of(names[1]) == "PNEUMONIA:person1000"
+    assert patient_of(names[3]) == patient_of(names[4]) == "NORMAL:NORMAL2-IM-0587"
+    for seed in range(20):
+        parts = split([(p, 0) for p in names], 0.5, seed)
+        for side in parts.values():
+            keys = {patient_of(p) for p, _ in side}
+            other = {patient_of(p) for s, v in parts.items() if v is not side for p, _ in v}
+            assert not keys & other
