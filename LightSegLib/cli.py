@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except LightSegError as err:
         print(f"lightseg: error: {cli_wording(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path the system refuses (too long, not accessible) before any work started
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"lightseg: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lightseg: interrupted", file=sys.stderr)
         return 130

@@ -267,6 +267,11 @@ def _write_failure(path: Path, err: Exception) -> str:
             return "no space left on device"
     except OSError:
         pass
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except (OSError, AttributeError):
+        pass
     if not os.access(path.parent, os.W_OK):
         return "permission denied"
     return _first_line(err)
@@ -281,6 +286,8 @@ def _atomic(path: Path, overwrite: bool, write, notes: list[str] | None = None) 
         try:
             with itk_notes(notes, path):
                 write(tmp)
+            if suffix_of(path) in (".nii", ".nii.gz") and not validate.nifti_complete(tmp):
+                raise RuntimeError("the written file is incomplete")
             if not overwrite and path.exists():
                 raise LightSegError(f"output exists: {path} (use overwrite=True to replace it)")
             os.replace(tmp, path)

@@ -98,6 +98,20 @@ def check_nifti(path) -> None:
         raise LightSegError(f"{path.name} has {bad:,} NaN or infinite voxels")
 
 
+def nifti_complete(path) -> bool:
+    """Whether a NIfTI just written holds its whole header and data: ITK's gzip writer ignores a full disk and
+    leaves an empty or short file without an error."""
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"
+        if _nifti_header(b"".join(_take(_chunks(Path(path), compressed), 544))) is None:
+            return False
+        check_nifti(path)
+    except (LightSegError, OSError, struct.error):
+        return False
+    return True
+
+
 def _take(chunks, n: int):
     got = 0
     for block in chunks:
