@@ -201,9 +201,10 @@ def _array_geometry_warnings(shape, spacing, direction) -> None:
         raise LightSegError(f"spacing needs 3 values (x, y, z), got {len(spacing)}")
     thick = int(np.argmax(spacing))
     along = shape[2 - thick]  # array axis that the thickest spacing lands on
-    if max(spacing) > 1.5 * min(spacing) and along == max(shape) and shape[thick] == min(shape) < along:
+    if max(spacing) > 1.5 * min(spacing) and shape[thick] == min(shape) < along:
         warnings.warn(f"spacing {tuple(spacing)} is taken as (x, y, z), the reverse of the array's [z, y, x] axes "
-                      f"{tuple(shape)}: it puts the thickest spacing on the axis with most voxels; did you mean "
+                      f"{tuple(shape)}: it puts the thickest spacing on an axis with many voxels, not the one with "
+                      f"fewest; did you mean "
                       f"{tuple(spacing[::-1])}?", LightSegWarning, stacklevel=3)
 
 

@@ -6,6 +6,7 @@ their warnings straight to the process's stderr; reads and writes capture them a
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -264,16 +265,16 @@ def _write_failure(path: Path, err: Exception) -> str:
         return err.strerror
     try:
         if shutil.disk_usage(path.parent).free < 1 << 20:
-            return "no space left on device"
+            return os.strerror(errno.ENOSPC)
     except OSError:
         pass
     try:
         if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-            return "read-only file system"
+            return os.strerror(errno.EROFS)
     except (OSError, AttributeError):
         pass
     if not os.access(path.parent, os.W_OK):
-        return "permission denied"
+        return os.strerror(errno.EACCES)
     return _first_line(err)
 
 

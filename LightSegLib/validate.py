@@ -6,7 +6,6 @@ drops an unreadable DICOM slice and spreads the others over the gap.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -59,16 +58,10 @@ def _chunks(path: Path, compressed: bool):
             raise LightSegError(f"{path} is damaged: its gzip data is corrupt ({err})") from None
 
 
-def _gzip_size_field(path: Path) -> int:
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", f.read(4))[0]
-
-
 def check_nifti(path) -> None:
-    """Refuse a NIfTI whose file holds less data than its header implies, or NaN/Inf voxels (SimpleITK would read
-    both as zeros). Integer files are checked by size alone (for .nii.gz the gzip trailer's size field, which a
-    truncated file does not have): reading them stays as fast as before."""
+    """Refuse a NIfTI whose file holds less data than its header implies, whose gzip data is corrupt, or with NaN/Inf
+    voxels: SimpleITK reads the first and last as zeros and the second as whatever inflates. A .nii.gz is inflated
+    once here for its checksum (about 0.35 s per 90 MB of voxels); an uncompressed integer file is checked by size."""
     path = Path(path)
     with open(path, "rb") as f:
         compressed = f.read(2) == b"\x1f\x8b"
@@ -78,11 +71,8 @@ def check_nifti(path) -> None:
         return
     offset, size, dtype = header
     expected = offset + size
-    if dtype is None:
-        if compressed and _gzip_size_field(path) == expected % (1 << 32):
-            return
-        if not compressed and path.stat().st_size >= expected:
-            return
+    if dtype is None and not compressed and path.stat().st_size >= expected:
+        return
     seen, rest, bad = 0, b"", 0
     for block in _chunks(path, compressed):
         if dtype is not None and seen + len(block) > offset:
