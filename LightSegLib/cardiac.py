@@ -15,6 +15,8 @@ from .errors import LightSegError
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 RV, MYO, LV = 1, 2, 3
 NOMINAL_SPACINGS = {(1.0, 1.0, 1.0), (1.5, 1.5, 10.0)}
+# Beyond these an end-diastolic volume (mL) or LV mass (g) is no adult or child heart's: a warning says so.
+PLAUSIBLE = {"LV EDV": (10.0, 500.0), "RV EDV": (10.0, 550.0), "LV mass": (10.0, 400.0)}
 
 
 @dataclass
@@ -51,9 +53,18 @@ def cardiac_function(ed: sitk.Image, es: sitk.Image) -> CardiacFunction:
                             "they must come from the same cine series")
     voxel_ml = float(np.prod(ed.GetSpacing())) / 1000.0
     a_ed, a_es = sitk.GetArrayViewFromImage(ed), sitk.GetArrayViewFromImage(es)
-    unexpected = set(np.unique(a_ed).tolist()) - {0, RV, MYO, LV}
-    if unexpected:
-        raise LightSegError(f"unexpected label values {sorted(unexpected)}: expected 1 RV, 2 myocardium, 3 LV")
+    for phase, array in (("ED", a_ed), ("ES", a_es)):
+        values = np.unique(array)
+        unexpected = sorted(set(values.tolist()) - {0, RV, MYO, LV})
+        if len(unexpected) > 8 or array.dtype.kind == "f" and unexpected:
+            raise LightSegError(f"the {phase} input looks like an image ({len(values):,} distinct values), not a "
+                                "labelmap: give the segmentation (1 RV, 2 myocardium, 3 LV)")
+        if unexpected:
+            raise LightSegError(f"unexpected label values {unexpected} in the {phase} labelmap: expected 1 RV, "
+                                "2 myocardium, 3 LV")
+    if not np.isin(a_ed, (MYO, LV)).any():
+        raise LightSegError("the ED labelmap has no myocardium and no left ventricle: it is not a cardiac "
+                            "segmentation (1 RV, 2 myocardium, 3 LV)")
     volume = lambda array, value: float(np.count_nonzero(array == value)) * voxel_ml
     lv_edv, lv_esv, rv_edv, rv_esv = volume(a_ed, LV), volume(a_es, LV), volume(a_ed, RV), volume(a_es, RV)
     slices = {f"{phase} {name}": int(np.count_nonzero((arr == value).any(axis=(1, 2))))
@@ -71,7 +82,16 @@ def cardiac_function(ed: sitk.Image, es: sitk.Image) -> CardiacFunction:
         lv_myocardial_mass_g=volume(a_ed, MYO) * MYOCARDIUM_DENSITY_G_PER_ML, voxel_ml=voxel_ml,
         slices_with=slices, notes=notes)
     if result.lv_esv_ml > result.lv_edv_ml:
-        notes.append("LV end-systolic volume exceeds end-diastolic volume: are ED and ES swapped?")
+        raise LightSegError(f"LV end-systolic volume ({lv_esv:.1f} mL) exceeds the end-diastolic one "
+                            f"({lv_edv:.1f} mL): ED and ES look swapped, which would give a negative EF")
+    if rv_esv > rv_edv:
+        notes.append(f"RV end-systolic volume ({rv_esv:.1f} mL) exceeds the end-diastolic one ({rv_edv:.1f} mL): "
+                     "check the RV segmentation")
+    for name, value in (("LV EDV", lv_edv), ("RV EDV", rv_edv), ("LV mass", result.lv_myocardial_mass_g)):
+        low, high = PLAUSIBLE[name]
+        if slices[f"ED {name[:2]}"] and not low <= value <= high:
+            notes.append(f"{name} {value:.0f} {'g' if 'mass' in name else 'mL'} is outside what a heart has "
+                         f"({low:g}-{high:g}): check the voxel spacing and that the labelmaps are cardiac")
     return result
 
 

@@ -27,6 +27,17 @@ COMMAND_MODULES = [
 ]
 
 
+# The library's errors name its own arguments; on the command line the same advice names the flags.
+API_TO_FLAGS = {"overwrite=True": "--overwrite", "allow_gaps=True": "--allow-gaps", "frame=N": "--frame N",
+                "frame=": "--frame "}
+
+
+def cli_wording(message: str) -> str:
+    for api, flag in API_TO_FLAGS.items():
+        message = message.replace(api, flag)
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightseg", description="Lightweight CPU medical image segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LightSegError as err:
-        print(f"lightseg: error: {err}", file=sys.stderr)
+        print(f"lightseg: error: {cli_wording(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the system refuses (too long, not accessible) before any work started
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"lightseg: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lightseg: interrupted", file=sys.stderr)

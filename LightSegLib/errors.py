@@ -7,3 +7,7 @@ class LightSegError(Exception):
 
 class Cancelled(LightSegError):
     """The caller's cancel flag was raised while work was running."""
+
+
+class LightSegWarning(UserWarning):
+    """Something the caller should hear about (an odd input, an assumption made) that does not stop the work."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import postprocess, preprocess
-from .errors import Cancelled, LightSegError
+from .errors import Cancelled, LightSegError, LightSegWarning
 from .io import check_intensities
 from .registry import ModelCard, get_model
 
@@ -55,11 +56,11 @@ class TorchRunner:
         try:
             import torch
         except ImportError:
-            raise LightSegError("--backend torch needs PyTorch: pip install 'LightSegLib[train]'") from None
+            raise LightSegError("the torch backend needs PyTorch: pip install 'LightSegLib[train]'") from None
         from .nets import build
 
         if "torch_file" not in card.entry or "architecture" not in card.entry:
-            raise LightSegError(f"model '{card.id}' has no torch weights; use --backend onnx")
+            raise LightSegError(f"model '{card.id}' has no torch weights; use the onnx backend")
         torch.set_num_threads(threads)
         self.torch = torch
         self.net = build(card.architecture)
@@ -99,10 +100,12 @@ def _cancel_check(cancel) -> Callable[[], bool]:
     return cancel
 
 
-def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: str = "onnx",
+def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, backend: str = "onnx",
                   threads: int | None = None, int8: bool = False, progress: Progress | None = None,
                   cancel=None) -> Result:
-    """Segment a 3D SimpleITK image; the labelmap has the image's exact size, spacing, origin and direction."""
+    """Segment a 3D SimpleITK image with a model card or id; the labelmap has the image's exact size, spacing,
+    origin and direction."""
+    card = card if isinstance(card, ModelCard) else get_model(card)
     report = progress or (lambda fraction, stage: None)
     cancelled = _cancel_check(cancel)
     seconds: dict[str, float] = {}
@@ -161,23 +164,56 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
     return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes)
 
 
+# The 1st-percentile intensity an input of each modality has (CT: the air around the body, in HU; MR: about 0,
+# never far below). Keyed by the card's modality.
+LOW_PERCENTILE = {"CT": (-float("inf"), -300.0), "MR": (-300.0, float("inf"))}
+
+
 def _plausibility_notes(card: ModelCard, image: sitk.Image, volume: np.ndarray, stats: dict) -> list[str]:
     """Warnings for inputs that read fine but may not be what the model was made for."""
-    notes = []
-    if card.modality == "MR" and image.GetPixelID() in (sitk.sitkInt16, sitk.sitkInt32):
-        low = float(np.percentile(volume[::2, ::4, ::4], 1))
-        if low < -500:
-            notes.append("intensities look like CT (values below -500), not MRI: check the modality")
+    expected = LOW_PERCENTILE.get(card.modality)
+    if expected is None:
+        return []
+    sample = volume[::2, ::4, ::4]
+    low, high = (float(v) for v in np.percentile(sample, [1, 99]))
+    lo, hi = expected
+    if lo <= low <= hi:
+        return []
     if card.modality == "CT":
-        high = float(np.max(volume[::2, ::4, ::4]))
-        if high <= 1.0:
-            notes.append("intensities are within [0, 1]: this does not look like a CT in Hounsfield units")
-    return notes
+        looks = "are within [0, 1]" if high <= 1.0 else "look like MRI, or a CT without its HU rescale"
+        return [f"intensities do not look like CT in Hounsfield units (1st percentile {low:g}, not below {hi:g} "
+                f"as the air around a body is; they {looks}): '{card.id}' is a CT model, check the modality"]
+    return [f"intensities look like CT (1st percentile {low:g}, below {lo:g}), not {card.modality}: "
+            f"'{card.id}' is an {card.modality} model, check the modality"]
+
+
+def _array_geometry_warnings(shape, spacing, direction) -> None:
+    """A bare array's spacing is in SimpleITK's (x, y, z) order, the reverse of its [z, y, x] axes: say so when it
+    looks reversed, and say which orientation is assumed without a direction."""
+    if direction is None:
+        warnings.warn("no direction given: array axes [z, y, x] are taken as the patient's LPS axes (x to the "
+                      "left, y to the back, z to the head); pass direction= for other scans", LightSegWarning,
+                      stacklevel=3)
+    if spacing is None:
+        return
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != 3:
+        raise LightSegError(f"spacing needs 3 values (x, y, z), got {len(spacing)}")
+    thick = int(np.argmax(spacing))
+    along = shape[2 - thick]  # array axis that the thickest spacing lands on
+    if max(spacing) > 1.5 * min(spacing) and shape[thick] == min(shape) < along:
+        warnings.warn(f"spacing {tuple(spacing)} is taken as (x, y, z), the reverse of the array's [z, y, x] axes "
+                      f"{tuple(shape)}: it puts the thickest spacing on an axis with many voxels, not the one with "
+                      f"fewest; did you mean "
+                      f"{tuple(spacing[::-1])}?", LightSegWarning, stacklevel=3)
 
 
 def segment(image, model, *, spacing=None, origin=None, direction=None, backend: str = "onnx",
             threads: int | None = None, int8: bool = False, progress: Progress | None = None, cancel=None):
     """Segment a SimpleITK image, or a numpy array ``[z, y, x]`` with its geometry, with a registered model.
+
+    For an array, ``spacing`` and ``origin`` are in (x, y, z) order, as SimpleITK has them, and ``direction``
+    is a 3x3 matrix; without a direction the array's axes are taken as LPS (a warning says so).
 
     Returns a uint8 labelmap on the same grid: a SimpleITK image for an image, a numpy array for an array.
     ``progress(fraction, stage)`` is called as slices are done; ``cancel`` (a threading.Event or a callable
@@ -188,6 +224,7 @@ def segment(image, model, *, spacing=None, origin=None, direction=None, backend:
     if as_array:
         if image.ndim != 3:
             raise LightSegError(f"a 3D array [z, y, x] is needed, got shape {image.shape}")
+        _array_geometry_warnings(image.shape, spacing, direction)
         array = image
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))
         if spacing is not None:

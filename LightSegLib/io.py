@@ -1,17 +1,28 @@
 """Reading volumes (NIfTI, NRRD, MHA, DICOM series) and writing labelmaps on the input's exact grid.
 
 Every write is atomic (temporary file in the target folder, then rename) and refuses to replace an existing
-file unless asked, so a crash or a cancel never leaves a half-written or clobbered output.
+file unless asked, so a crash or a cancel never leaves a half-written or clobbered output. ITK and GDCM print
+their warnings straight to the process's stderr; reads and writes capture them and hand them on as notes.
 """
 from __future__ import annotations
 
+import errno
+import itertools
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import LightSegError
+from . import validate
+from .errors import LightSegError, LightSegWarning
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -29,32 +40,98 @@ def is_volume_file(path) -> bool:
     return Path(path).is_file() and suffix_of(path) in VOLUME_SUFFIXES
 
 
+@contextmanager
+def itk_notes(notes: list[str] | None, name):
+    """Catch what ITK/GDCM write to file descriptor 2 while the block runs and turn each warning into a note
+    (or, when nobody collects notes, a LightSegWarning naming ``name``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+    for message in _itk_messages(text):
+        if notes is None:
+            warnings.warn(f"{Path(name).name}: {message}", LightSegWarning, stacklevel=3)
+        else:
+            notes.append(message)
+
+
+def _itk_messages(text: str) -> list[str]:
+    """``WARNING: In file, line N`` / ``Class (0x...): message`` blocks to their messages, one line each."""
+    messages = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.startswith(("WARNING: In", "ERROR: In"))]
+        if lines:
+            message = re.sub(r"^\w+ \(0x[0-9a-f]+\): ", "", " ".join(lines))
+            messages.append(f"reader/writer said: {re.sub(r'  +', ' ', message)[:240]}")
+    return messages
+
+
 def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     """The DICOM series in a folder, largest first: ``[(series_uid, files), ...]``."""
     reader = sitk.ImageSeriesReader
-    try:
-        uids = reader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        uids = ()
-    series = [(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in uids]
+    with itk_notes([], folder):
+        try:
+            uids = reader.GetGDCMSeriesIDs(str(folder))
+        except RuntimeError:
+            uids = ()
+        series = [(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in uids]
     return sorted(series, key=lambda s: -len(s[1]))
 
 
-def read_dicom_folder(folder: Path, notes: list[str] | None = None) -> sitk.Image:
+def _slice_facts(reader: sitk.ImageSeriesReader, i: int) -> dict:
+    def numbers(tag):
+        if not reader.HasMetaDataKey(i, tag):
+            return None
+        try:
+            return tuple(round(float(v), 4) for v in reader.GetMetaData(i, tag).split("\\"))
+        except ValueError:
+            return None
+    instance = numbers("0020|0013")
+    return {"position": numbers("0020|0032"), "orientation": numbers("0020|0037"),
+            "instance": int(instance[0]) if instance else None,
+            "size": (reader.GetMetaData(i, "0028|0010") if reader.HasMetaDataKey(i, "0028|0010") else None,
+                     reader.GetMetaData(i, "0028|0011") if reader.HasMetaDataKey(i, "0028|0011") else None)}
+
+
+def read_dicom_folder(folder: Path, notes: list[str] | None = None, allow_gaps: bool = False) -> sitk.Image:
+    notes = [] if notes is None else notes
     series = dicom_series(folder)
     if not series:
         raise LightSegError(f"no readable DICOM series in folder: {folder}")
     uid, files = series[0]
-    if len(series) > 1 and notes is not None:
+    if len(series) > 1:
         others = ", ".join(f"{u} ({len(f)} files)" for u, f in series[1:])
-        notes.append(f"folder holds {len(series)} DICOM series; using the largest, {uid} ({len(files)} files); "
-                     f"others: {others}")
+        notes.append(f"folder holds {len(series)} DICOM series; using the largest, {uid} "
+                     f"({len(files)} files); others: {others}")
+    listed = {Path(f).resolve() for _, fs in series for f in fs}
+    unreadable = [p.name for p in validate.dicom_files(folder) if p.resolve() not in listed]
+    if unreadable and not allow_gaps:
+        raise LightSegError(f"{folder}: {len(unreadable)} DICOM file(s) cannot be read ({', '.join(unreadable[:3])}): "
+                            "the series would have a hole (use allow_gaps=True to read the rest)")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as err:
-        raise LightSegError(f"cannot read DICOM series {uid} in {folder}: {_first_line(err)}") from None
+    reader.MetaDataDictionaryArrayUpdateOn()
+    itk_said: list[str] = []
+    with itk_notes(itk_said, folder):
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise LightSegError(f"cannot read DICOM series {uid} in {folder}: {_first_line(err)}") from None
+    slices = [_slice_facts(reader, i) for i in range(len(files))]
+    gaps = validate.check_dicom_slices(slices, f"DICOM series in {folder.name}", allow_gaps)
+    if unreadable:
+        gaps.append(f"{len(unreadable)} unreadable DICOM file(s) left out as asked ({', '.join(unreadable[:3])})")
+    notes.extend(gaps)
+    if not gaps:  # ITK's own "non uniform sampling" warning is said better by the checks above
+        notes.extend(itk_said)
+    return image
 
 
 def _first_line(err: Exception) -> str:
@@ -63,20 +140,27 @@ def _first_line(err: Exception) -> str:
     return (useful or lines or ["unknown error"])[-1][:200]
 
 
-def read_image(path, frame: int | None = None, notes: list[str] | None = None) -> sitk.Image:
+def read_image(path, frame: int | None = None, notes: list[str] | None = None, allow_gaps: bool = False) -> sitk.Image:
     """A 3D scalar image with its geometry. ``frame`` picks one time frame of a 4D image; ``notes`` collects
-    things the user should hear about (e.g. which DICOM series was used)."""
+    things the user should hear about (e.g. which DICOM series was used). A damaged file (short NIfTI, NaN or
+    Inf voxels, a DICOM series with missing, duplicated or unreadable slices) is refused; ``allow_gaps``
+    accepts a DICOM series with gaps, with a note."""
     path = Path(path)
     if not path.exists():
         raise LightSegError(f"input not found: {path}")
     if path.is_dir():
-        image = read_dicom_folder(path, notes)
+        image = read_dicom_folder(path, notes, allow_gaps)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
-            raise LightSegError(f"not a readable image: {path}") from None
-    return as_3d_scalar(image, path, frame)
+        if suffix_of(path) in (".nii", ".nii.gz"):
+            validate.check_nifti(path)
+        with itk_notes(notes, path):
+            try:
+                image = sitk.ReadImage(str(path))
+            except RuntimeError:
+                raise LightSegError(f"not a readable image: {path}") from None
+    image = as_3d_scalar(image, path, frame)
+    check_finite(image, path.name)
+    return image
 
 
 def as_3d_scalar(image: sitk.Image, name, frame: int | None = None) -> sitk.Image:
@@ -84,14 +168,14 @@ def as_3d_scalar(image: sitk.Image, name, frame: int | None = None) -> sitk.Imag
     if dim == 4:
         frames = image.GetSize()[3]
         if frame is None:
-            raise LightSegError(f"{name} is 4D with {frames} time frames: pick one with --frame N (0-{frames - 1})")
+            raise LightSegError(f"{name} is 4D with {frames} time frames: pick one with frame=N (0-{frames - 1})")
         if not 0 <= frame < frames:
-            raise LightSegError(f"--frame {frame} is out of range: {name} has frames 0-{frames - 1}")
+            raise LightSegError(f"frame={frame} is out of range: {name} has frames 0-{frames - 1}")
         size = list(image.GetSize())
         size[3] = 0
         image = sitk.Extract(image, size, [0, 0, 0, frame], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
     elif frame not in (None, 0):
-        raise LightSegError(f"--frame {frame} given but {name} is a 3D volume, not a time series")
+        raise LightSegError(f"frame={frame} given but {name} is a 3D volume, not a time series")
     elif dim != 3:
         raise LightSegError(f"{name} is {dim}D: a 3D volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -100,48 +184,127 @@ def as_3d_scalar(image: sitk.Image, name, frame: int | None = None) -> sitk.Imag
     return image
 
 
+def check_finite(image: sitk.Image, name) -> None:
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            raise LightSegError(f"{name} has {bad:,} NaN or infinite voxels")
+
+
 def check_intensities(image: sitk.Image, name) -> None:
-    """Refuse volumes a model cannot mean anything on: non-finite, empty or constant."""
+    """Refuse volumes a model cannot mean anything on: non-finite, empty, constant, or a labelmap."""
     if min(image.GetSize()) < 1:
         raise LightSegError(f"{name} is empty")
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        array = sitk.GetArrayViewFromImage(image)
-        if not np.isfinite(array).all():
-            raise LightSegError(f"{name} has NaN or infinite voxels")
+    check_finite(image, name)
     stats = sitk.MinimumMaximumImageFilter()
     stats.Execute(image)
     if stats.GetMinimum() == stats.GetMaximum():
         raise LightSegError(f"{name} is constant (every voxel is {stats.GetMinimum():g}): nothing to segment")
+    values = looks_like_labelmap(image)
+    if values is not None:
+        shown = ", ".join(map(str, values[:6])) + (f", ... ({len(values)} values)" if len(values) > 6 else "")
+        raise LightSegError(f"{name} looks like a labelmap (only the values {shown}), not an image: give the "
+                            "scan itself")
+
+
+def looks_like_labelmap(image: sitk.Image) -> list[int] | None:
+    """The values of an integer image holding at most 128 distinct values in 0-255, mostly 0 (what a segmentation
+    looks like and no scan does: even an 8-bit scan uses nearly all 256), else None."""
+    if image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+                                  sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64):
+        return None
+    array = sitk.GetArrayViewFromImage(image)
+    sample = array[::2, ::2, ::2]
+    values = np.unique(sample)
+    if len(values) > 128 or values[0] != 0 or values[-1] > 255 or np.count_nonzero(sample) > sample.size / 2:
+        return None
+    values = np.unique(array)
+    return [int(v) for v in values] if len(values) <= 128 and values[0] == 0 and values[-1] <= 255 else None
 
 
 # ---------------------------------------------------------------- writing
 def check_output(path, overwrite: bool) -> Path:
     path = Path(path)
-    if not path.parent.is_dir():
-        raise LightSegError(f"output folder does not exist: {path.parent}")
-    if path.exists() and not overwrite:
-        raise LightSegError(f"output exists: {path} (use --overwrite to replace it)")
+    try:
+        if not path.parent.is_dir():
+            raise LightSegError(f"output folder does not exist: {path.parent}")
+        if path.exists() and not overwrite:
+            raise LightSegError(f"output exists: {path} (use overwrite=True to replace it)")
+    except OSError as err:  # e.g. a name too long for the file system
+        raise LightSegError(f"cannot write {path}: {err.strerror or err}") from None
     suffix = suffix_of(path)
     if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd",):
         raise LightSegError(f"unsupported output type '{path.name}': use .nii.gz, .nii, .nrrd, .mha or .seg.nrrd")
     return path
 
 
-def _atomic(path: Path, overwrite: bool, write) -> None:
-    path = check_output(path, overwrite)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp{suffix_of(path)}"
+_TEMP_COUNT = itertools.count()
+
+
+@contextmanager
+def _janitor(tmp: Path):
+    """A tiny shell process, in its own session, that removes ``tmp`` once this process's end of a pipe closes:
+    after the write, or when this process is killed (SIGKILL, the out-of-memory killer) and can clean up nothing
+    itself."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        proc = subprocess.Popen(["/bin/sh", "-c", 'cat >/dev/null; rm -f -- "$1"', "lightseg-cleanup", str(tmp)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:  # no /bin/sh (Windows): the finally clause below is all there is
+        proc = None
+    try:
+        yield
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if proc is not None:
+            proc.stdin.close()
+            proc.wait()
 
 
-def write_labelmap(label: sitk.Image, path, overwrite: bool = False) -> None:
+def _write_failure(path: Path, err: Exception) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except (OSError, AttributeError):
+        pass
+    if not os.access(path.parent, os.W_OK):
+        return os.strerror(errno.EACCES)
+    return _first_line(err)
+
+
+def _atomic(path: Path, overwrite: bool, write, notes: list[str] | None = None) -> None:
+    """Write through a temporary file beside the target, then rename; any failure (permissions, a full disk, a
+    name too long) is one LightSegError and leaves neither the target nor the temporary file."""
+    path = check_output(path, overwrite)
+    tmp = path.parent / f".lightseg-{os.getpid()}-{next(_TEMP_COUNT)}.tmp{suffix_of(path)}"
+    with _janitor(tmp):
+        try:
+            with itk_notes(notes, path):
+                write(tmp)
+            if suffix_of(path) in (".nii", ".nii.gz") and not validate.nifti_complete(tmp):
+                raise RuntimeError("the written file is incomplete")
+            if not overwrite and path.exists():
+                raise LightSegError(f"output exists: {path} (use overwrite=True to replace it)")
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            raise LightSegError(f"cannot write {path}: {_write_failure(path, err)}") from None
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def write_labelmap(label: sitk.Image, path, overwrite: bool = False, notes: list[str] | None = None) -> None:
     """uint8 labelmap; NRRD/NIfTI/MHA chosen by the file name."""
     label = sitk.Cast(label, sitk.sitkUInt8) if label.GetPixelID() != sitk.sitkUInt8 else label
-    _atomic(Path(path), overwrite, lambda tmp: sitk.WriteImage(label, str(tmp), True))
+    _atomic(Path(path), overwrite, lambda tmp: sitk.WriteImage(label, str(tmp), True), notes)
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -171,7 +334,8 @@ def seg_nrrd_segments(label_array: np.ndarray, labels: list[dict]) -> list[dict]
     return segments
 
 
-def write_seg_nrrd(label: sitk.Image, path, labels: list[dict], overwrite: bool = False) -> None:
+def write_seg_nrrd(label: sitk.Image, path, labels: list[dict], overwrite: bool = False,
+                   notes: list[str] | None = None) -> None:
     """A Slicer ``.seg.nrrd`` with named, coloured segments and their terminology (via slicerio)."""
     import slicerio
 
@@ -184,11 +348,12 @@ def write_seg_nrrd(label: sitk.Image, path, labels: list[dict], overwrite: bool 
         "masterRepresentation": "Binary labelmap",
     }
     _atomic(Path(path), overwrite,
-            lambda tmp: slicerio.write_segmentation(str(tmp), segmentation, compression_level=1))
+            lambda tmp: slicerio.write_segmentation(str(tmp), segmentation, compression_level=1), notes)
 
 
-def write_output(label: sitk.Image, path, labels: list[dict], overwrite: bool = False) -> None:
+def write_output(label: sitk.Image, path, labels: list[dict], overwrite: bool = False,
+                 notes: list[str] | None = None) -> None:
     if suffix_of(path) == ".seg.nrrd":
-        write_seg_nrrd(label, path, labels, overwrite)
+        write_seg_nrrd(label, path, labels, overwrite, notes)
     else:
-        write_labelmap(label, path, overwrite)
+        write_labelmap(label, path, overwrite, notes)

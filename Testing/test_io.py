@@ -137,7 +137,7 @@ def test_four_d_needs_a_frame_and_frame_is_extracted(tmp_path):
     image = sitk.GetImageFromArray(frames, isVector=False)  # 4D: t, z, y, x
     path = tmp_path / "cine.nii.gz"
     sitk.WriteImage(image, str(path))
-    with pytest.raises(LightSegError, match="--frame"):
+    with pytest.raises(LightSegError, match="frame=N"):
         L.read_image(path)
     one = L.read_image(path, frame=2)
     assert one.GetDimension() == 3
@@ -150,7 +150,7 @@ def test_atomic_write_refuses_to_overwrite(tmp_path):
     label = sitk.Image(4, 4, 4, sitk.sitkUInt8)
     out = tmp_path / "label.nii.gz"
     L.write_output(label, out, [])
-    with pytest.raises(LightSegError, match="--overwrite"):
+    with pytest.raises(LightSegError, match="overwrite=True"):
         L.write_output(label, out, [])
     L.write_output(label, out, [], overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["label.nii.gz"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,8 @@ def register(sub) -> None:
         "segment", help="segment volumes with a registered model",
         description="INPUT is a volume file (NIfTI, NRRD, MHA) or a DICOM folder; OUTPUT a labelmap file "
                     "(.nii.gz, .nrrd, .mha) or a Slicer .seg.nrrd on the input's grid. With several inputs, or a "
-                    "folder of volumes, OUTPUT is an existing folder.")
+                    "folder of volumes, OUTPUT is a folder (created if missing). A folder holding DICOM files is "
+                    "one series, whatever else is in it.")
     parser.add_argument("paths", nargs="+", metavar="INPUT... OUTPUT")
     parser.add_argument("--model", required=True, help="model id (see 'lightseg models')")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
@@ -30,6 +32,10 @@ def register(sub) -> None:
                         help="time frame of a 4D (cine) image; 'all' writes one output per frame, "
                              "named OUTPUT_frameNN")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave inputs whose output exists alone (resume an interrupted batch)")
+    parser.add_argument("--allow-gaps", action="store_true",
+                        help="accept a DICOM series with missing or unevenly spaced slices (with a note)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for several inputs")
     parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="output type in folder mode")
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
@@ -59,9 +65,9 @@ def frame_count(path: Path) -> int:
     return reader.GetSize()[3] if reader.GetDimension() == 4 else 1
 
 
-def with_frames(pairs: list[tuple[Path, Path]], frame, overwrite: bool) -> list[tuple[Path, object, Path]]:
+def with_frames(pairs: list[tuple[Path, Path]], frame, outputs: "Outputs") -> list[tuple[Path, object, Path]]:
     """``--frame all``: one job per time frame, each writing ``<output stem>_frameNN<suffix>``."""
-    from ..io import check_output, suffix_of
+    from ..io import suffix_of
 
     if frame != "all":
         return [(source, frame, target) for source, target in pairs]
@@ -74,13 +80,38 @@ def with_frames(pairs: list[tuple[Path, Path]], frame, overwrite: bool) -> list[
         suffix = suffix_of(target)
         stem = target.name[: -len(suffix)]
         for f in range(count):
-            jobs.append((source, f, check_output(target.parent / f"{stem}_frame{f:02d}{suffix}", overwrite)))
+            framed = outputs.claim(source, target.parent / f"{stem}_frame{f:02d}{suffix}")
+            if framed is not None:
+                jobs.append((source, f, framed))
     return jobs
 
 
-def plan(paths: list[str], fmt: str, overwrite: bool) -> list[tuple[Path, Path]]:
+class Outputs:
+    """Checks each output before any work starts; with ``--skip-existing`` an existing one is set aside."""
+
+    def __init__(self, overwrite: bool, skip_existing: bool):
+        self.overwrite, self.skip_existing, self.skipped = overwrite, skip_existing, []
+
+    def claim(self, source: Path, target: Path) -> Path | None:
+        from ..io import check_output
+
+        if self.skip_existing and not self.overwrite and target.exists():
+            self.skipped.append((source, target))
+            return None
+        return check_output(target, self.overwrite)
+
+
+def is_folder_path(path: Path, text: str) -> bool:
+    """An OUTPUT that is clearly meant as a folder: it exists as one, ends with a separator, or has no suffix."""
+    from ..io import suffix_of
+
+    return path.is_dir() or text.endswith(("/", os.sep)) or not suffix_of(path)
+
+
+def plan(paths: list[str], fmt: str, outputs: Outputs) -> list[tuple[Path, Path]]:
     """Pair every input with its output, checking all outputs before any work starts."""
-    from ..io import VOLUME_SUFFIXES, check_output, is_volume_file, suffix_of
+    from ..io import VOLUME_SUFFIXES, is_volume_file, suffix_of
+    from ..validate import dicom_files
 
     if len(paths) < 2:
         raise LightSegError("give an INPUT and an OUTPUT")
@@ -88,21 +119,28 @@ def plan(paths: list[str], fmt: str, overwrite: bool) -> list[tuple[Path, Path]]
     for path in inputs:
         if not path.exists():
             raise LightSegError(f"input not found: {path}")
-    volumes_in_folder = (len(inputs) == 1 and inputs[0].is_dir()
+    volumes_in_folder = (len(inputs) == 1 and inputs[0].is_dir() and not dicom_files(inputs[0])
                          and sorted(p for p in inputs[0].iterdir() if is_volume_file(p)))
-    if len(inputs) == 1 and not volumes_in_folder and not output.is_dir():
-        return [(inputs[0], check_output(output, overwrite))]
+    if len(inputs) == 1 and not volumes_in_folder and not output.is_dir() and not paths[-1].endswith(("/", os.sep)):
+        target = outputs.claim(inputs[0], output)
+        return [(inputs[0], target)] if target is not None else []
     sources = volumes_in_folder or inputs
     if not output.is_dir():
-        raise LightSegError(f"output folder does not exist: {output}")
+        if not is_folder_path(output, paths[-1]) or output.exists():
+            raise LightSegError(f"with several inputs OUTPUT must be a folder: {output}")
+        try:
+            output.mkdir(parents=True)
+        except OSError as err:
+            raise LightSegError(f"cannot create output folder {output}: {err.strerror or err}") from None
     pairs = []
     for source in sources:
         stem = source.name[: -len(suffix_of(source))] if suffix_of(source) in VOLUME_SUFFIXES else source.name
-        pairs.append((source, check_output(output / f"{stem}.{fmt}", overwrite)))
+        pairs.append((source, output / f"{stem}.{fmt}"))
     names = [o for _, o in pairs]
     if len(set(names)) != len(names):
         raise LightSegError("two inputs would write the same output name; rename them or segment them apart")
-    return pairs
+    claimed = [(source, outputs.claim(source, target)) for source, target in pairs]
+    return [(source, target) for source, target in claimed if target is not None]
 
 
 class Reporter:
@@ -140,9 +178,6 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
 
-    key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
-    if key not in _RUNNERS:  # one model session per process, reused across a batch
-        _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)
     if args.threads:  # reading, resampling and post-processing too: SimpleITK would otherwise take every core
         import SimpleITK as sitk
 
@@ -152,19 +187,23 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
         t = time.perf_counter()
         reporter(0.0, "read")
         notes: list[str] = []
-        image = read_image(source, frame=frame, notes=notes)
+        image = read_image(source, frame=frame, notes=notes, allow_gaps=args.allow_gaps)
         read_s = time.perf_counter() - t
+        key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
+        if key not in _RUNNERS:  # one model session per process, reused across a batch; made after the read, so
+            _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)  # a bad input fails fast
         result = segment_image(image, card, _RUNNERS[key], progress=reporter)
+        notes += result.notes
         t = time.perf_counter()
         reporter(1.0, "write")
-        write_output(result.labelmap, target, card.labels, overwrite=args.overwrite)
+        write_output(result.labelmap, target, card.labels, overwrite=args.overwrite, notes=notes)
         seconds = {"read": read_s, **result.seconds, "write": time.perf_counter() - t}
     finally:
         reporter.close()
     if not any(result.voxels.values()):
         notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")
     return {"input": str(source), "frame": frame, "output": str(target), "model": card.id, "seconds": seconds,
-            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes + result.notes}
+            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes}
 
 
 def summary_line(info: dict) -> str:
@@ -175,23 +214,35 @@ def summary_line(info: dict) -> str:
 
 
 def _job(card, source: Path, frame, target: Path, args) -> dict:
+    from ..cli import cli_wording
+
     try:
         return segment_file(card, source, frame, target, args)
     except LightSegError as err:
-        return {"input": str(source), "error": str(err)}
+        return {"input": str(source), "frame": frame, "error": cli_wording(str(err))}
+
+
+def input_name(info: dict) -> str:
+    frame = info.get("frame")
+    return Path(info["input"]).name + (f" frame {frame}" if frame is not None else "")
 
 
 def run(args) -> int:
     from ..registry import get_model
 
     card = get_model(args.model)
+    if args.int8 and not card.has_int8():
+        raise LightSegError(f"model '{card.id}' has no int8 version: run it without --int8")
     card.verified_path("int8_file" if args.int8 else "file")
     if args.threads is not None and args.threads < 1:
         raise LightSegError("--threads must be at least 1")
     if args.jobs < 1:
         raise LightSegError("--jobs must be at least 1")
-    pairs = with_frames(plan(args.paths, args.format, args.overwrite), args.frame, args.overwrite)
-    if card.status == "preview":
+    outputs = Outputs(args.overwrite, args.skip_existing)
+    pairs = with_frames(plan(args.paths, args.format, outputs), args.frame, outputs)
+    for source, target in outputs.skipped:
+        print(f"lightseg: note: {source.name}: skipped, {target} exists (--skip-existing)", file=sys.stderr)
+    if card.status == "preview" and pairs:
         print(f"lightseg: note: '{card.id}' is a preview model; read its card before trusting the result",
               file=sys.stderr)
     if len(pairs) > 1 and args.jobs > 1:
@@ -200,25 +251,29 @@ def run(args) -> int:
 
             args.threads = max(1, default_threads() // args.jobs)
         args.progress = "none" if args.progress != "jsonl" else "jsonl"
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(_job, *zip(*[(card, s, f, t, args) for s, f, t in pairs])))
+        pool = ProcessPoolExecutor(max_workers=args.jobs)
+        results = pool.map(_job, *zip(*[(card, s, f, t, args) for s, f, t in pairs]))
     else:
-        results = [_job(card, s, f, t, args) for s, f, t in pairs]
-    failures = 0
-    for info in results:
-        if "error" in info:
-            failures += 1
-            print(f"lightseg: error: {info['input']}: {info['error']}", file=sys.stderr)
-            continue
-        for note in info["notes"]:
-            print(f"lightseg: note: {note}", file=sys.stderr)
-        if args.progress == "jsonl":
-            print(json.dumps({"done": True, "output": info["output"], "summary": info}), flush=True)
-        else:
-            print(summary_line(info))
-    if failures and len(pairs) == 1:
-        return 2
-    if failures:
-        print(f"lightseg: {failures} of {len(pairs)} inputs failed", file=sys.stderr)
-        return 2
-    return 0
+        pool = None
+        results = (_job(card, s, f, t, args) for s, f, t in pairs)
+    failed = []
+    try:
+        for info in results:  # each line as its input finishes, not all at the end
+            name = input_name(info)
+            if "error" in info:
+                failed.append(name)
+                said = info["error"] if Path(info["input"]).name in info["error"] else f"{info['input']}: {info['error']}"
+                print(f"lightseg: error: {said}", file=sys.stderr, flush=True)
+                continue
+            for note in info["notes"]:
+                print(f"lightseg: note: {name}: {note}", file=sys.stderr)
+            if args.progress == "jsonl":
+                print(json.dumps({"done": True, "output": info["output"], "summary": info}), flush=True)
+            else:
+                print(summary_line(info), flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if failed and len(pairs) > 1:
+        print(f"lightseg: {len(failed)} of {len(pairs)} inputs failed: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
