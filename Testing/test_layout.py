@@ -1,12 +1,10 @@
 """The Slicer extension's CMake files describe what is really in the tree."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, segment_path_modules
 
 
 def cmake_list(text: str, name: str) -> list[str]:
@@ -47,15 +45,14 @@ def test_module_cmake_lists_every_script_and_resource():
         assert resource in resources
 
 
-def test_extension_ships_every_module_the_inference_path_imports():
-    """The extension installs part of LightSegLib beside the module; a module missing there breaks Slicer only."""
+def test_extension_ships_the_inference_path_and_only_it(tmp_path):
+    """The extension installs part of LightSegLib beside the module: a module missing there breaks Slicer only, and
+    training or compression code there is dead weight."""
     text = (REPO / "LightSeg" / "CMakeLists.txt").read_text()
     listed = set(cmake_list(text, "LIGHTSEGLIB_PYTHON_SCRIPTS"))
-    listed |= {str(p.relative_to(REPO)) for p in (REPO / "LightSegLib" / "commands").glob("*.py")}  # the GLOB
     assert all((REPO / item).is_file() for item in listed), sorted(i for i in listed if not (REPO / i).is_file())
-    code = ("import sys; import LightSegLib, LightSegLib.inference, LightSegLib.io; "
-            "from LightSegLib.cli import build_parser; build_parser(); "
-            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('LightSegLib')))")
-    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    imported = {str(Path(f).resolve().relative_to(REPO)) for f in files.split()}
-    assert imported <= listed, f"imported at start-up but not shipped: {sorted(imported - listed)}"
+    files = [f for n, f in segment_path_modules(tmp_path).items() if n.startswith("LightSegLib")]
+    imported = {str(Path(f).resolve().relative_to(REPO)) for f in files}
+    assert imported <= listed, f"imported by `lightseg segment` but not shipped: {sorted(imported - listed)}"
+    training = sorted(i for i in listed if i.split("/")[1] in ("train", "compress", "data", "nets"))
+    assert not training, f"training code shipped: {training}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "Resources" / "Samples"
+from ..registry import SAMPLES_DIR as SAMPLES
 
 # sample -> (modality, reference labelmap, {model label value: reference label value} per task)
 CASES = {

@@ -323,13 +323,13 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
     in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
     from ..export import export_checkpoint
-    from ..registry import models_dir
+    from ..registry import SAMPLES_DIR, models_dir
     from .config import load_config
 
     folder = models_dir()
     cfg = load_config(config_path)
     size = cfg["data"]["inplane"].get("size", [256, 256])
-    parity = REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"
+    parity = SAMPLES_DIR / "totalseg_example_ct_sm.nii.gz"
     export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
                       parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
     card_text = {"training": training_markdown(checkpoint), "speed": speed_markdown(speed, model_id),
