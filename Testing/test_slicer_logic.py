@@ -73,7 +73,7 @@ def assert_same_grid(segmentation_node, volume_node):
 
 def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mrml, quantiser, tmp_path):
     """The module's result equals `lightseg segment` on the same file, voxel for voxel, and carries the card."""
-    path = shared("totalseg_example/example_ct.nii.gz")
+    path = CT_SAMPLE
     volume = load_volume(mrml, path, "CT")
     seen = []
     logic = Logic()
@@ -129,7 +129,7 @@ def test_oblique_anisotropic_volume_keeps_its_grid(mrml, tmp_path, monkeypatch):
     """A rotated, 1.5 x 1.5 x 10 mm cine MRI slab: result on the same oblique grid, labels where expected."""
     folder = make_model_folder(tmp_path / "models", modality="MR", normalization={"type": "window", "window": [0, 1]})
     monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
-    volume = load_volume(mrml, shared("acdc/imagesTr/patient002_frame01.nii.gz"), "cine")
+    volume = load_volume(mrml, SAMPLES / "acdc_patient002_ED.nii.gz", "cine")
     angle = np.deg2rad(30.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     tilt = np.array([[1, 0, 0], [0, np.cos(0.4), -np.sin(0.4)], [0, np.sin(0.4), np.cos(0.4)]])
@@ -238,7 +238,7 @@ def test_cancel_ends_the_whole_process_tree(tmp_path):
 
 
 def test_cancel_during_a_real_run_leaves_the_scene_as_it_was(mrml, quantiser):
-    volume = load_volume(mrml, shared("totalseg_example/example_ct.nii.gz"), "CT")
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
     logic = Logic(threads=1)
     before = mrml.scene.GetNumberOfNodes()
     job = logic.startSegmentation(volume, "test-quantiser")
@@ -270,7 +270,7 @@ def test_a_process_killed_from_outside_is_reported(mrml, quantiser):
     """E.g. the out-of-memory killer: the user reads what happened, not an exit code alone."""
     import signal
 
-    volume = load_volume(mrml, shared("totalseg_example/example_ct.nii.gz"), "CT")
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
     logic = Logic(threads=1)
     job = logic.startSegmentation(volume, "test-quantiser")
     os.kill(job.runner.pid, signal.SIGKILL)
