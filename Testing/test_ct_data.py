@@ -18,17 +18,16 @@ sitk = pytest.importorskip("SimpleITK")
 
 @pytest.fixture
 def tiny_msd_liver(tmp_path):
-    """Two MSD-style volumes (HU, the file's own LPS direction) cut from the TotalSegmentator CT where liver is,
-    labelled with MSD values: 1 = liver (TotalSegmentator v1 5), 2 = gallbladder (v1 4) standing in for the
-    'tumour' value that must merge into liver."""
-    ts = shared("totalseg_example")
-    ct = sitk.ReadImage(str(ts / "example_ct.nii.gz"))
-    seg = sitk.ReadImage(str(ts / "example_seg_v1_full_5de6e4d.nii.gz"))
+    """Two MSD-style volumes (HU, the file's own LPS direction) cut from the bundled TotalSegmentator CT where liver
+    is, labelled with MSD values: 1 = liver (TotalSegmentator 5), 2 = gallbladder (4) standing in for the 'tumour'
+    value that must merge into liver."""
+    ct = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    seg = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_seg_sm.nii.gz"))
     root = tmp_path / "Task03_Liver_tiny"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     entries = []
-    for i, (z0, z1) in enumerate(((84, 90), (90, 96))):
+    for i, (z0, z1) in enumerate(((2, 8), (8, 14))):  # slices 84-96 of the full example CT
         image = ct[:, :, z0:z1]
         v1 = sitk.GetArrayFromImage(seg[:, :, z0:z1])
         msd = np.zeros_like(v1, dtype=np.uint8)
