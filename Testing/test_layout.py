@@ -56,3 +56,35 @@ def test_extension_ships_the_inference_path_and_only_it(tmp_path):
     assert imported <= listed, f"imported by `lightseg segment` but not shipped: {sorted(imported - listed)}"
     training = sorted(i for i in listed if i.split("/")[1] in ("train", "compress", "data", "nets"))
     assert not training, f"training code shipped: {training}"
+
+
+def test_the_extensions_lightseg_lists_and_runs_only_what_it_ships(tmp_path):
+    """LightSegLib as the extension installs it (the listed scripts beside Resources/): `lightseg --help` lists the
+    commands that are there, and `lightseg segment` runs from it alone."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    install = tmp_path / "qt-scripted-modules"
+    for item in cmake_list((REPO / "LightSeg" / "CMakeLists.txt").read_text(), "LIGHTSEGLIB_PYTHON_SCRIPTS"):
+        (install / item).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / item, install / item)
+    (install / "Resources").symlink_to(REPO / "Resources")
+    env = {**os.environ, "PYTHONPATH": str(install)}
+    env.pop("LIGHTSEG_MODELS_DIR", None)
+
+    def lightseg(*args):
+        return subprocess.run([sys.executable, "-m", "LightSegLib.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=120)
+
+    shown = lightseg("--help")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.split("COMMAND", 1)[1]
+    assert "segment" in listed and "models" in listed and "train" not in listed and "prune" not in listed, listed
+    sample = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+    run = lightseg("segment", "--model", "cardiac-acdc", "--threads", "1", str(sample), str(tmp_path / "ed.nrrd"))
+    assert run.returncode == 0 and (tmp_path / "ed.nrrd").is_file(), run.stderr
+    where = subprocess.run([sys.executable, "-c", "import LightSegLib; print(LightSegLib.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.strip()
+    assert where == str(install / "LightSegLib" / "__init__.py")
