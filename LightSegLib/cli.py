@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import LightSegError
 
-#: command name -> its module in LightSegLib.commands, in the order ``--help`` lists them
+#: command name -> its module in LightSegLib.commands (which registers all its commands), in ``--help`` order
 COMMANDS = {
     "segment": "segment",
     "models": "models",
@@ -23,8 +23,11 @@ COMMANDS = {
     "train": "train",
     "export": "export",
     "evaluate": "evaluate",
+    "evaluate-ct": "evaluate",
+    "publish": "publish",
     "cardiac-function": "cardiac_function",
     "prune": "prune",
+    "prune-ct": "prune",
     "fold": "fold",
     "distill": "distill",
     "quantize": "quantize",
@@ -38,7 +41,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lightseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     named = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
-    for module in [COMMANDS[named]] if named in COMMANDS else COMMANDS.values():
+    for module in [COMMANDS[named]] if named in COMMANDS else dict.fromkeys(COMMANDS.values()):
         name = f"{__package__}.commands.{module}"
         if named in COMMANDS or importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)

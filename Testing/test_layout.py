@@ -88,3 +88,29 @@ def test_the_extensions_lightseg_lists_and_runs_only_what_it_ships(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import LightSegLib; print(LightSegLib.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.strip()
     assert where == str(install / "LightSegLib" / "__init__.py")
+
+
+def test_no_library_module_imports_the_command_line():
+    """The CLI (cli.py, commands/) sits on top: below it nothing imports it (a ``python -m`` entry point's
+    ``__main__`` block is itself command line)."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "LightSegLib").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if parts[1] in ("cli", "commands"):
+            continue
+        tree = ast.parse(path.read_text())
+        main_blocks = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+                       for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in main_blocks or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(parts[:len(parts) - node.level]) + (node.module.split(".") if node.module else [])
+                targets = [".".join(base + [a.name]) for a in node.names] if not node.module else [".".join(base)]
+            else:
+                targets = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            upward += [f"{'/'.join(parts)}: {t}" for t in targets
+                       if t.startswith(("LightSegLib.cli", "LightSegLib.commands"))]
+    assert not upward, upward
