@@ -1,4 +1,4 @@
-"""Evaluation on a labelled split: Dice and HD95 (mm) per case and label (MONAI metrics), CSV, markdown, figure.
+"""Evaluation on a labelled split: Dice and HD95 (mm) per case and label (LightSegLib.metrics), CSV, markdown, figure.
 
 A registry id is evaluated through the inference engine (ONNX, with the card's post-processing): the figures
 are those of what ships. A checkpoint is evaluated through torch on the same preprocessing, without
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +18,10 @@ from .errors import LightSegError
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing_zyx) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and HD95 (mm, physical spacing) per foreground label; NaN where undefined (label absent)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-    from monai.networks.utils import one_hot
+    """Dice and HD95 (mm, physical spacing) per foreground label (NaN: see LightSegLib.metrics)."""
+    from .metrics import dice_per_class, hd95_per_class
 
-    from .train.evaluate_core import dice_per_class
-
-    dice = dice_per_class(pred, truth, num_classes)
-    p = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], num_classes)
-    t = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], num_classes)
-    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal argument
-        warnings.simplefilter("ignore", FutureWarning)
-        hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95,
-                                        spacing=[float(s) for s in spacing_zyx])[0].numpy().astype(float)
-    present_p = p[0, 1:].flatten(1).any(1).numpy()
-    present_t = t[0, 1:].flatten(1).any(1).numpy()
-    hd[~(present_p & present_t)] = np.nan  # HD is undefined unless both have the label
-    return dice, hd
+    return dice_per_class(pred, truth, num_classes), hd95_per_class(pred, truth, num_classes, spacing_zyx)
 
 
 def _predictor(model: str, threads: int, postprocessing: dict | None):

@@ -32,6 +32,7 @@ except ImportError:  # running from a source checkout: LightSegLib sits two fold
     import LightSegLib
 
 from LightSegLib.errors import LightSegError
+from LightSegLib.metrics import dice
 from LightSegLib.registry import get_model, list_models
 from LightSegLib.stages import INFER, POSTPROCESS, READ, WRITE
 
@@ -587,7 +588,8 @@ class LightSegLogic:
         return self.labelArray(segmentationNode, referenceVolumeNode, self.CARDIAC_NAMES)
 
     def diceScores(self, segmentationNode, referenceLabelPath, modelId: str, referenceVolumeNode) -> dict:
-        """Dice of each model label against a reference labelmap file on the volume's grid (the self-test)."""
+        """Dice of each model label against a reference labelmap file on the volume's grid (the self-test); NaN for a
+        structure in neither (LightSegLib.metrics)."""
         card = get_model(modelId)
         reference = slicer.vtkMRMLLabelMapVolumeNode()
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -601,12 +603,7 @@ class LightSegLogic:
         truth = truth.reshape(dims[2], dims[1], dims[0])
         names = {label["name"]: label["value"] for label in card.labels}
         predicted = self.labelArray(segmentationNode, referenceVolumeNode, names)
-        scores = {}
-        for name, value in names.items():
-            a, b = predicted == value, truth == value
-            total = int(a.sum()) + int(b.sum())
-            scores[name] = 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-        return scores
+        return {name: dice(predicted == value, truth == value) for name, value in names.items()}
 
     def cardiacFunction(self, edSegmentationNode, esSegmentationNode, referenceVolumeNode, tableNode=None):
         """LV/RV volumes, stroke volumes, EF and LV mass (LightSegLib.cardiac) into a table node."""

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import dice
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------- evaluation through the engine
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Binary Dice; NaN when both are empty (no organ to find, none found)."""
-    p, t = pred > 0, truth > 0
-    denom = int(p.sum()) + int(t.sum())
-    return float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
-
-
 def engine_predict(card, slices_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0), postprocess: bool = True,
                    threads: int = 1) -> np.ndarray:
     """Labels for slices already in radiological view (LPS grid, identity direction) via ``segment_image``.
