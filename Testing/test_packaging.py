@@ -3,6 +3,7 @@ virtual environment with no extras, must carry the registry and the models and s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -33,7 +34,11 @@ def wheel(tmp_path_factory) -> Path:
     if not any(WHEELHOUSE.glob("onnxruntime-*.whl")):
         pytest.skip(f"needs the inference dependencies as wheels in {WHEELHOUSE} (`make env` downloads them)")
     dist = tmp_path_factory.mktemp("dist")
-    _pip(Path(sys.executable), "wheel", "--no-deps", "--wheel-dir", str(dist), str(REPO))
+    # From a copy of the tree: an in-tree build leaves build/ behind, whose stale modules a later wheel would carry.
+    source = tmp_path_factory.mktemp("source") / "LightSeg"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "runs", "demo-output",
+                                                                "__pycache__", "*.egg-info", ".pytest_cache"))
+    _pip(Path(sys.executable), "wheel", "--no-deps", "--wheel-dir", str(dist), str(source))
     (found,) = dist.glob("lightseglib-*.whl")
     return found
 
@@ -48,7 +53,8 @@ def test_wheel_carries_registry_models_and_samples(wheel):
                           f"LightSegLib/Resources/Samples/{SAMPLE.name}"}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "LightSegLib").rglob("*.py")}
-    assert sources <= names, f"modules missing from the wheel: {sorted(sources - names)}"
+    modules = {n for n in names if n.endswith(".py")}
+    assert modules == sources, f"missing: {sorted(sources - modules)}, not in the tree: {sorted(modules - sources)}"
     assert not any(n.endswith(".pt") for n in names), "torch checkpoints do not belong in the wheel"
 
 
