@@ -164,7 +164,7 @@ def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_te
     (with the card's generated prose, so the card can be re-rendered without the run folders, and the recipe's
     cross-validation per case) and the card."""
     from .registry import get_model, models_dir, register_model
-    from .train.ct import evaluate_model
+    from .evaluate import evaluate_model
 
     folder = models_dir()
     card = get_model(model_id)

@@ -304,7 +304,7 @@ def test_noise_check_is_repeatable_and_costs_dice():
     shared("lits_liver_2d")
     from LightSegLib.registry import get_model
     from LightSegLib.train.config import load_config
-    from LightSegLib.train.ct import eval_npz_split
+    from LightSegLib.evaluate import eval_npz_split
 
     card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
@@ -442,7 +442,7 @@ def test_crossval_compare_pairs_cases_across_folds():
 
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
-    from LightSegLib.train.ct import totalseg_class_names
+    from LightSegLib.evaluate import totalseg_class_names
 
     v1, v2 = totalseg_class_names("total_v1"), totalseg_class_names("total")
     assert (v1[5], v1[10], v1[9]) == ("liver", "pancreas", "portal_vein_and_splenic_vein")

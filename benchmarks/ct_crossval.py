@@ -72,7 +72,7 @@ def run_fold(args, k: int) -> dict:
     from LightSegLib.export import export_checkpoint
     from LightSegLib.registry import get_model
     from LightSegLib.train.config import load_config
-    from LightSegLib.train.ct import eval_npz_split
+    from LightSegLib.evaluate import eval_npz_split
 
     models = Path(args.out) / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def run_ct(args) -> int:
 
     from ..registry import get_model
     from ..train.config import load_config
-    from ..train.ct import evaluate_model
+    from ..evaluate import evaluate_model
 
     card = get_model(args.model, folder=args.models_dir)
     cfg = load_config(args.config) if args.config else None
