@@ -1,30 +1,46 @@
 # Two commands do everything on a fresh machine:
-#   make demo   create .venv, install, segment the bundled samples with every registered model
-#   make test   create .venv, install, run the test suite
+#   make demo   create .venv-demo with the inference stack only, segment the bundled samples with every model
+#   make test   create .venv with the full stack (training, Slicer logic, tests), run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch is pinned: a looser requirement pulls a multi-GB CUDA build.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEMO   := .venv-demo
+# Local copies of the inference dependencies, for the test that installs the wheel into a fresh environment
+# (no downloads while the tests run).
+WHEELHOUSE := $(VENV)/wheelhouse
+SETUP  := $(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(SETUP)
+DEMO_STAMP := $(DEMO)/.installed-$(SETUP)
 
-.PHONY: demo test env clean
+.PHONY: demo test env demo-env clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch is pinned: a looser requirement pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[train,slicer,test]"
-	rm -f $(VENV)/.installed-*
+	$(BIN)/python -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) . "setuptools>=77"
+	rm -f $(WHEELHOUSE)/lightseglib-*.whl $(VENV)/.installed-*
 	touch $@
 
-demo: env
-	$(BIN)/lightseg models
-	$(BIN)/lightseg demo --out demo-output --threads 2
+demo-env: $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml setup.py
+	test -x $(DEMO)/bin/python || $(PYTHON) -m venv $(DEMO)
+	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO)/bin/python -m pip install --quiet -e .
+	rm -f $(DEMO)/.installed-*
+	touch $@
+
+demo: demo-env
+	$(DEMO)/bin/lightseg models
+	$(DEMO)/bin/lightseg demo --out demo-output --threads 2
 
 test: env
 	$(BIN)/python -m pytest -q -p no:cacheprovider Testing
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(DEMO) demo-output

@@ -10,7 +10,7 @@ from pathlib import Path
 import qt
 import slicer
 import vtk
-from LightSegLogic import LightSegError, LightSegLogic
+from LightSegLogic import JobState, LightSegError, LightSegLogic
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -18,10 +18,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-import LightSegLib  # importable once LightSegLogic has found it (installed beside it, or the source tree)
+# importable once LightSegLogic has found it (installed beside it, or the source tree)
+from LightSegLib.registry import SAMPLES_DIR  # the self-test's sample and manual reference
 
-#: The self-test's sample and manual reference (Resources/ beside LightSegLib, in the source tree and installed).
-SAMPLES_DIR = Path(LightSegLib.__file__).resolve().parent.parent / "Resources" / "Samples"
 #: Bundled samples offered in the Sample Data module (category "LightSeg"): (name, file) in Resources/Samples.
 SAMPLE_DATA = [("LightSeg cine MRI ED", "acdc_patient002_ED.nii.gz"),
                ("LightSeg cine MRI ES", "acdc_patient002_ES.nii.gz"),
@@ -320,8 +319,8 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(self.job.statusText())
             return
         self.timer.stop()
-        self.setStatus(self.job.statusText(), error=self.job.state == "failed")
-        if self.job.state == "done":
+        self.setStatus(self.job.statusText(), error=self.job.state == JobState.FAILED)
+        if self.job.state == JobState.DONE:
             self.showResult(slicer.mrmlScene.GetNodeByID(self.job.resultNodeID))
         self.updateControls()
 

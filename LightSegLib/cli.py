@@ -1,30 +1,39 @@
 """``lightseg``: one sub-command per module, each registered by ``register(subparsers)``.
 
-Sub-command modules import heavy packages (torch, MONAI) inside their ``run`` only, so ``lightseg segment``
-starts fast and works without them. User errors (LightSegError) print one line and exit with code 2.
+Only the module of the command being run is imported (all of them for ``--help``), and sub-command modules import
+heavy packages (torch, MONAI) inside their ``run`` only, so ``lightseg segment`` starts fast and works without them;
+an installation that leaves the training commands out (the Slicer extension) lists only what it has.
+User errors (LightSegError) print one line and exit with code 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
+from . import __version__
 from .errors import LightSegError
 
-COMMAND_MODULES = [
-    "LightSegLib.commands.segment",
-    "LightSegLib.commands.models",
-    "LightSegLib.commands.demo",
-    "LightSegLib.commands.train",
-    "LightSegLib.commands.export",
-    "LightSegLib.commands.evaluate",
-    "LightSegLib.commands.cardiac_function",
-    "LightSegLib.commands.prune",
-    "LightSegLib.commands.fold",
-    "LightSegLib.commands.distill",
-    "LightSegLib.commands.quantize",
-    "LightSegLib.commands.bench",
-]
+#: command name -> its module in LightSegLib.commands (which registers all its commands), in ``--help`` order
+COMMANDS = {
+    "segment": "segment",
+    "models": "models",
+    "classify": "classify",
+    "demo": "demo",
+    "train": "train",
+    "export": "export",
+    "evaluate": "evaluate",
+    "evaluate-ct": "evaluate",
+    "publish": "publish",
+    "cardiac-function": "cardiac_function",
+    "prune": "prune",
+    "prune-ct": "prune",
+    "fold": "fold",
+    "distill": "distill",
+    "quantize": "quantize",
+    "bench": "bench",
+}
 
 
 # The library's errors name its own arguments; on the command line the same advice names the flags.
@@ -38,17 +47,21 @@ def cli_wording(message: str) -> str:
     return message
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with the one command it names, else with every command installed."""
     parser = argparse.ArgumentParser(prog="lightseg", description="Lightweight CPU medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"lightseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    named = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for module in [COMMANDS[named]] if named in COMMANDS else dict.fromkeys(COMMANDS.values()):
+        name = f"{__package__}.commands.{module}"
+        if named in COMMANDS or importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LightSegError as err:

@@ -1,4 +1,5 @@
-"""Evaluation on a labelled split: Dice and HD95 (mm) per case and label (MONAI metrics), CSV, markdown, figure.
+"""Evaluation on a labelled split: Dice and HD95 (mm) per case and label (LightSegLib.metrics), CSV, markdown, figure;
+and the CT models' card figures (``evaluate_model``: held-out 8-bit slices and true-HU CT, ``lightseg evaluate-ct``).
 
 A registry id is evaluated through the inference engine (ONNX, with the card's post-processing): the figures
 are those of what ships. A checkpoint is evaluated through torch on the same preprocessing, without
@@ -9,34 +10,20 @@ from __future__ import annotations
 import csv
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import LightSegError
+from .metrics import dice
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing_zyx) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and HD95 (mm, physical spacing) per foreground label; NaN where undefined (label absent)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-    from monai.networks.utils import one_hot
+    """Dice and HD95 (mm, physical spacing) per foreground label (NaN: see LightSegLib.metrics)."""
+    from .metrics import dice_per_class, hd95_per_class
 
-    from .train.evaluate_core import dice_per_class
-
-    dice = dice_per_class(pred, truth, num_classes)
-    p = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], num_classes)
-    t = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], num_classes)
-    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal argument
-        warnings.simplefilter("ignore", FutureWarning)
-        hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95,
-                                        spacing=[float(s) for s in spacing_zyx])[0].numpy().astype(float)
-    present_p = p[0, 1:].flatten(1).any(1).numpy()
-    present_t = t[0, 1:].flatten(1).any(1).numpy()
-    hd[~(present_p & present_t)] = np.nan  # HD is undefined unless both have the label
-    return dice, hd
+    return dice_per_class(pred, truth, num_classes), hd95_per_class(pred, truth, num_classes, spacing_zyx)
 
 
 def _predictor(model: str, threads: int, postprocessing: dict | None):
@@ -171,3 +158,148 @@ def figure(rows, names, cases, predict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- CT models through the engine (model cards)
+#: the shared real data of a development checkout (the CT card figures need it; absent data is skipped)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def engine_predict(card, slices_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0), postprocess: bool = True,
+                   threads: int = 1) -> np.ndarray:
+    """Labels for slices already in radiological view (LPS grid, identity direction) via ``segment_image``.
+    ``postprocess=False`` for stacks of scattered slices, where 3D connected components mean nothing."""
+    from .inference import segment_image
+    from .registry import ModelCard
+
+    if not postprocess:
+        card = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(slices_zyx))
+    image.SetSpacing([float(s) for s in spacing_xyz])
+    result = segment_image(image, card, threads=threads)
+    return sitk.GetArrayFromImage(result.labelmap)
+
+
+def summarise_slices(rows: list[dict]) -> dict:
+    """Mean per-case Dice (NaN-aware), pooled Dice over all slices and the mean per-slice Dice."""
+    case = np.array([r["dice"] for r in rows], float)
+    inter = sum(r["inter"] for r in rows)
+    total = sum(r["total"] for r in rows)
+    per_slice = np.concatenate([r["slice_dice"] for r in rows]) if rows else np.array([])
+    return {"cases": len(rows), "slices": int(per_slice.size),
+            "dice_mean_per_case": round(float(np.nanmean(case)), 4) if rows else None,
+            "dice_sd_per_case": round(float(np.nanstd(case)), 4) if rows else None,
+            "dice_pooled": round(2.0 * inter / total, 4) if total else None,
+            "dice_mean_per_slice": round(float(np.nanmean(per_slice)), 4) if per_slice.size else None}
+
+
+def _row(name, pred, truth) -> dict:
+    p, t = pred > 0, truth > 0
+    return {"case": name, "dice": dice(p, t), "inter": int(np.logical_and(p, t).sum()), "total": int(p.sum() + t.sum()),
+            "slice_dice": np.array([dice(a, b) for a, b in zip(p, t)])}
+
+
+def eval_npz_split(card, cfg: dict, split: str, threads: int = 1, noise_sd: float = 0.0) -> dict:
+    """Held-out 8-bit slices (real geometry only), one case per volume/patient, no 3D post-processing.
+    ``noise_sd``: add Gaussian noise of that many HU (fixed seed) first, as on a grainy low-dose scan."""
+    from .data import ct2d
+
+    dcfg = cfg["data"]
+    names = ct2d.split_ids(ct2d.dataset_ids(dcfg), dcfg["holdout"])[split]
+    files = ct2d._npz_files(Path(dcfg["dataset"]))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in names:
+        with np.load(files[n]) as f:
+            keep = f["crop_margin"] == 0 if "crop_margin" in f.files else np.ones(len(f["image"]), bool)
+            image, label = f["image"][keep], f["label"][keep]
+        if noise_sd:
+            image = np.clip(image + rng.normal(0.0, noise_sd, image.shape), 0, 255).astype(np.int16)
+        if len(image):
+            rows.append(_row(n, engine_predict(card, image, postprocess=False, threads=threads), label))
+    out = summarise_slices(rows)
+    out["per_case"] = {r["case"]: round(r["dice"], 4) for r in rows}
+    return out
+
+
+def eval_nih_hu(card, threads: int = 1) -> dict:
+    """The true-HU NIH slices (int16), flipped on axis 1 into radiological view as the data README says."""
+    rows = []
+    for p in sorted((SHARED / "nih_pancreas").glob("PANCREAS_*.npz")):
+        with np.load(p) as f:
+            image, label = np.flip(f["image"], 1), np.flip(f["label"], 1)
+        rows.append(_row(p.stem, engine_predict(card, image.astype(np.int16), postprocess=False, threads=threads),
+                         label))
+    out = summarise_slices(rows)
+    out["per_case"] = {r["case"]: round(r["dice"], 4) for r in rows}
+    return out
+
+
+def totalseg_class_names(map_name: str) -> dict[int, str]:
+    """A TotalSegmentator class map ("total_v1", "total") from the shared copy of its map_to_binary.py."""
+    import ast
+
+    tree = ast.parse((SHARED / "totalseg_example" / "map_to_binary.py.txt").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "class_map":
+            return ast.literal_eval(node.value)[map_name]
+    raise KeyError("class_map")
+
+
+def eval_volume(card, image_path, label_path, values, threads: int = 1, class_names: dict | None = None) -> dict:
+    """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ).
+    With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong)."""
+    from .inference import segment_image
+
+    image = sitk.ReadImage(str(image_path))
+    # The reference may be stored on a differently oriented grid (the DICOM series' NIfTI label is y-flipped):
+    # compare in physical space, the label resampled (nearest) onto the image grid.
+    reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
+                                                     sitk.sitkNearestNeighbor, 0))
+    truth = np.isin(reference, list(values))
+    pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
+    z_truth = truth.any(axis=(1, 2))
+    z_pred = pred.any(axis=(1, 2))
+    out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
+           "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
+           "false_positive_slices": int((z_pred & ~z_truth).sum())}
+    if class_names is not None and pred.any():
+        found, counts = np.unique(reference[pred], return_counts=True)
+        order = np.argsort(-counts)[:3]
+        out["prediction_lies_on"] = {class_names.get(int(found[i]), "background" if found[i] == 0 else str(found[i])):
+                                     int(counts[i]) for i in order}
+    return out
+
+
+def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=("test",)) -> dict:
+    report = {"model": card.id}
+    if cfg is not None and cfg["data"].get("holdout"):
+        for s in splits:
+            report[f"{s}_8bit"] = eval_npz_split(card, cfg, s, threads)
+        if "test" in splits:
+            report["test_8bit_noise30"] = eval_npz_split(card, cfg, "test", threads, noise_sd=30.0)
+    ts = SHARED / "totalseg_example"
+    if organ == "pancreas" and (SHARED / "nih_pancreas").is_dir():
+        report["nih_true_hu"] = eval_nih_hu(card, threads)
+    if ts.is_dir():
+        v1 = {"liver": [5], "pancreas": [10]}[organ]
+        v2 = {"liver": [5], "pancreas": [7]}[organ]
+        report["totalseg_ct_3mm_vs_auto_v1"] = eval_volume(card, ts / "example_ct.nii.gz",
+                                                           ts / "example_seg_v1_full_5de6e4d.nii.gz", v1, threads,
+                                                           totalseg_class_names("total_v1"))
+        from .io import read_image
+
+        series = read_image(ts / "example_ct_dicom")
+        tmp = Path("/tmp") / f"lightseg_eval_{card.id}_dicom.nii.gz"
+        sitk.WriteImage(series, str(tmp))
+        report["totalseg_dicom_20slices_vs_auto_v2"] = eval_volume(card, tmp, ts / "example_seg_dicom.nii.gz", v2,
+                                                                   threads, totalseg_class_names("total"))
+    dq = SHARED / "dcmqi_ct3slice"
+    if organ == "liver" and dq.is_dir():
+        from .io import read_image
+
+        series = read_image(dq)
+        tmp = Path("/tmp") / f"lightseg_eval_{card.id}_dcmqi.nii.gz"
+        sitk.WriteImage(series, str(tmp))
+        report["dcmqi_3slices_vs_semiauto"] = eval_volume(card, tmp, dq / "liver_seg.nrrd", [1], threads)
+    return report

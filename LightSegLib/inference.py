@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from . import postprocess, preprocess
 from .errors import Cancelled, LightSegError, LightSegWarning
+from .stages import INFER, POSTPROCESS
 from .io import check_intensities
 from .registry import ModelCard, get_model
 
@@ -130,7 +131,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     t_pre = t_net = t_back = 0.0
-    report(0.0, "infer")
+    report(0.0, INFER)
     for start in range(0, depth, batch):
         if cancelled():
             raise Cancelled("cancelled")
@@ -147,13 +148,13 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
         t = time.perf_counter()
         labels[start:stop] = geometry.labels_from_model(logits)
         t_back += time.perf_counter() - t
-        report(stop / depth, "infer")
+        report(stop / depth, INFER)
     seconds.update(preprocess=t_pre, infer=t_net, resample=t_back)
 
     if cancelled():
         raise Cancelled("cancelled")
     t = time.perf_counter()
-    report(1.0, "postprocess")
+    report(1.0, POSTPROCESS)
     labels = np.ascontiguousarray(orientation.invert(labels))
     postprocess.apply(labels, card.postprocessing)
     out = sitk.GetImageFromArray(labels)

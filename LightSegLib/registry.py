@@ -17,10 +17,21 @@ from .errors import LightSegError
 STATUSES = ("stable", "preview", "reference")
 
 
+def _resources_dir() -> Path:
+    """``Resources`` inside the package (a wheel), else beside it (a source checkout, the Slicer extension)."""
+    package = Path(__file__).resolve().parent
+    inside = package / "Resources"
+    return inside if (inside / "Models" / "models.json").is_file() else package.parent / "Resources"
+
+
+RESOURCES = _resources_dir()
+SAMPLES_DIR = RESOURCES / "Samples"
+
+
 def models_dir() -> Path:
-    """``$LIGHTSEG_MODELS_DIR``, else ``Resources/Models`` beside the package (source tree and Slicer install)."""
+    """``$LIGHTSEG_MODELS_DIR``, else the shipped ``Resources/Models``."""
     env = os.environ.get("LIGHTSEG_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return Path(env) if env else RESOURCES / "Models"
 
 
 def sha256_of(path: Path) -> str:
@@ -70,7 +81,7 @@ class ModelCard:
         return path
 
 
-SCHEMA = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "models.schema.json"
+SCHEMA = RESOURCES / "Models" / "models.schema.json"
 
 
 def _schema() -> dict:

@@ -27,3 +27,19 @@ def quantiser(tmp_path, monkeypatch):
     folder = make_model_folder(tmp_path / "models")
     monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(folder))
     return folder
+
+
+def segment_path_modules(tmp_path: Path) -> dict[str, str | None]:
+    """Every module loaded by ``lightseg segment`` as the Slicer logic runs it (its own process, the bundled MRI
+    sample, the shipped cardiac model, JSON progress), by name, with its file."""
+    import json
+    import subprocess
+
+    sample = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+    args = ["segment", "--model", "cardiac-acdc", "--progress", "jsonl", "--threads", "1", str(sample),
+            str(tmp_path / "labels.nrrd")]
+    code = ("import json, sys; from LightSegLib.cli import main; code = main(sys.argv[1:]); "
+            "print(json.dumps({n: getattr(m, '__file__', None) for n, m in sys.modules.items()})); sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])

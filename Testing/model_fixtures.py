@@ -3,7 +3,8 @@
 Its logits are lines ``k * x - k^2 / (2 (K - 1))`` of the normalised centre-slice intensity ``x``, so the
 predicted label is ``round(x * (K - 1))``: every step of the pipeline (orientation, normalisation,
 resampling, 2.5D context, back to the grid) can be checked against a prediction computed independently.
-The default window [0, 97] HU puts no integer intensity on a tie between two labels.
+The default window [0, 97] HU puts no integer intensity on a tie between two labels. With ``values`` only those
+label values (and background) compete, so the labels need not be 1..N: the prediction is the nearest of them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ TERMINOLOGY = {"contextName": "Segmentation category and type - DICOM master lis
                "type": ["SCT", "10200004", "Liver"]}
 
 
-def quantiser_onnx(path: Path, num_classes: int = 4, context: int = 0) -> None:
+def quantiser_onnx(path: Path, num_classes: int = 4, context: int = 0, values: list[int] | None = None) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -26,6 +27,8 @@ def quantiser_onnx(path: Path, num_classes: int = 4, context: int = 0) -> None:
     weight = np.zeros((num_classes, channels, 1, 1), np.float32)
     weight[:, context, 0, 0] = k
     bias = (-(k ** 2) / (2 * (num_classes - 1))).astype(np.float32)
+    if values is not None:
+        bias[[c for c in range(1, num_classes) if c not in values]] = -1e4
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "W", "B"], ["logits"])],
         "quantiser",
@@ -41,19 +44,22 @@ def quantiser_onnx(path: Path, num_classes: int = 4, context: int = 0) -> None:
 
 def make_model_folder(folder: Path, *, model_id: str = "test-quantiser", num_classes: int = 4, context: int = 0,
                       orientation: str = "LPS", inplane: dict | None = None, normalization: dict | None = None,
-                      postprocessing: dict | None = None, modality: str = "CT") -> Path:
+                      postprocessing: dict | None = None, modality: str = "CT",
+                      values: list[int] | None = None) -> Path:
     """A registry folder holding one quantiser model; point LIGHTSEG_MODELS_DIR at it."""
     from LightSegLib.registry import register_model, sha256_of
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"{model_id}.onnx"
-    quantiser_onnx(onnx_path, num_classes, context)
+    if values is not None:
+        num_classes = max(values) + 1
+    quantiser_onnx(onnx_path, num_classes, context, values)
     colours = [[221, 130, 101], [181, 85, 57], [206, 110, 84], [152, 55, 13], [249, 180, 111]]
     register_model({
         "id": model_id, "title": "Intensity quantiser (test)", "task": "test", "modality": modality,
         "status": "preview",
         "labels": [{"value": v, "name": f"level {v}", "color": colours[(v - 1) % len(colours)],
-                    "terminology": TERMINOLOGY} for v in range(1, num_classes)],
+                    "terminology": TERMINOLOGY} for v in values or range(1, num_classes)],
         "input": {"orientation": orientation, "inplane": inplane or {"mode": "keep"}, "context_slices": context,
                   "batch_slices": 4},
         "normalization": normalization or {"type": "window", "window": [0, 97]},
@@ -65,9 +71,13 @@ def make_model_folder(folder: Path, *, model_id: str = "test-quantiser", num_cla
     return folder
 
 
-def expected_labels(array: np.ndarray, lo: float = 0, hi: float = 97, num_classes: int = 4) -> np.ndarray:
+def expected_labels(array: np.ndarray, lo: float = 0, hi: float = 97, num_classes: int = 4,
+                    values: list[int] | None = None) -> np.ndarray:
     x = (np.clip(array.astype(np.float64), lo, hi) - lo) / (hi - lo)
-    return np.round(x * (num_classes - 1)).astype(np.uint8)
+    if values is None:
+        return np.round(x * (num_classes - 1)).astype(np.uint8)
+    levels = np.array([0, *values])
+    return levels[np.abs(x[..., None] * max(values) - levels).argmin(-1)].astype(np.uint8)
 
 
 def read_registry_json(folder: Path) -> dict:

@@ -28,9 +28,12 @@ def by_hand(ed_path, es_path):
             "rv_ef_percent": 100 * (rv_edv - rv_esv) / rv_edv, "lv_myocardial_mass_g": (ed == 2).sum() * ml * 1.05}
 
 
-@pytest.mark.parametrize("patient", ["patient028", "patient085", "patient019"])
+@pytest.mark.parametrize("patient", ["patient002", "patient028", "patient085", "patient019"])
 def test_function_matches_hand_computation_on_validation_labels(patient):
-    ed, es = (shared(f"acdc/labelsTr/{patient}_frame0{i}.nii.gz") for i in (1, 2))
+    if patient == "patient002":  # bundled
+        ed, es = SAMPLES / "acdc_patient002_ED_label.nii.gz", SAMPLES / "acdc_patient002_ES_label.nii.gz"
+    else:
+        ed, es = (shared(f"acdc/labelsTr/{patient}_frame0{i}.nii.gz") for i in (1, 2))
     result = cardiac_function(sitk.ReadImage(str(ed)), sitk.ReadImage(str(es))).as_dict()
     for key, value in by_hand(ed, es).items():
         assert result[key] == pytest.approx(value, rel=1e-9), key

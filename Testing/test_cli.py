@@ -239,3 +239,34 @@ def test_ct_given_to_an_mri_model_is_flagged(tmp_path, monkeypatch, capsys):
     ct = REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz"
     assert main(["segment", "--model", "test-quantiser", str(ct), str(tmp_path / "o.nrrd")]) == 0
     assert "look like CT" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import LightSegLib
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"lightseg {LightSegLib.__version__}"
+
+
+def test_models_table_shows_version_and_the_whole_licence(capsys, monkeypatch):
+    """A licence cut short hides its restrictions ("non-commercial"): the table wraps it in full."""
+    from LightSegLib.registry import list_models
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines[0].index("licence")
+    licences = " ".join(line[start:].strip() for line in lines[1:])
+    for card in list_models():
+        assert any(line.split()[:2] == [card.id, card.version] for line in lines[1:]), card.id
+        assert " ".join(card.licence.split()) in licences, card.id
+
+
+def test_help_lists_every_command():
+    from LightSegLib.cli import COMMANDS
+
+    run = run_cli("--help")
+    assert run.returncode == 0, run.stderr
+    listed = run.stdout.split("COMMAND", 1)[1]
+    assert all(name in listed for name in COMMANDS), run.stdout

@@ -18,17 +18,16 @@ sitk = pytest.importorskip("SimpleITK")
 
 @pytest.fixture
 def tiny_msd_liver(tmp_path):
-    """Two MSD-style volumes (HU, the file's own LPS direction) cut from the TotalSegmentator CT where liver is,
-    labelled with MSD values: 1 = liver (TotalSegmentator v1 5), 2 = gallbladder (v1 4) standing in for the
-    'tumour' value that must merge into liver."""
-    ts = shared("totalseg_example")
-    ct = sitk.ReadImage(str(ts / "example_ct.nii.gz"))
-    seg = sitk.ReadImage(str(ts / "example_seg_v1_full_5de6e4d.nii.gz"))
+    """Two MSD-style volumes (HU, the file's own LPS direction) cut from the bundled TotalSegmentator CT where liver
+    is, labelled with MSD values: 1 = liver (TotalSegmentator 5), 2 = gallbladder (4) standing in for the 'tumour'
+    value that must merge into liver."""
+    ct = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    seg = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_seg_sm.nii.gz"))
     root = tmp_path / "Task03_Liver_tiny"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     entries = []
-    for i, (z0, z1) in enumerate(((84, 90), (90, 96))):
+    for i, (z0, z1) in enumerate(((2, 8), (8, 14))):  # slices 84-96 of the full example CT
         image = ct[:, :, z0:z1]
         v1 = sitk.GetArrayFromImage(seg[:, :, z0:z1])
         msd = np.zeros_like(v1, dtype=np.uint8)
@@ -62,14 +61,14 @@ def tiny_config(path: Path, base: str) -> Path:
 
 
 def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
+    from LightSegLib.cli import main
     from LightSegLib.data import ct2d, msd
-    from LightSegLib.train import ct
     from LightSegLib.train.config import load_config, prep_spec
 
     cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
     run = tmp_path / "run"
     original = msd.load_split
-    assert ct.main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
+    assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
     assert msd.load_split is original  # the hook is undone after training
     for name in ("best.pt", "last.pt", "log.csv", "config.toml", "split.json", "summary.json"):
         assert (run / name).is_file(), name
@@ -305,7 +304,7 @@ def test_noise_check_is_repeatable_and_costs_dice():
     shared("lits_liver_2d")
     from LightSegLib.registry import get_model
     from LightSegLib.train.config import load_config
-    from LightSegLib.train.ct import eval_npz_split
+    from LightSegLib.evaluate import eval_npz_split
 
     card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
@@ -334,7 +333,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     import shutil
 
     from LightSegLib.registry import get_model
-    from LightSegLib.train.ct import recard
+    from LightSegLib.publish import recard
 
     models = REPO / "Resources" / "Models"
     for name in ("models.json", f"{model_id}.onnx", f"{model_id}.eval.json", f"{model_id}.md"):
@@ -361,7 +360,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
 def test_crossval_sentence_names_the_recipe_it_ran():
     """A cross-validation of the full recipe (epochs + pruning stage) must not be described as 'training stage
     alone', and its command must be the one that reruns it."""
-    from LightSegLib.train.ct import crossval_markdown
+    from LightSegLib.publish import crossval_markdown
 
     cv = {"config": "configs/x.toml", "folds": 3, "minutes_per_fold": None, "epochs_per_fold": 87,
           "prune": "--importance l1 --ratio 0.3", "cases": 82, "fold_means": [0.95, 0.93, 0.94],
@@ -443,7 +442,7 @@ def test_crossval_compare_pairs_cases_across_folds():
 
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
-    from LightSegLib.train.ct import totalseg_class_names
+    from LightSegLib.evaluate import totalseg_class_names
 
     v1, v2 = totalseg_class_names("total_v1"), totalseg_class_names("total")
     assert (v1[5], v1[10], v1[9]) == ("liver", "pancreas", "portal_vein_and_splenic_vein")
@@ -454,19 +453,19 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     """The CPRUN chain of pancreas-ct (train a teacher, prune-ct + reconstruct, lightseg distill from the rebuilt
     net): the card's 'how it was made' lines follow the distilled checkpoint back to the teacher's run."""
     from LightSegLib.cli import main
-    from LightSegLib.train import ct
+    from LightSegLib.publish import training_markdown
 
     cfg = str(tiny_config(tmp_path / "liver.toml", "liver_msd.toml"))
     data = str(tiny_msd_liver)
     teacher = tmp_path / "teacher"
-    assert ct.main(["train", "--config", cfg, "--data", data, "--out", str(teacher)]) == 0
+    assert main(["train", "--config", cfg, "--data", data, "--out", str(teacher)]) == 0
     pruned = tmp_path / "cprun.pt"
-    assert ct.main(["prune-ct", "--config", cfg, str(teacher / "best.pt"), "--importance", "l1", "--ratio", "0.5",
-                    "--reconstruct-iters", "1", "--threads", "1", "--data", data, "--out", str(pruned)]) == 0
+    assert main(["prune-ct", "--config", cfg, str(teacher / "best.pt"), "--importance", "l1", "--ratio", "0.5",
+                 "--reconstruct-iters", "1", "--threads", "1", "--data", data, "--out", str(pruned)]) == 0
     kd = tmp_path / "kd"
     assert main(["distill", "--teacher", str(teacher / "best.pt"), "--student", str(pruned), "--config", cfg,
                  "--data", data, "--methods", "logit", "--iters", "3", "--threads", "1", "--out", str(kd)]) == 0
-    lines = ct.training_markdown(kd / "best.pt").splitlines()
+    lines = training_markdown(kd / "best.pt").splitlines()
     assert len(lines) == 3
     trained = json.loads((teacher / "summary.json").read_text())
     assert lines[0].startswith("  - Training: ") and f"{trained['iterations']} iterations of 2 slices" in lines[0]
@@ -478,4 +477,4 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     assert lines[2].startswith("  - Then logit knowledge distillation from the teacher (teacher/best.pt): 3 iterations")
     (teacher / "summary.json").write_text(json.dumps({**trained, "device": "NVIDIA H200"}))  # as a GPU run records it
     assert "iterations of 2 slices in 0 minutes on one NVIDIA H200 GPU in mixed precision (" in \
-        ct.training_markdown(kd / "best.pt").splitlines()[0]
+        training_markdown(kd / "best.pt").splitlines()[0]

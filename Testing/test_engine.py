@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 import LightSegLib as L
-from conftest import REPO
+from conftest import REPO, segment_path_modules
 from LightSegLib import postprocess, preprocess
 from LightSegLib.errors import Cancelled, LightSegError
 from model_fixtures import expected_labels, make_model_folder
@@ -202,16 +202,15 @@ def test_class_argmax_matches_numpy_including_ties():
     np.testing.assert_array_equal(preprocess.argmax_classes(scores), np.argmax(scores, axis=1))
 
 
-def test_inference_path_imports_no_training_packages():
-    """`lightseg segment` and the API must start without torch, MONAI or SciPy (Slicer has none of them)."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from LightSegLib.cli import build_parser; build_parser(); import LightSegLib; "
-            "heavy = sorted({'torch', 'monai', 'scipy', 'torch_pruning', 'matplotlib'} & set(sys.modules)); "
-            "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "", f"imported at start-up: {out}"
+def test_inference_path_imports_no_training_packages(tmp_path):
+    """`lightseg segment` must run without torch, MONAI or SciPy (Slicer has none of them), and without the
+    training, compression or other commands' code."""
+    loaded = segment_path_modules(tmp_path)
+    heavy = sorted(n for n in loaded if n.split(".")[0] in ("torch", "monai", "scipy", "torch_pruning", "matplotlib"))
+    assert not heavy, f"imported by `lightseg segment`: {heavy}"
+    ours = sorted(n for n in loaded if n.startswith(("LightSegLib.train", "LightSegLib.compress", "LightSegLib.data",
+                                                      "LightSegLib.nets", "LightSegLib.export", "LightSegLib.commands.")))
+    assert ours == ["LightSegLib.commands.segment"], ours
 
 
 def test_overlay_png_shows_each_label_in_its_colour(ct, tmp_path):

@@ -1,12 +1,10 @@
 """The Slicer extension's CMake files describe what is really in the tree."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, segment_path_modules
 
 
 def cmake_list(text: str, name: str) -> list[str]:
@@ -47,15 +45,72 @@ def test_module_cmake_lists_every_script_and_resource():
         assert resource in resources
 
 
-def test_extension_ships_every_module_the_inference_path_imports():
-    """The extension installs part of LightSegLib beside the module; a module missing there breaks Slicer only."""
+def test_extension_ships_the_inference_path_and_only_it(tmp_path):
+    """The extension installs part of LightSegLib beside the module: a module missing there breaks Slicer only, and
+    training or compression code there is dead weight."""
     text = (REPO / "LightSeg" / "CMakeLists.txt").read_text()
     listed = set(cmake_list(text, "LIGHTSEGLIB_PYTHON_SCRIPTS"))
-    listed |= {str(p.relative_to(REPO)) for p in (REPO / "LightSegLib" / "commands").glob("*.py")}  # the GLOB
     assert all((REPO / item).is_file() for item in listed), sorted(i for i in listed if not (REPO / i).is_file())
-    code = ("import sys; import LightSegLib, LightSegLib.inference, LightSegLib.io; "
-            "from LightSegLib.cli import build_parser; build_parser(); "
-            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('LightSegLib')))")
-    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    imported = {str(Path(f).resolve().relative_to(REPO)) for f in files.split()}
-    assert imported <= listed, f"imported at start-up but not shipped: {sorted(imported - listed)}"
+    files = [f for n, f in segment_path_modules(tmp_path).items() if n.startswith("LightSegLib")]
+    imported = {str(Path(f).resolve().relative_to(REPO)) for f in files}
+    assert imported <= listed, f"imported by `lightseg segment` but not shipped: {sorted(imported - listed)}"
+    training = sorted(i for i in listed if i.split("/")[1] in ("train", "compress", "data", "nets"))
+    assert not training, f"training code shipped: {training}"
+
+
+def test_the_extensions_lightseg_lists_and_runs_only_what_it_ships(tmp_path):
+    """LightSegLib as the extension installs it (the listed scripts beside Resources/): `lightseg --help` lists the
+    commands that are there, and `lightseg segment` runs from it alone."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    install = tmp_path / "qt-scripted-modules"
+    for item in cmake_list((REPO / "LightSeg" / "CMakeLists.txt").read_text(), "LIGHTSEGLIB_PYTHON_SCRIPTS"):
+        (install / item).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / item, install / item)
+    (install / "Resources").symlink_to(REPO / "Resources")
+    env = {**os.environ, "PYTHONPATH": str(install)}
+    env.pop("LIGHTSEG_MODELS_DIR", None)
+
+    def lightseg(*args):
+        return subprocess.run([sys.executable, "-m", "LightSegLib.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=120)
+
+    shown = lightseg("--help")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.split("COMMAND", 1)[1]
+    assert "segment" in listed and "models" in listed and "train" not in listed and "prune" not in listed, listed
+    sample = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+    run = lightseg("segment", "--model", "cardiac-acdc", "--threads", "1", str(sample), str(tmp_path / "ed.nrrd"))
+    assert run.returncode == 0 and (tmp_path / "ed.nrrd").is_file(), run.stderr
+    where = subprocess.run([sys.executable, "-c", "import LightSegLib; print(LightSegLib.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.strip()
+    assert where == str(install / "LightSegLib" / "__init__.py")
+
+
+def test_no_library_module_imports_the_command_line():
+    """The CLI (cli.py, commands/) sits on top: below it nothing imports it (a ``python -m`` entry point's
+    ``__main__`` block is itself command line)."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "LightSegLib").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if parts[1] in ("cli", "commands"):
+            continue
+        tree = ast.parse(path.read_text())
+        main_blocks = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+                       for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in main_blocks or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(parts[:len(parts) - node.level]) + (node.module.split(".") if node.module else [])
+                targets = [".".join(base + [a.name]) for a in node.names] if not node.module else [".".join(base)]
+            else:
+                targets = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            upward += [f"{'/'.join(parts)}: {t}" for t in targets
+                       if t.startswith(("LightSegLib.cli", "LightSegLib.commands"))]
+    assert not upward, upward

@@ -5,7 +5,7 @@ training stage runs on the other folds for a fixed budget (minutes, or epochs to
 on a busy machine), optionally followed by the recipe's pruning stage (``--prune``: ``prune-ct`` options, run on
 the *last* checkpoint) and a distillation stage (``--distill``: the pruned net as student, the fold's trained net as
 teacher). The result (no selection on the fold) is exported and scored through the inference engine
-on the fold's cases, as ``train.ct publish`` scores a model. Every pool case is thus scored once, by a model that
+on the fold's cases, as ``lightseg publish`` scores a model. Every pool case is thus scored once, by a model that
 never saw it. Resumable: finished stages and folds are skipped. ``--fold K`` runs one fold, so folds can run as
 parallel processes; the summary is written once every fold is done.
 
@@ -52,7 +52,7 @@ def run_fold(args, k: int) -> dict:
     if args.prune:
         checkpoint = out / "pruned.pt"
         if not checkpoint.is_file():
-            cmd = [sys.executable, "-m", "LightSegLib.train.ct", "prune-ct", "--config", str(out / "config.toml"),
+            cmd = [sys.executable, "-m", "LightSegLib.cli", "prune-ct", "--config", str(out / "config.toml"),
                    str(out / "last.pt"), *shlex.split(args.prune), "--threads", str(args.threads),
                    "--out", str(checkpoint), "--resume"]  # an interrupted fine-tuning continues
             print(" ".join(cmd), flush=True)
@@ -72,7 +72,7 @@ def run_fold(args, k: int) -> dict:
     from LightSegLib.export import export_checkpoint
     from LightSegLib.registry import get_model
     from LightSegLib.train.config import load_config
-    from LightSegLib.train.ct import eval_npz_split
+    from LightSegLib.evaluate import eval_npz_split
 
     models = Path(args.out) / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,11 @@ A package, not a top-level ``LightSegLogic.py``: Slicer treats every ``.py`` fil
 qt-scripted-modules/ as a module and would instantiate a class named like the file as one.
 """
 # ruff: noqa: I001  (.logic must run first: it puts LightSegLib on sys.path when running from a source checkout)
-from .logic import (REQUIRED_PACKAGES, STAGE_TEXT, LightSegLogic, MissingDependencyError, OutputExistsError,
-                    SegmentationJob, missingPackages, pythonExecutable, terminologyString)
+from .logic import (REQUIRED_PACKAGES, STAGE_TEXT, JobState, LightSegLogic, MissingDependencyError,
+                    OutputExistsError, SegmentationJob, missingPackages, pythonExecutable, terminologyString)
 from .process import ProcessRunner
 from LightSegLib.errors import Cancelled, LightSegError
 
-__all__ = ["REQUIRED_PACKAGES", "STAGE_TEXT", "Cancelled", "LightSegError", "LightSegLogic", "MissingDependencyError",
-           "OutputExistsError", "ProcessRunner", "SegmentationJob", "missingPackages", "pythonExecutable",
+__all__ = ["REQUIRED_PACKAGES", "STAGE_TEXT", "Cancelled", "JobState", "LightSegError", "LightSegLogic",
+           "MissingDependencyError", "OutputExistsError", "ProcessRunner", "SegmentationJob", "missingPackages", "pythonExecutable",
            "terminologyString"]

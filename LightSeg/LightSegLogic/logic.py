@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,7 +32,9 @@ except ImportError:  # running from a source checkout: LightSegLib sits two fold
     import LightSegLib
 
 from LightSegLib.errors import LightSegError
+from LightSegLib.metrics import dice
 from LightSegLib.registry import get_model, list_models
+from LightSegLib.stages import INFER, POSTPROCESS, READ, WRITE
 
 from .process import ProcessRunner
 
@@ -39,10 +42,21 @@ from .process import ProcessRunner
 REQUIRED_PACKAGES = {"onnxruntime": "onnxruntime"}
 
 #: Where each CLI stage falls within one file's progress bar (fraction start, fraction end).
-STAGE_SPANS = {"read": (0.0, 0.05), "infer": (0.05, 0.85), "postprocess": (0.85, 0.92), "write": (0.92, 0.97)}
-STAGE_TEXT = {"starting": "Starting", "read": "Reading volume", "infer": "Running the network",
-              "postprocess": "Post-processing", "write": "Writing result", "import": "Loading result",
+STAGE_SPANS = {READ: (0.0, 0.05), INFER: (0.05, 0.85), POSTPROCESS: (0.85, 0.92), WRITE: (0.92, 0.97)}
+STAGE_TEXT = {"starting": "Starting", READ: "Reading volume", INFER: "Running the network",
+              POSTPROCESS: "Post-processing", WRITE: "Writing result", "import": "Loading result",
               "done": "Done", "failed": "Failed", "cancelled": "Cancelled"}
+
+
+class JobState(str, Enum):
+    """A job's state; a str, so it compares and prints as its value."""
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
 
 SEGMENTATION_MODEL_ATTRIBUTE = "LightSeg.ModelId"
 
@@ -68,7 +82,7 @@ class SegmentationJob:
     int8: bool = False
     sequenceNodeID: str | None = None
     browserNodeID: str | None = None
-    state: str = "running"  # running | done | failed | cancelled
+    state: JobState = JobState.RUNNING
     stage: str = "starting"
     progress: float = 0.0
     message: str = ""
@@ -83,15 +97,15 @@ class SegmentationJob:
 
     @property
     def finished(self) -> bool:
-        return self.state != "running"
+        return self.state != JobState.RUNNING
 
     def statusText(self) -> str:
         text = STAGE_TEXT.get(self.stage, self.stage)
-        if self.state == "running":
+        if self.state == JobState.RUNNING:
             if len(self.frames) > 1:
                 text += f" (frame {min(len(self.summaries) + 1, len(self.frames))} of {len(self.frames)})"
             return f"{text}... {self.elapsed:.1f} s"
-        if self.state == "done":
+        if self.state == JobState.DONE:
             stages = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
             return f"Done in {self.elapsed:.1f} s ({stages})" + "".join(f"\nNote: {n}" for n in self.notes)
         return f"{text}: {self.message}" if self.message else text
@@ -338,13 +352,13 @@ class LightSegLogic:
                         "memory, close other programs or crop the volume")
             else:
                 tail = stderr[-1] if stderr else f"exit code {code}"
-            self._finish(job, "failed", tail)
+            self._finish(job, JobState.FAILED, tail)
             return job
         job.stage = "import"
         try:
             job.resultNodeID = self._importResults(job).GetID()
         except Exception as err:  # a failed import must still end the job and clean up
-            self._finish(job, "failed", str(err))
+            self._finish(job, JobState.FAILED, str(err))
             raise
         seconds: dict = {}
         for summary in job.summaries:
@@ -352,7 +366,7 @@ class LightSegLogic:
                 seconds[key] = seconds.get(key, 0.0) + value
         job.seconds = seconds
         job.progress = 1.0
-        self._finish(job, "done", "")
+        self._finish(job, JobState.DONE, "")
         return job
 
     def cancel(self, job: SegmentationJob) -> None:
@@ -360,10 +374,10 @@ class LightSegLogic:
         if job.finished:
             return
         job.runner.cancel()
-        self._finish(job, "cancelled", "cancelled by the user")
+        self._finish(job, JobState.CANCELLED, "cancelled by the user")
 
     @staticmethod
-    def _finish(job: SegmentationJob, state: str, message: str) -> None:
+    def _finish(job: SegmentationJob, state: JobState, message: str) -> None:
         job.state, job.message = state, message
         job.stage = state
         job.elapsed = time.perf_counter() - job.startTime
@@ -392,8 +406,8 @@ class LightSegLogic:
             raise
         if progress is not None:
             progress(job)
-        if job.state != "done":
-            raise LightSegError(job.message or job.state)
+        if job.state != JobState.DONE:
+            raise LightSegError(job.message or str(job.state))
         self.lastJob = job
         return self.scene.GetNodeByID(job.resultNodeID)
 
@@ -574,7 +588,8 @@ class LightSegLogic:
         return self.labelArray(segmentationNode, referenceVolumeNode, self.CARDIAC_NAMES)
 
     def diceScores(self, segmentationNode, referenceLabelPath, modelId: str, referenceVolumeNode) -> dict:
-        """Dice of each model label against a reference labelmap file on the volume's grid (the self-test)."""
+        """Dice of each model label against a reference labelmap file on the volume's grid (the self-test); NaN for a
+        structure in neither (LightSegLib.metrics)."""
         card = get_model(modelId)
         reference = slicer.vtkMRMLLabelMapVolumeNode()
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -588,12 +603,7 @@ class LightSegLogic:
         truth = truth.reshape(dims[2], dims[1], dims[0])
         names = {label["name"]: label["value"] for label in card.labels}
         predicted = self.labelArray(segmentationNode, referenceVolumeNode, names)
-        scores = {}
-        for name, value in names.items():
-            a, b = predicted == value, truth == value
-            total = int(a.sum()) + int(b.sum())
-            scores[name] = 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-        return scores
+        return {name: dice(predicted == value, truth == value) for name, value in names.items()}
 
     def cardiacFunction(self, edSegmentationNode, esSegmentationNode, referenceVolumeNode, tableNode=None):
         """LV/RV volumes, stroke volumes, EF and LV mass (LightSegLib.cardiac) into a table node."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "Resources" / "Samples"
+from ..registry import SAMPLES_DIR as SAMPLES
 
 # sample -> (modality, reference labelmap, {model label value: reference label value} per task)
 CASES = {
@@ -24,14 +23,10 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
 def run(args) -> int:
     from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
+    from ..metrics import dice
     from ..overlay import overlay_png
     from ..registry import list_models
 

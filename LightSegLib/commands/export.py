@@ -1,9 +1,9 @@
 """``lightseg export CHECKPOINT --out FILE.onnx [--register ID --card CARD.json]``."""
 from __future__ import annotations
 
-from pathlib import Path
+from ..registry import SAMPLES_DIR
 
-DEFAULT_PARITY = Path(__file__).resolve().parents[2] / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+DEFAULT_PARITY = SAMPLES_DIR / "acdc_patient002_ED.nii.gz"
 
 
 def register(sub) -> None:

@@ -1,7 +1,9 @@
-"""``lightseg models``: what is registered, with size, cost, status and licence."""
+"""``lightseg models``: what is registered, with version, size, cost, status and licence."""
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 
 
 def register(sub) -> None:
@@ -25,15 +27,21 @@ def run(args) -> int:
     if not cards:
         print("no models registered")
         return 0
-    rows = [("id", "status", "task", "modality", "params", "MACs/slice", "file", "licence")]
+    rows = [("id", "version", "status", "task", "modality", "params", "MACs/slice", "file", "licence")]
     for card in cards:
         info = describe(card)
         size = f"{info['file_bytes'] / 1e6:.2f} MB" if info["file_bytes"] else "missing"
         if card.has_int8() and card.path("int8_file").is_file():
             size += f" (int8 {card.path('int8_file').stat().st_size / 1e6:.2f} MB)"
-        rows.append((card.id, card.status, card.task, card.modality, f"{card.params:,}", f"{card.macs / 1e6:.0f} M",
-                     size, card.licence.split(";")[0][:40]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        rows.append((card.id, card.entry.get("version", "-"), card.status, card.task, card.modality,
+                     f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size, card.licence))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    # The licence in full (its restrictions matter), wrapped under its own column.
+    wrap = max(30, shutil.get_terminal_size((120, 24)).columns - indent)
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines = textwrap.wrap(row[-1], wrap) or [""]
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + lines[0])
+        for line in lines[1:]:
+            print(" " * indent + line)
     return 0

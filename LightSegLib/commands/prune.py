@@ -12,9 +12,16 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    add_arguments(sub.add_parser("prune", help="prune channels (Torch-Pruning) and rebuild a narrow net, or "
+                                               "Ghost-convert")).set_defaults(func=run)
+    # The CT models' recipes (registry `reproduce` strings) name this one.
+    add_arguments(sub.add_parser("prune-ct", help="lightseg prune with the CT data readers for its fine-tuning "
+                                                  "(--config: a liver or pancreas config)")).set_defaults(func=run_ct)
+
+
+def add_arguments(p):
     from ._compress_common import add_device_argument
 
-    p = sub.add_parser("prune", help="prune channels (Torch-Pruning) and rebuild a narrow net, or Ghost-convert")
     p.add_argument("checkpoint", help="training checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="checkpoint to write (exportable with 'lightseg export')")
     p.add_argument("--importance", choices=("l1", "bn", "taylor"), default="l1")
@@ -41,7 +48,18 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted fine-tuning from the OUT.*.state.pt files (saved every 100 iterations)")
     add_device_argument(p)  # fine-tuning; pruning itself runs on the CPU
-    p.set_defaults(func=run)
+    return p
+
+
+def run_ct(args) -> int:
+    from ..data import ct2d
+    from ..errors import LightSegError
+    from ..train.config import load_config
+
+    if not args.config:
+        raise LightSegError("prune-ct needs --config (the CT model's training config)")
+    with ct2d.trainer_data_hook(load_config(args.config)):
+        return run(args)
 
 
 def run(args) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import LightSegError
+from ..stages import INFER, READ, WRITE
 
 FORMATS = ("nii.gz", "nrrd", "mha", "seg.nrrd")
 
@@ -159,7 +160,7 @@ class Reporter:
     def __call__(self, fraction: float, stage: str) -> None:
         if self.mode == "jsonl":
             now = time.monotonic()
-            if fraction >= 1.0 or stage != "infer" or now - self.last > 0.2:
+            if fraction >= 1.0 or stage != INFER or now - self.last > 0.2:
                 self.last = now
                 print(json.dumps({"stage": stage, "progress": round(fraction, 4)}), flush=True)
         elif self.bar is not None:
@@ -185,7 +186,7 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     reporter = Reporter(args.progress, source.name)
     try:
         t = time.perf_counter()
-        reporter(0.0, "read")
+        reporter(0.0, READ)
         notes: list[str] = []
         image = read_image(source, frame=frame, notes=notes, allow_gaps=args.allow_gaps)
         read_s = time.perf_counter() - t
@@ -195,9 +196,9 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
         result = segment_image(image, card, _RUNNERS[key], progress=reporter)
         notes += result.notes
         t = time.perf_counter()
-        reporter(1.0, "write")
+        reporter(1.0, WRITE)
         write_output(result.labelmap, target, card.labels, overwrite=args.overwrite, notes=notes)
-        seconds = {"read": read_s, **result.seconds, "write": time.perf_counter() - t}
+        seconds = {READ: read_s, **result.seconds, WRITE: time.perf_counter() - t}
     finally:
         reporter.close()
     if not any(result.voxels.values()):

@@ -6,6 +6,7 @@ import torch
 
 from .. import preprocess
 from ..data.msd import Case
+from ..metrics import dice_per_class
 
 
 @torch.no_grad()
@@ -22,17 +23,6 @@ def predict_case(net, case: Case, device, batch: int = 8, context: int = 0) -> n
         logits = net(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float().cpu().numpy()
         out.append(case.geometry.labels_from_model(logits))
     return np.concatenate(out, axis=0)
-
-
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """3D Dice per foreground class with MONAI's DiceMetric (NaN where a class is absent from both)."""
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
-
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    p = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], num_classes)
-    t = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], num_classes)
-    return metric(p, t)[0].numpy()
 
 
 def validate(net, cases: list[Case], num_classes: int, device, context: int = 0) -> dict:

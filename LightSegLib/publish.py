@@ -1,0 +1,229 @@
+"""Publishing a CT model: export its checkpoint, register it, evaluate it through the engine and write its card
+(``configs/cards/ID.md.in`` -> ``Resources/Models/ID.md``, every figure computed, none typed in); ``--card-only``
+re-renders a card from ``ID.eval.json``. The command is ``lightseg publish``."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+
+def figures_markdown(report: dict) -> str:
+    """The measured part of a model card, from an ``evaluate_model`` report (nothing typed in by hand)."""
+    lines = ["| data | what | Dice |", "|---|---|---|"]
+    for key, label in (("val_8bit", "validation split (model selection), 8-bit slices"),
+                       ("test_8bit", "held-out test split, 8-bit slices"),
+                       ("test_8bit_noise30", "the same test slices with Gaussian noise of 30 HU added (seed 0), "
+                                             "as on a grainy low-dose scan")):
+        r = report.get(key)
+        if r:
+            lines.append(f"| {label} | {r['cases']} cases, {r['slices']} slices, no 3D post-processing | "
+                         f"{r['dice_mean_per_case']} +- {r['dice_sd_per_case']} per case; {r['dice_pooled']} pooled; "
+                         f"{r['dice_mean_per_slice']} per slice |")
+    r = report.get("nih_true_hu")
+    if r:
+        lines.append(f"| NIH true-HU slices (int16 HU, flipped into radiological view), test patients "
+                     f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
+                     f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
+                     f" {r['dice_pooled']} pooled |")
+    for key, label in (("totalseg_ct_3mm_vs_auto_v1", ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
+                        "automatic v1 map; its organ-free slices were training negatives")),
+                       ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
+                        "vs its automatic v2 map")),
+                       ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
+        r = report.get(key)
+        if r:
+            lies = ""
+            if r.get("prediction_lies_on"):
+                lies = "; the prediction lies on " + ", ".join(f"{k} {v}" for k, v in r["prediction_lies_on"].items())
+                lies += " voxels of the reference map"
+            lines.append(f"| {label} | full engine, 3D post-processing; {r['slices_with_organ_pred']} slices with "
+                         f"prediction vs {r['slices_with_organ_ref']} in the reference, "
+                         f"{r['false_positive_slices']} false-positive slices{lies} | {r['dice']} |")
+    return "\n".join(lines)
+
+
+def training_markdown(checkpoint) -> str:
+    """How the shipped checkpoint was made (card sub-bullets), read from the run folders (summary.json, config.toml and a pruned
+    checkpoint's compression report), so a republished card never carries the previous run's numbers."""
+    import torch
+
+    from .train.config import load_config
+
+    def run_line(run: Path) -> str:
+        summary, cfg = json.loads((run / "summary.json").read_text()), load_config(run / "config.toml")
+        t, device = cfg["train"], summary.get("device", "cpu")
+        where = (f"on one {device} GPU in mixed precision" if device != "cpu" else
+                 f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''}")
+        return (f"{summary['iterations']} iterations of {t['batch_size']} slices in {summary['minutes']:.0f} minutes "
+                f"{where} "
+                f"({cfg['model']['name']} {cfg['model']['widths']}); best validation Dice "
+                f"{summary['best_val_dice_mean']:.3f} (epoch {summary['best_epoch']}, the checkpoint kept)")
+
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    kd = ckpt.get("distillation")
+    if kd and kd.get("student_init"):  # lightseg distill from a checkpoint: how that was made, then the KD
+        methods, teacher = " and ".join(kd["methods"]) or "no", Path(kd["teacher"])
+        return (training_markdown(kd["student_init"]) + f"\n  - Then {methods} knowledge distillation from the "
+                f"teacher ({teacher.parent.name}/{teacher.name}): {kd['iterations']} "
+                f"iterations in {kd['minutes']:.0f} minutes; validation Dice {kd.get('val_dice_mean', float('nan')):.3f} "
+                f"after (the last iteration is the checkpoint).")
+    report = ckpt.get("compression")
+    if not report:
+        return f"  - Training: {run_line(Path(checkpoint).parent)}."
+    lines = [f"  - Training: {run_line(Path(report['source']).parent)}."]
+    rec = report.get("reconstruct") or {}
+    tuned = rec.get("finetune") or {}
+    copied = rec.get("copied") or {}
+    importance = {"l1": "L1 filter-norm", "bn": "BN-scale", "taylor": "Taylor"}.get(report["importance"], "")
+    removed = (f"per-stage ratios {report['stage_ratios']}" if report.get("stage_ratios")
+               else f"{int(100 * report['ratio'])}% of each layer's channels")
+    lines.append(f"  - Then {importance} channel pruning ({removed} removed, widths "
+                 f"{rec.get('widths', report['widths']['stages'])}: {report['params_before']:,} -> "
+                 f"{report['params_after']:,} parameters), CPRUN reconstruction into a regular net of those widths "
+                 f"({copied.get('exact', 0)} weight tensors copied whole, {copied.get('partial', 0)} in part)"
+                 + (f" and {tuned['iterations']} iterations of fine-tuning ({tuned['minutes']:.0f} minutes"
+                    f"{'' if tuned.get('device', 'cpu') == 'cpu' else ' on the GPU'}); "
+                    f"validation Dice {tuned.get('val_dice_mean', float('nan')):.3f} after." if tuned else "."))
+    return "\n".join(lines)
+
+
+def speed_markdown(bench: dict | None, model_id: str) -> str:
+    """The card's speed section from a ``lightseg bench --json`` document that includes ``model_id``."""
+    row = next((r for r in (bench or {}).get("models", []) if r["model"] == model_id), None)
+    if row is None:
+        return ("Not measured for this model: `python benchmarks/big_ct.py --write-ct ct512.nrrd && lightseg bench "
+                f"--models {model_id} --input ct512.nrrd --repeat 3 --threads 2 --json`, passed to publish as --speed.")
+    others = ", ".join(r["model"] for r in bench["models"] if r is not row)
+    return (f"`lightseg bench --models {','.join(r['model'] for r in bench['models'])} --input {Path(bench['input']).name} "
+            f"--repeat {bench['repeat']} --threads {bench['threads']}` on a 512x512x300 int16 CT made of real slices "
+            f"stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`), each run in its own process"
+            f"{f', side by side with {others}' if others else ''}: median {row['latency_median_s']:.2f} s wall "
+            f"(min {row['latency_min_s']:.2f}, max {row['latency_max_s']:.2f}), of which the network "
+            f"{row.get('network_median_s', float('nan')):.2f} s; peak RSS {row['peak_rss_mb']:.0f} MB. Target: "
+            f"<= 10 s and <= 1.5 GB with 2 threads. Machine: 2-core shared AMD EPYC, no GPU.")
+
+
+def crossval_markdown(cv: dict | None) -> str:
+    """The card's cross-validation sentence from ``benchmarks/ct_crossval.py``'s crossval.json."""
+    if not cv:
+        return ("No cross-validation was run (CPU budget); the test figure is one split "
+                "(`benchmarks/ct_crossval.py` runs one).")
+    folds = ", ".join(f"{m:.3f}" for m in cv["fold_means"])
+    epochs, minutes, prune = cv.get("epochs_per_fold"), cv.get("minutes_per_fold"), cv.get("prune")
+    budget, stage = ((f"--epochs {epochs}", f"{epochs} epochs") if epochs else
+                     (f"--minutes {minutes:g}", f"{minutes:g} minutes"))
+    if epochs and minutes:
+        iterations = ", ".join(str(f["iterations"]) for f in cv.get("per_fold", []))
+        budget, stage = (f"{budget} --minutes {minutes:g}",
+                         f"{epochs} epochs or {minutes:g} minutes, whichever came first ({iterations} iterations)")
+    distill = cv.get("distill")
+    command = (f"python benchmarks/ct_crossval.py --config {cv['config']} --folds {cv['folds']} {budget}"
+               + (f' --prune="{prune}"' if prune else "") + (f' --distill="{distill}"' if distill else ""))
+    if prune:
+        then = f", then distillation (`{distill}`) from that checkpoint into the pruned net" if distill else ""
+        scope = (f"Each fold ran the training stage for {stage}, then the pruning stage (`{prune}`) on its last "
+                 f"checkpoint{then}, with no selection on the fold.")
+    else:
+        scope = (f"That is the config's training stage alone (no pruning, no teacher) at {stage} per fold, "
+                 f"far shorter than this model's run: it shows how the recipe varies across patients, not this "
+                 f"model's accuracy.")
+    per_case = sorted((v, c) for f in cv.get("per_fold", []) for c, v in f["per_case"].items())
+    spread = (f"median {statistics.median(v for v, _ in per_case):.3f}; lowest "
+              + ", ".join(f"{c} {v:.2f}" for v, c in per_case[:2]) + "; ") if per_case else ""
+    return (f"Cross-validated by volume / patient over the {cv['cases']} non-test cases ({cv['folds']} folds; "
+            f"`{command}`), each case scored once through the engine by a model that never saw it: "
+            f"Dice {cv['dice_mean_per_case']:.4f} +- {cv['dice_sd_per_case']:.3f} per case ({spread}fold means "
+            f"{folds}). " + scope)
+
+
+def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
+            threads: int = 1, speed: dict | None = None, crossval: dict | None = None, log=print) -> dict:
+    """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
+    in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
+    from .export import export_checkpoint
+    from .registry import SAMPLES_DIR, models_dir
+    from .train.config import load_config
+
+    folder = models_dir()
+    cfg = load_config(config_path)
+    size = cfg["data"]["inplane"].get("size", [256, 256])
+    parity = SAMPLES_DIR / "totalseg_example_ct_sm.nii.gz"
+    export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
+                      parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
+    card_text = {"training": training_markdown(checkpoint), "speed": speed_markdown(speed, model_id),
+                 "crossval": crossval_markdown(crossval)}
+    report = evaluate_and_card(model_id, card_path, cfg, threads, card_text, crossval)
+    log(json.dumps(report, indent=1))
+    return report
+
+
+def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_text: dict,
+                      crossval: dict | None = None) -> dict:
+    """Evaluate the registered model through the engine; its figures go into the registry entry, ``ID.eval.json``
+    (with the card's generated prose, so the card can be re-rendered without the run folders, and the recipe's
+    cross-validation per case) and the card."""
+    from .registry import get_model, models_dir, register_model
+    from .evaluate import evaluate_model
+
+    folder = models_dir()
+    card = get_model(model_id)
+    report = evaluate_model(card, cfg, card.task, threads, splits=("val", "test"))
+    report["card_text"] = card_text
+    if crossval is not None:
+        report["crossval"] = crossval
+    (folder / f"{model_id}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    entry = dict(card.entry)
+    metrics = dict(entry["metrics"])
+    for key in ("val_8bit", "test_8bit", "nih_true_hu"):
+        if key in report:
+            metrics[key] = {k: v for k, v in report[key].items() if k != "per_case"}
+    for key in ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "dcmqi_3slices_vs_semiauto"):
+        if key in report:
+            metrics[key] = report[key]["dice"]
+    entry["metrics"] = metrics
+    register_model(entry, folder)
+    render_card(model_id, card_path, report, entry, folder)
+    return report
+
+
+def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Path) -> None:
+    """``configs/cards/ID.md.in`` -> the registry's ``ID.md``: figures, generated prose and entry facts filled in."""
+    template = Path(card_path).with_suffix(".md.in")
+    if not template.is_file():
+        return
+    text = template.read_text().replace("{{figures}}", figures_markdown(report))
+    for key, value in report["card_text"].items():
+        text = text.replace("{{" + key + "}}", value)
+    text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
+                                                                         "input", "normalization")}, indent=1))
+    (folder / entry.get("card", f"{model_id}.md")).write_text(text)
+
+
+def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: dict | None = None,
+           crossval: dict | None = None, status: str | None = None) -> None:
+    """Re-render a published model's card from its ``ID.eval.json`` (no checkpoint needed), with a new speed
+    measurement, cross-validation result or registry status when given (a cross-validation can settle whether a
+    model meets its target); with the training config, re-evaluate the registered model first (new checks)."""
+    from .errors import LightSegError
+    from .registry import get_model, models_dir, register_model
+    from .train.config import load_config
+
+    folder = models_dir()
+    path = folder / f"{model_id}.eval.json"
+    report = json.loads(path.read_text())
+    if "card_text" not in report:
+        raise LightSegError(f"{path.name} predates --card-only: publish {model_id} again from its checkpoint")
+    text = report["card_text"]
+    if status is not None:
+        register_model({**get_model(model_id).entry, "status": status}, folder)
+    if speed is not None:
+        text["speed"] = speed_markdown(speed, model_id)
+    if crossval is not None:
+        text["crossval"] = crossval_markdown(crossval)
+        report["crossval"] = crossval
+    if config_path:
+        evaluate_and_card(model_id, card_path, load_config(config_path), threads, text, report.get("crossval"))
+        return
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    render_card(model_id, card_path, report, get_model(model_id).entry, folder)

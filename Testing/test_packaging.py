@@ -1,0 +1,81 @@
+"""The package installed the ordinary way: a wheel built from this tree, installed (not editable) into a fresh
+virtual environment with no extras, must carry the registry and the models and segment a bundled sample."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPO
+
+WHEELHOUSE = Path(os.environ.get("LIGHTSEG_WHEELHOUSE", REPO / ".venv" / "wheelhouse"))
+SAMPLE = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+
+
+# Nothing of this tree or of the test's environment may leak into the fresh one.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LIGHTSEG_MODELS_DIR")}
+
+
+def _pip(python: Path, *args: str) -> None:
+    subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", *args,
+                    "--no-index", "--find-links", str(WHEELHOUSE)], check=True, env=CLEAN_ENV,
+                   cwd=WHEELHOUSE)  # `python -m` puts the working directory on sys.path: not the source tree
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    if not any(WHEELHOUSE.glob("onnxruntime-*.whl")):
+        pytest.skip(f"needs the inference dependencies as wheels in {WHEELHOUSE} (`make env` downloads them)")
+    dist = tmp_path_factory.mktemp("dist")
+    # From a copy of the tree: an in-tree build leaves build/ behind, whose stale modules a later wheel would carry.
+    source = tmp_path_factory.mktemp("source") / "LightSeg"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "runs", "demo-output",
+                                                                "__pycache__", "*.egg-info", ".pytest_cache"))
+    _pip(Path(sys.executable), "wheel", "--no-deps", "--wheel-dir", str(dist), str(source))
+    (found,) = dist.glob("lightseglib-*.whl")
+    return found
+
+
+def test_wheel_carries_registry_models_and_samples(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    from LightSegLib.registry import list_models
+
+    shipped = {f"LightSegLib/Resources/Models/{c.entry[k]}" for c in list_models() for k in ("file", "int8_file")
+               if k in c.entry}
+    expected = shipped | {"LightSegLib/Resources/Models/models.json", "LightSegLib/Resources/Models/models.schema.json",
+                          f"LightSegLib/Resources/Samples/{SAMPLE.name}"}
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "LightSegLib").rglob("*.py")}
+    modules = {n for n in names if n.endswith(".py")}
+    assert modules == sources, f"missing: {sorted(sources - modules)}, not in the tree: {sorted(modules - sources)}"
+    assert not any(n.endswith(".pt") for n in names), "torch checkpoints do not belong in the wheel"
+
+
+@pytest.mark.slow
+def test_wheel_segments_in_a_fresh_environment(wheel, tmp_path):
+    env_dir = tmp_path / "env"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    _pip(python, "install", str(wheel))
+    out = tmp_path / "ed.nii.gz"
+    # Run from outside the source tree, so only the installed package can be imported.
+    run = subprocess.run([str(env_dir / "bin" / "lightseg"), "segment", str(SAMPLE), str(out), "--model",
+                          "cardiac-acdc", "--threads", "2"], cwd=tmp_path, env=CLEAN_ENV, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    where = subprocess.run([str(python), "-c", "import LightSegLib.registry as r, importlib.util as u; "
+                            "print(r.models_dir()); print(u.find_spec('torch') is not None)"],
+                           cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, check=True).stdout.split()
+    assert where == [str(env_dir / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+                         / "LightSegLib" / "Resources" / "Models"), "False"]
+    from LightSegLib import get_model, read_image, segment_image
+
+    expected = segment_image(read_image(SAMPLE), get_model("cardiac-acdc"), threads=2).labelmap
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(expected))
