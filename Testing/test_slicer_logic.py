@@ -505,3 +505,28 @@ def test_registered_model_in_slicer_equals_the_cli(mrml, model_id, tmp_path, mon
     for segment_id, label in zip(ids, sorted(card.labels, key=lambda x: x["value"])):
         np.testing.assert_array_equal(segment_mask(node, segment_id, volume), cli == label["value"])
     assert_same_grid(node, volume)
+
+
+def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser, tmp_path):
+    """Slicer's own reader (vtkMRMLSegmentationStorageNode) takes `lightseg segment`'s .seg.nrrd: names, colours,
+    terminology, the voxels and the input's grid."""
+    from LightSegLib.registry import get_model
+
+    out = tmp_path / "out.seg.nrrd"
+    proc = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", "test-quantiser",
+                           str(CT_SAMPLE), str(out)], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    node = mrml.segmentations.LoadSegmentationFromFile(str(out), True, "seg")
+    assert node is not None
+    expected = expected_labels(sitk.GetArrayViewFromImage(sitk.ReadImage(str(CT_SAMPLE))))
+    card = get_model("test-quantiser")
+    segs, ids = segments(node)
+    assert [s.GetName() for s in segs] == [label["name"] for label in card.labels]
+    for segment, segment_id, label in zip(segs, ids, card.labels):
+        np.testing.assert_allclose(segment.GetColor(), np.array(label["color"]) / 255.0, atol=1e-6)
+        # context, category and type as the module writes them (slicerio leaves the anatomic context empty)
+        term = segment.GetTerminology().split("~")
+        assert term[:3] == LightSegLogic.terminologyString(label["terminology"]).split("~")[:3], term
+        np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == label["value"])
+    assert (expected == 3).any()

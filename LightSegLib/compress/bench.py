@@ -31,6 +31,43 @@ sys.stderr.write(proc.stderr)
 """
 
 
+ISA_FLAGS = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX512-VNNI": "avx512_vnni", "AVX-VNNI": "avx_vnni",
+             "AVX512-BF16": "avx512_bf16", "AMX": "amx_tile"}
+
+
+def machine() -> dict:
+    """Where a figure was measured: CPU model, the instruction sets that change kernel speed, and cores.
+
+    ONNX Runtime picks its kernels by CPUID at run time (the PyPI wheel has no switch to cap them at AVX2), so
+    a figure from an AVX-512 machine is not a laptop figure: the flags travel with every result."""
+    import platform
+
+    model, flags = "", None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and not model:
+                model = value
+            elif key == "flags" and flags is None:
+                flags = set(value.split())
+    except OSError:  # not Linux: no flags to read
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_count": cores,
+            "isa": None if flags is None else {name: flag in flags for name, flag in ISA_FLAGS.items()}}
+
+
+def machine_line(info: dict, threads: int) -> str:
+    isa = info.get("isa")
+    if isa is None:
+        text = "instruction sets unknown"
+    else:
+        has = [k for k, v in isa.items() if v]
+        lacks = [k for k, v in isa.items() if not v]
+        text = f"has {', '.join(has)}; no {', '.join(lacks) or 'other'}" if has else f"none of {', '.join(lacks)}"
+    return f"{info['cpu']} ({info['cpu_count']} cores available), {text}; {threads} threads"
+
+
 def parse_model(text: str) -> tuple[str, bool]:
     model, _, variant = text.strip().partition(":")
     if variant not in ("", "int8", "fp32"):
@@ -131,11 +168,16 @@ def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = 
         r["speedup_vs_first"] = round(first["latency_median_s"] / r["latency_median_s"], 3)
         if "network_median_s" in r and "network_median_s" in first and r["network_median_s"] > 0:
             r["network_speedup_vs_first"] = round(first["network_median_s"] / r["network_median_s"], 3)
+        if "engine_median_s" in r and "engine_median_s" in first and r["engine_median_s"] > 0:
+            r["engine_speedup_vs_first"] = round(first["engine_median_s"] / r["engine_median_s"], 3)
         r["params_ratio_vs_first"] = _ratio(r["params"], first["params"])
         r["macs_ratio_vs_first"] = _ratio(r["macs"], first["macs"])
         r["file_ratio_vs_first"] = _ratio(r["file_bytes"], first["file_bytes"])
         r["rss_ratio_vs_first"] = _ratio(r["peak_rss_mb"], first["peak_rss_mb"])
-    return {"input": str(input_path), "repeat": repeat, "threads": threads, "backend": backend, "models": rows}
+    from ..inference import default_threads
+
+    return {"input": str(input_path), "repeat": repeat, "threads": threads or default_threads(), "backend": backend,
+            "machine": machine(), "models": rows}
 
 
 def _ratio(a, b):
@@ -143,19 +185,22 @@ def _ratio(a, b):
 
 
 def format_table(result: dict) -> str:
-    head = ["model", "params", "MACs", "file MB", "median s", "min s", "max s", "network s", "peak MB", "speed-up",
-            "net speed-up", "params x"]
+    head = ["model", "params", "MACs", "file MB", "median s", "min s", "max s", "network s", "engine s", "peak MB",
+            "speed-up", "engine speed-up", "net speed-up", "params x"]
     lines = [head]
     for r in result["models"]:
         lines.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f} G", f"{r['file_bytes'] / 1e6:.2f}",
                       f"{r['latency_median_s']:.3f}", f"{r['latency_min_s']:.3f}", f"{r['latency_max_s']:.3f}",
                       f"{r['network_median_s']:.3f}" if "network_median_s" in r else "-",
+                      f"{r['engine_median_s']:.3f}" if "engine_median_s" in r else "-",
                       f"{r['peak_rss_mb']:.0f}", f"{r['speedup_vs_first']:.2f}x",
+                      f"{r['engine_speedup_vs_first']:.2f}x" if "engine_speedup_vs_first" in r else "-",
                       f"{r['network_speedup_vs_first']:.2f}x" if "network_speedup_vs_first" in r else "-",
                       "-" if r["params_ratio_vs_first"] is None else f"{r['params_ratio_vs_first']:.4f}"])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-                     for row in lines)
+    table = "\n".join("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+                      for row in lines)
+    return f"machine: {machine_line(result['machine'], result['threads'])}\n{table}"
 
 
 def to_json(result: dict) -> str:
