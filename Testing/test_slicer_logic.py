@@ -321,7 +321,14 @@ def test_model_list_hides_reference_models_and_marks_previews(quantiser):
     assert "[preview]" in text and "Apache-2.0" in text and "CT" in text and "M parameters" in text
     entry = dict(read_registry(quantiser)["models"][0], metrics={"val_dice_mean": 0.912}, macs=2_500_000_000)
     register_model(entry, quantiser)
-    assert Logic.modelFacts(Logic.models()[0]) == "0.00 M parameters, 2.50 GMAC per slice, validation Dice 0.912"
+    size = (quantiser / entry["file"]).stat().st_size / 1e6
+    assert Logic.modelFacts(Logic.models()[0]) == (f"0.00 M parameters, {size:.2f} MB, 2.50 GMAC per slice, "
+                                                   "validation Dice 0.912")
+    entry["speed"] = {"input": "ct.nii.gz", "wall_s": 1.234, "threads": 2, "machine": "Some CPU, has AVX2"}
+    register_model(entry, quantiser)
+    card = Logic.models()[0]
+    assert Logic.modelFacts(card).endswith(", 1.23 s per volume (ct.nii.gz, 2 threads on Some CPU, has AVX2)")
+    assert Logic.modelLabel(card) == f"{card.title} [preview] (CT, {size:.2f} MB, 1.2 s/volume)"
 
 
 def cine_sequence(mrml, frames):

@@ -57,7 +57,7 @@ def machine() -> dict:
             "isa": None if flags is None else {name: flag in flags for name, flag in ISA_FLAGS.items()}}
 
 
-def machine_line(info: dict, threads: int) -> str:
+def machine_line(info: dict, threads: int | None = None) -> str:
     isa = info.get("isa")
     if isa is None:
         text = "instruction sets unknown"
@@ -65,7 +65,7 @@ def machine_line(info: dict, threads: int) -> str:
         has = [k for k, v in isa.items() if v]
         lacks = [k for k, v in isa.items() if not v]
         text = f"has {', '.join(has)}; no {', '.join(lacks) or 'other'}" if has else f"none of {', '.join(lacks)}"
-    return f"{info['cpu']} ({info['cpu_count']} cores available), {text}; {threads} threads"
+    return f"{info['cpu']} ({info['cpu_count']} cores available), {text}" + (f"; {threads} threads" if threads else "")
 
 
 def parse_model(text: str) -> tuple[str, bool]:
@@ -178,6 +178,30 @@ def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = 
 
     return {"input": str(input_path), "repeat": repeat, "threads": threads or default_threads(), "backend": backend,
             "machine": machine(), "models": rows}
+
+
+def record(result: dict, folder=None) -> list[str]:
+    """Store each fp32 model's figures of this run as its registry entry's ``speed`` (shown by ``lightseg models``
+    and in Slicer's model list), with the input, machine and threads, and the models it was timed beside."""
+    from ..registry import get_model, register_model
+
+    names = [r["model"] for r in result["models"]]
+    done = []
+    for row in result["models"]:
+        model, int8 = parse_model(row["model"])
+        if int8:
+            continue
+        entry = dict(get_model(model, folder).entry)
+        entry["speed"] = {"input": Path(result["input"]).name, "wall_s": row["latency_median_s"],
+                          "threads": int(result["threads"]),
+                          "machine": machine_line(result["machine"]), "peak_rss_mb": row["peak_rss_mb"],
+                          "compared_with": [n for n in names if n != row["model"]]}
+        for key, name in (("engine_s", "engine_median_s"), ("network_s", "network_median_s")):
+            if name in row:
+                entry["speed"][key] = row[name]
+        register_model(entry, folder)
+        done.append(model)
+    return done
 
 
 def _ratio(a, b):
