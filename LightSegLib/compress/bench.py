@@ -96,24 +96,26 @@ def model_facts(model: str, int8: bool) -> dict:
 
 
 def time_once(model: str, int8: bool, input_path: Path, threads: int | None, out_dir: Path,
-              backend: str = "onnx") -> dict:
+              backend: str = "onnx", repo=None, env_extra: dict | None = None) -> dict:
     """One ``lightseg segment`` run in a fresh process: {"wall_s", "peak_rss_mb", "infer_s", "work_s"}.
 
     ``wall_s`` is what a user waits for (interpreter start-up and imports included); ``infer_s`` is the network
     alone and ``work_s`` the engine's in-process total (read + preprocess + network + back to the grid + write),
     both from the segment command's JSON summary: on small volumes start-up dominates ``wall_s``, and these
-    show what the model itself costs."""
-    out = out_dir / "bench_out.nii.gz"
+    show what the model itself costs. ``repo``: run another checkout's LightSegLib (an older engine, side by
+    side); ``env_extra``: environment for the child (e.g. a models folder)."""
+    out = Path(out_dir).resolve() / "bench_out.nii.gz"
+    input_path = Path(input_path).resolve()  # the child runs in ``repo`` (``-m`` imports from its folder)
     cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "LightSegLib.cli", "segment", "--model", model,
            "--backend", backend, "--progress", "jsonl", "--overwrite", str(input_path), str(out)]
     if threads:
         cmd[cmd.index("--model"):cmd.index("--model")] = ["--threads", str(threads)]
     if int8:
         cmd.insert(cmd.index("--progress"), "--int8")
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, **(env_extra or {})}
+    repo = str(repo or Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     lines = proc.stdout.splitlines()
     try:
         wall, peak_kb, code = lines[0].split()
