@@ -291,7 +291,11 @@ def machine_text(bench: dict) -> str:
 
     if "machine" not in bench:
         return f"not recorded by this bench run ({bench.get('threads')} threads)"
-    return machine_line(bench["machine"], bench["threads"]) + ", no GPU"
+    text = machine_line(bench["machine"], bench["threads"]) + ", no GPU"
+    if (bench["machine"].get("isa") or {}).get("AVX-512"):
+        text += (" (an AVX-512 figure: ONNX Runtime picks its kernels by CPUID and cannot be held to AVX2, so an "
+                 "AVX2 laptop is slower; benchmarks/ct_engine.py compares engines side by side)")
+    return text
 
 
 def crossval_markdown(cv: dict | None) -> str:
