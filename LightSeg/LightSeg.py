@@ -228,8 +228,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             cards = []
         self.cards = {card.id: card for card in cards}
         for card in cards:
-            badge = " [preview]" if card.status == "preview" else ""
-            self.ui.modelSelector.addItem(f"{card.title}{badge} ({card.modality})", card.id)
+            self.ui.modelSelector.addItem(LightSegLogic.modelLabel(card), card.id)
             self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1, LightSegLogic.modelDescription(card),
                                               qt.Qt.ToolTipRole)
         if not cards:

@@ -40,6 +40,10 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Worker threads sleep between operators instead of spinning: on a laptop the other cores are busy
+        # (Slicer, a browser), and a spinning pool steals them; measured faster for small and large models alike
+        # on a shared 2-core machine (benchmarks/ct_engine.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types

@@ -101,7 +101,20 @@ def speed_markdown(bench: dict | None, model_id: str) -> str:
             f"{f', side by side with {others}' if others else ''}: median {row['latency_median_s']:.2f} s wall "
             f"(min {row['latency_min_s']:.2f}, max {row['latency_max_s']:.2f}), of which the network "
             f"{row.get('network_median_s', float('nan')):.2f} s; peak RSS {row['peak_rss_mb']:.0f} MB. Target: "
-            f"<= 10 s and <= 1.5 GB with 2 threads. Machine: 2-core shared AMD EPYC, no GPU.")
+            f"<= 10 s and <= 1.5 GB with 2 threads. Machine: {machine_text(bench)}.")
+
+
+def machine_text(bench: dict) -> str:
+    """The machine a ``lightseg bench`` document was measured on (older documents predate the record)."""
+    from .compress.bench import machine_line
+
+    if "machine" not in bench:
+        return f"not recorded by this bench run ({bench.get('threads')} threads)"
+    text = machine_line(bench["machine"], bench["threads"]) + ", no GPU"
+    if (bench["machine"].get("isa") or {}).get("AVX-512"):
+        text += (" (an AVX-512 figure: ONNX Runtime picks its kernels by CPUID and cannot be held to AVX2, so an "
+                 "AVX2 laptop is slower; benchmarks/ct_engine.py compares engines side by side)")
+    return text
 
 
 def crossval_markdown(cv: dict | None) -> str:

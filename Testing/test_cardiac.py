@@ -68,3 +68,20 @@ def test_absent_structure_and_mismatched_grids():
     assert result.slices_with["ES LV"] == 1 and result.slices_with["ED LV"] == 2
     with pytest.raises(LightSegError, match="different grids"):
         cardiac_function(img(ed), img(es[:3]))
+
+
+@pytest.mark.parametrize("frame", ["frame01", "frame02"])
+def test_fast_student_segments_a_validation_patient_as_its_card_says(frame):
+    """cardiac-acdc-fast through the engine on a validation patient (not trained on): per-structure Dice close to
+    the card's validation means, and the card lists it beside cardiac-acdc with size and speed."""
+    import LightSegLib as L
+    from LightSegLib.registry import get_model
+
+    image = sitk.ReadImage(str(shared(f"acdc/imagesTr/patient085_{frame}.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(shared(f"acdc/labelsTr/patient085_{frame}.nii.gz"))))
+    pred = sitk.GetArrayFromImage(L.segment(image, "cardiac-acdc-fast", threads=1))
+    dice = [2 * ((pred == v) & (truth == v)).sum() / ((pred == v).sum() + (truth == v).sum()) for v in (1, 2, 3)]
+    assert min(dice) > 0.8 and np.mean(dice) > 0.88, dice
+    card = get_model("cardiac-acdc-fast")
+    assert card.status == "stable" and card.params < 0.01 * get_model("cardiac-acdc-teacher").params
+    assert card.entry["metrics"]["dice_mean"] >= 0.90 and card.entry["speed"]["threads"] == 2

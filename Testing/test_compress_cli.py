@@ -142,12 +142,35 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
         assert 0 < r["latency_min_s"] <= r["latency_median_s"] <= r["latency_max_s"]
         assert r["peak_rss_mb"] > 10
         assert 0 < r["network_median_s"] <= r["engine_median_s"] < r["latency_median_s"]
+    assert document["threads"] == 1
+    machine = document["machine"]  # where the figures came from, as lscpu would say
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if cpuinfo:
+        flags = set(next(ln for ln in cpuinfo.splitlines() if ln.startswith("flags")).split(":")[1].split())
+        assert machine["isa"]["AVX2"] == ("avx2" in flags) and machine["isa"]["AVX-512"] == ("avx512f" in flags)
+        assert set(machine["isa"]) >= {"AVX2", "AVX-512", "AVX512-VNNI", "AVX512-BF16", "AMX"}
+        assert machine["cpu"] in cpuinfo
+    assert rows[1]["engine_speedup_vs_first"] > 0
     assert rows[0]["file_bytes"] == model.stat().st_size
     assert rows[1]["file_bytes"] == (quantiser / "test-quantiser.int8.onnx").stat().st_size
     assert rows[0]["speedup_vs_first"] == 1.0
     assert all((tmp_path / "plots" / name).stat().st_size > 1000 for name in ("dice_vs_macs.png", "dice_vs_latency.png"))
     assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["latency_median_s"] / rows[1]["latency_median_s"],
                                                         rel=1e-2)
+
+
+def test_bench_table_names_the_machine_and_its_instruction_sets():
+    from LightSegLib.compress.bench import format_table
+
+    row = {"model": "m", "params": 10, "macs": 10**9, "file_bytes": 10**6, "latency_median_s": 1.0,
+           "latency_min_s": 0.9, "latency_max_s": 1.1, "peak_rss_mb": 100.0, "speedup_vs_first": 1.0,
+           "params_ratio_vs_first": 1.0}
+    machine = {"cpu": "Some CPU", "cpu_count": 4,
+               "isa": {"AVX2": True, "AVX-512": False, "AVX512-VNNI": False, "AVX-VNNI": True,
+                       "AVX512-BF16": False, "AMX": False}}
+    first = format_table({"threads": 2, "machine": machine, "models": [row]}).splitlines()[0]
+    assert first == ("machine: Some CPU (4 cores available), has AVX2, AVX-VNNI; no AVX-512, AVX512-VNNI, "
+                     "AVX512-BF16, AMX; 2 threads")
 
 
 def test_bench_rejects_an_unknown_model(tmp_path, quantiser, capsys):

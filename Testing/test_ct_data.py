@@ -478,3 +478,19 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     (teacher / "summary.json").write_text(json.dumps({**trained, "device": "NVIDIA H200"}))  # as a GPU run records it
     assert "iterations of 2 slices in 0 minutes on one NVIDIA H200 GPU in mixed precision (" in \
         training_markdown(kd / "best.pt").splitlines()[0]
+
+
+def test_card_speed_names_the_machine_and_its_instruction_sets():
+    from LightSegLib.publish import speed_markdown
+
+    row = {"model": "liver-ct", "latency_median_s": 5.0, "latency_min_s": 4.9, "latency_max_s": 5.2,
+           "network_median_s": 3.5, "peak_rss_mb": 700.0}
+    bench = {"input": "ct512.nrrd", "repeat": 3, "threads": 2, "models": [row],
+             "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "isa": {"AVX2": True, "AVX-512": True, "AMX": False}}}
+    text = speed_markdown(bench, "liver-ct")
+    assert "Machine: AMD EPYC (2 cores available), has AVX2, AVX-512; no AMX; 2 threads, no GPU" in text
+    assert "cannot be held to AVX2" in text
+    bench["machine"]["isa"]["AVX-512"] = False
+    assert "cannot be held" not in speed_markdown(bench, "liver-ct")
+    del bench["machine"]
+    assert "not recorded by this bench run" in speed_markdown(bench, "liver-ct")

@@ -10,7 +10,7 @@ import slicerio
 import LightSegLib as L
 from conftest import REPO, shared
 from LightSegLib.errors import LightSegError
-from LightSegLib.io import ijk_to_lps
+from LightSegLib.io import ijk_to_lps, seg_nrrd_segments
 from model_fixtures import expected_labels
 
 
@@ -75,6 +75,29 @@ def test_segmentation_written_on_input_grid(oblique_ct, tmp_path, quantiser, suf
         assert back.GetPixelID() == sitk.sitkUInt8
         assert_same_grid(back, oblique_ct)
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), expected)
+
+
+def test_seg_nrrd_reads_back_as_slicerio_own_file(oblique_ct, tmp_path, quantiser):
+    """Our ITK-written .seg.nrrd and one written by slicerio itself read back identically: segments (names,
+    colours, label values, layers, extents, terminology), voxels and geometry; no input header field leaks in."""
+    card = L.get_model("test-quantiser")
+    label = L.segment(oblique_ct, card)
+    label.SetMetaData("descrip", "from the input's header")
+    ours, theirs = tmp_path / "ours.seg.nrrd", tmp_path / "theirs.seg.nrrd"
+    L.write_output(label, ours, card.labels)
+    array = sitk.GetArrayViewFromImage(label)
+    slicerio.write_segmentation(str(theirs), {
+        "voxels": np.ascontiguousarray(array.transpose(2, 1, 0)), "ijkToLPS": ijk_to_lps(oblique_ct),
+        "segments": seg_nrrd_segments(array, card.labels), "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap"})
+    a, b = slicerio.read_segmentation(str(ours)), slicerio.read_segmentation(str(theirs))
+    assert a["segments"] == b["segments"] and len(a["segments"]) == 3
+    assert a["segments"][1]["extent"][1] >= a["segments"][1]["extent"][0]  # a real, non-empty extent
+    np.testing.assert_array_equal(a["voxels"], b["voxels"])
+    np.testing.assert_allclose(a["ijkToLPS"], b["ijkToLPS"], atol=1e-9)
+    for key in ("containedRepresentationNames", "masterRepresentation", "referenceImageExtentOffset"):
+        assert a[key] == b[key]
+    assert "descrip" not in a and "descrip" not in ours.read_bytes()[:4096].decode("latin-1")
 
 
 def test_ras_nrrd_file_is_read_in_lps_and_output_matches_physically(tmp_path, quantiser):

@@ -350,7 +350,14 @@ def test_model_list_hides_reference_models_and_marks_previews(quantiser):
     assert "[preview]" in text and "Apache-2.0" in text and "CT" in text and "M parameters" in text
     entry = dict(read_registry(quantiser)["models"][0], metrics={"val_dice_mean": 0.912}, macs=2_500_000_000)
     register_model(entry, quantiser)
-    assert Logic.modelFacts(Logic.models()[0]) == "0.00 M parameters, 2.50 GMAC per slice, validation Dice 0.912"
+    size = (quantiser / entry["file"]).stat().st_size / 1e6
+    assert Logic.modelFacts(Logic.models()[0]) == (f"0.00 M parameters, {size:.2f} MB, 2.50 GMAC per slice, "
+                                                   "validation Dice 0.912")
+    entry["speed"] = {"input": "ct.nii.gz", "wall_s": 1.234, "threads": 2, "machine": "Some CPU, has AVX2"}
+    register_model(entry, quantiser)
+    card = Logic.models()[0]
+    assert Logic.modelFacts(card).endswith(", 1.23 s per volume (ct.nii.gz, 2 threads on Some CPU, has AVX2)")
+    assert Logic.modelLabel(card) == f"{card.title} [preview] (CT, {size:.2f} MB, 1.2 s/volume)"
 
 
 def cine_sequence(mrml, frames):
@@ -553,3 +560,30 @@ def test_label_values_need_not_be_one_to_n(mrml, tmp_path, monkeypatch):
         np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == value, err_msg=str(value))
     names = {f"level {v}": v for v in values}
     np.testing.assert_array_equal(logic.labelArray(node, volume, names), expected)
+
+
+def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser, tmp_path):
+    """Slicer's own reader (vtkMRMLSegmentationStorageNode) takes `lightseg segment`'s .seg.nrrd: names, colours,
+    terminology, the voxels and the input's grid."""
+    from LightSegLib.registry import get_model
+
+    out, plain = tmp_path / "out.seg.nrrd", tmp_path / "out.nrrd"
+    for target in (out, plain):
+        proc = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", "test-quantiser",
+                               str(CT_SAMPLE), str(target)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+    volume = load_volume(mrml, CT_SAMPLE, "CT")
+    node = mrml.segmentations.LoadSegmentationFromFile(str(out), True, "seg")
+    assert node is not None
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(plain)))  # the same result as a plain labelmap
+    card = get_model("test-quantiser")
+    segs, ids = segments(node)
+    assert [s.GetName() for s in segs] == [label["name"] for label in card.labels]
+    for segment, segment_id, label in zip(segs, ids, card.labels):
+        np.testing.assert_allclose(segment.GetColor(), np.array(label["color"]) / 255.0, atol=1e-6)
+        # context, category and type as the module writes them (slicerio leaves the anatomic context empty)
+        term = segment.GetTerminology().split("~")
+        assert term[:3] == LightSegLogic.terminologyString(label["terminology"]).split("~")[:3], term
+        np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == label["value"])
+    assert (expected == 3).any()

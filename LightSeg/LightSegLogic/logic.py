@@ -197,15 +197,32 @@ class LightSegLogic:
     def modelFacts(card) -> str:
         """Size, cost and validation Dice from the card, so users can pick between a fast and an accurate model."""
         facts = [f"{card.params / 1e6:.2f} M parameters"]
+        if card.path().is_file():
+            facts.append(f"{card.path().stat().st_size / 1e6:.2f} MB")
         if card.macs:
             facts.append(f"{card.macs / 1e9:.2f} GMAC per slice")
         metrics = card.entry.get("metrics") or {}
         dice = metrics.get("val_dice_mean", metrics.get("dice_mean"))
         if isinstance(dice, (int, float)):
             facts.append(f"validation Dice {dice:.3f}")
+        speed = card.entry.get("speed")
+        if speed:
+            facts.append(f"{speed['wall_s']:.2f} s per volume ({speed['input']}, {speed['threads']} threads on "
+                         f"{speed['machine']})")
         if card.has_int8():
             facts.append("int8 version available")
         return ", ".join(facts)
+
+    @staticmethod
+    def modelLabel(card) -> str:
+        """The model selector's entry: title, modality, and size and speed to choose by."""
+        badge = " [preview]" if card.status == "preview" else ""
+        extra = [card.modality]
+        if card.path().is_file():
+            extra.append(f"{card.path().stat().st_size / 1e6:.2f} MB")
+        if card.entry.get("speed"):
+            extra.append(f"{card.entry['speed']['wall_s']:.1f} s/volume")
+        return f"{card.title}{badge} ({', '.join(extra)})"
 
     def ensureDependencies(self) -> None:
         missing = missingPackages()

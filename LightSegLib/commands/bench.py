@@ -1,4 +1,4 @@
-"""``lightseg bench --models A,B[:int8],... --input FILE --repeat N [--threads T] [--json]``.
+"""``lightseg bench --models A,B[:int8],... --input FILE --repeat N [--threads T] [--json] [--record]``.
 
 Each run is a separate ``lightseg segment`` process on the whole volume; ratios are against the first model.
 With ``--json`` stdout is exactly one JSON document ``{"models": [...], ...}``.
@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed first run per model")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--plot", metavar="DIR", help="write dice_vs_macs.png and dice_vs_latency.png here")
+    p.add_argument("--record", action="store_true",
+                   help="store each model's figures as its registry entry's speed (lightseg models, Slicer)")
     p.add_argument("--dice", metavar="FILE", help="JSON {model: mean Dice} overriding the cards' (e.g. int8 Dice)")
     p.set_defaults(func=run)
 
@@ -39,5 +41,11 @@ def run(args) -> int:
         written = plot(result, args.plot, dice)
         if not args.json:
             print("plots: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if args.record:
+        from ..compress.bench import record
+
+        recorded = record(result)
+        if not args.json:
+            print("recorded speed of: " + ", ".join(recorded), file=sys.stderr)
     print(to_json(result) if args.json else format_table(result))
     return 0

@@ -17,6 +17,14 @@ def describe(card) -> dict:
     return {**card.entry, "file_bytes": path.stat().st_size if path.is_file() else None}
 
 
+def speed_text(card) -> str:
+    """``0.42 s (sample.nii.gz, 2 threads)``: the recorded end-to-end time, and on what it was measured."""
+    speed = card.entry.get("speed")
+    if not speed:
+        return "-"
+    return f"{speed['wall_s']:.2f} s ({speed['input']}, {speed['threads']} threads)"
+
+
 def run(args) -> int:
     from ..registry import list_models
 
@@ -27,14 +35,14 @@ def run(args) -> int:
     if not cards:
         print("no models registered")
         return 0
-    rows = [("id", "version", "status", "task", "modality", "params", "MACs/slice", "file", "licence")]
+    rows = [("id", "version", "status", "task", "modality", "params", "MACs/slice", "file", "s/volume", "licence")]
     for card in cards:
         info = describe(card)
         size = f"{info['file_bytes'] / 1e6:.2f} MB" if info["file_bytes"] else "missing"
         if card.has_int8() and card.path("int8_file").is_file():
             size += f" (int8 {card.path('int8_file').stat().st_size / 1e6:.2f} MB)"
         rows.append((card.id, card.entry.get("version", "-"), card.status, card.task, card.modality,
-                     f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size, card.licence))
+                     f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size, speed_text(card), card.licence))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     indent = sum(widths) + 2 * len(widths)
     # The licence in full (its restrictions matter), wrapped under its own column.
@@ -44,4 +52,7 @@ def run(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + lines[0])
         for line in lines[1:]:
             print(" " * indent + line)
+    machines = sorted({c.entry["speed"]["machine"] for c in cards if c.entry.get("speed")})
+    for machine in machines:  # a speed is only meaningful with its machine
+        print(f"s/volume measured on: {machine} (lightseg bench --record)")
     return 0

@@ -31,6 +31,43 @@ sys.stderr.write(proc.stderr)
 """
 
 
+ISA_FLAGS = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX512-VNNI": "avx512_vnni", "AVX-VNNI": "avx_vnni",
+             "AVX512-BF16": "avx512_bf16", "AMX": "amx_tile"}
+
+
+def machine() -> dict:
+    """Where a figure was measured: CPU model, the instruction sets that change kernel speed, and cores.
+
+    ONNX Runtime picks its kernels by CPUID at run time (the PyPI wheel has no switch to cap them at AVX2), so
+    a figure from an AVX-512 machine is not a laptop figure: the flags travel with every result."""
+    import platform
+
+    model, flags = "", None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and not model:
+                model = value
+            elif key == "flags" and flags is None:
+                flags = set(value.split())
+    except OSError:  # not Linux: no flags to read
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_count": cores,
+            "isa": None if flags is None else {name: flag in flags for name, flag in ISA_FLAGS.items()}}
+
+
+def machine_line(info: dict, threads: int | None = None) -> str:
+    isa = info.get("isa")
+    if isa is None:
+        text = "instruction sets unknown"
+    else:
+        has = [k for k, v in isa.items() if v]
+        lacks = [k for k, v in isa.items() if not v]
+        text = f"has {', '.join(has)}; no {', '.join(lacks) or 'other'}" if has else f"none of {', '.join(lacks)}"
+    return f"{info['cpu']} ({info['cpu_count']} cores available), {text}" + (f"; {threads} threads" if threads else "")
+
+
 def parse_model(text: str) -> tuple[str, bool]:
     model, _, variant = text.strip().partition(":")
     if variant not in ("", "int8", "fp32"):
@@ -59,24 +96,26 @@ def model_facts(model: str, int8: bool) -> dict:
 
 
 def time_once(model: str, int8: bool, input_path: Path, threads: int | None, out_dir: Path,
-              backend: str = "onnx") -> dict:
+              backend: str = "onnx", repo=None, env_extra: dict | None = None) -> dict:
     """One ``lightseg segment`` run in a fresh process: {"wall_s", "peak_rss_mb", "infer_s", "work_s"}.
 
     ``wall_s`` is what a user waits for (interpreter start-up and imports included); ``infer_s`` is the network
     alone and ``work_s`` the engine's in-process total (read + preprocess + network + back to the grid + write),
     both from the segment command's JSON summary: on small volumes start-up dominates ``wall_s``, and these
-    show what the model itself costs."""
-    out = out_dir / "bench_out.nii.gz"
+    show what the model itself costs. ``repo``: run another checkout's LightSegLib (an older engine, side by
+    side); ``env_extra``: environment for the child (e.g. a models folder)."""
+    out = Path(out_dir).resolve() / "bench_out.nii.gz"
+    input_path = Path(input_path).resolve()  # the child runs in ``repo`` (``-m`` imports from its folder)
     cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "LightSegLib.cli", "segment", "--model", model,
            "--backend", backend, "--progress", "jsonl", "--overwrite", str(input_path), str(out)]
     if threads:
         cmd[cmd.index("--model"):cmd.index("--model")] = ["--threads", str(threads)]
     if int8:
         cmd.insert(cmd.index("--progress"), "--int8")
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, **(env_extra or {})}
+    repo = str(repo or Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     lines = proc.stdout.splitlines()
     try:
         wall, peak_kb, code = lines[0].split()
@@ -131,11 +170,40 @@ def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = 
         r["speedup_vs_first"] = round(first["latency_median_s"] / r["latency_median_s"], 3)
         if "network_median_s" in r and "network_median_s" in first and r["network_median_s"] > 0:
             r["network_speedup_vs_first"] = round(first["network_median_s"] / r["network_median_s"], 3)
+        if "engine_median_s" in r and "engine_median_s" in first and r["engine_median_s"] > 0:
+            r["engine_speedup_vs_first"] = round(first["engine_median_s"] / r["engine_median_s"], 3)
         r["params_ratio_vs_first"] = _ratio(r["params"], first["params"])
         r["macs_ratio_vs_first"] = _ratio(r["macs"], first["macs"])
         r["file_ratio_vs_first"] = _ratio(r["file_bytes"], first["file_bytes"])
         r["rss_ratio_vs_first"] = _ratio(r["peak_rss_mb"], first["peak_rss_mb"])
-    return {"input": str(input_path), "repeat": repeat, "threads": threads, "backend": backend, "models": rows}
+    from ..inference import default_threads
+
+    return {"input": str(input_path), "repeat": repeat, "threads": threads or default_threads(), "backend": backend,
+            "machine": machine(), "models": rows}
+
+
+def record(result: dict, folder=None) -> list[str]:
+    """Store each fp32 model's figures of this run as its registry entry's ``speed`` (shown by ``lightseg models``
+    and in Slicer's model list), with the input, machine and threads, and the models it was timed beside."""
+    from ..registry import get_model, register_model
+
+    names = [r["model"] for r in result["models"]]
+    done = []
+    for row in result["models"]:
+        model, int8 = parse_model(row["model"])
+        if int8:
+            continue
+        entry = dict(get_model(model, folder).entry)
+        entry["speed"] = {"input": Path(result["input"]).name, "wall_s": row["latency_median_s"],
+                          "threads": int(result["threads"]),
+                          "machine": machine_line(result["machine"]), "peak_rss_mb": row["peak_rss_mb"],
+                          "compared_with": [n for n in names if n != row["model"]]}
+        for key, name in (("engine_s", "engine_median_s"), ("network_s", "network_median_s")):
+            if name in row:
+                entry["speed"][key] = row[name]
+        register_model(entry, folder)
+        done.append(model)
+    return done
 
 
 def _ratio(a, b):
@@ -143,19 +211,22 @@ def _ratio(a, b):
 
 
 def format_table(result: dict) -> str:
-    head = ["model", "params", "MACs", "file MB", "median s", "min s", "max s", "network s", "peak MB", "speed-up",
-            "net speed-up", "params x"]
+    head = ["model", "params", "MACs", "file MB", "median s", "min s", "max s", "network s", "engine s", "peak MB",
+            "speed-up", "engine speed-up", "net speed-up", "params x"]
     lines = [head]
     for r in result["models"]:
         lines.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f} G", f"{r['file_bytes'] / 1e6:.2f}",
                       f"{r['latency_median_s']:.3f}", f"{r['latency_min_s']:.3f}", f"{r['latency_max_s']:.3f}",
                       f"{r['network_median_s']:.3f}" if "network_median_s" in r else "-",
+                      f"{r['engine_median_s']:.3f}" if "engine_median_s" in r else "-",
                       f"{r['peak_rss_mb']:.0f}", f"{r['speedup_vs_first']:.2f}x",
+                      f"{r['engine_speedup_vs_first']:.2f}x" if "engine_speedup_vs_first" in r else "-",
                       f"{r['network_speedup_vs_first']:.2f}x" if "network_speedup_vs_first" in r else "-",
                       "-" if r["params_ratio_vs_first"] is None else f"{r['params_ratio_vs_first']:.4f}"])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-                     for row in lines)
+    table = "\n".join("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+                      for row in lines)
+    return f"machine: {machine_line(result['machine'], result['threads'])}\n{table}"
 
 
 def to_json(result: dict) -> str:
