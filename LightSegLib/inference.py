@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import postprocess, preprocess
+from . import postprocess, preprocess, quality
 from .errors import Cancelled, LightSegError
 from .io import check_intensities
 from .registry import ModelCard, get_model
@@ -89,6 +89,7 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)
     voxels: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
 
 
 def _cancel_check(cancel) -> Callable[[], bool]:
@@ -126,6 +127,7 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
     notes = _plausibility_notes(card, image, volume, stats)
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
+    confidence = quality.Confidence(card.num_classes)
     t_pre = t_net = t_back = 0.0
     report(0.0, "infer")
     for start in range(0, depth, batch):
@@ -143,6 +145,7 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
         t_net += time.perf_counter() - t
         t = time.perf_counter()
         labels[start:stop] = geometry.labels_from_model(logits)
+        confidence.add(logits)
         t_back += time.perf_counter() - t
         report(stop / depth, "infer")
     seconds.update(preprocess=t_pre, infer=t_net, resample=t_back)
@@ -151,14 +154,16 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
         raise Cancelled("cancelled")
     t = time.perf_counter()
     report(1.0, "postprocess")
+    names = card.label_names()
+    raw_counts = postprocess.voxel_counts(labels, names)
     labels = np.ascontiguousarray(orientation.invert(labels))
     postprocess.apply(labels, card.postprocessing)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
-    seconds["postprocess"] = time.perf_counter() - t
-    names = card.label_names()
     counts = postprocess.voxel_counts(labels, names)
-    return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes)
+    assessed = quality.assess(card, volume, orientation.apply(labels), raw_counts, confidence)
+    seconds["postprocess"] = time.perf_counter() - t
+    return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes, assessed)
 
 
 def _plausibility_notes(card: ModelCard, image: sitk.Image, volume: np.ndarray, stats: dict) -> list[str]:
