@@ -320,7 +320,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(self.job.statusText())
             return
         self.timer.stop()
-        self.setStatus(self.job.statusText(), error=self.job.state == "failed")
+        self.setStatus(self.job.statusText(), error=self.job.state == "failed" or bool(self.job.lowConfidence))
         if self.job.state == "done":
             self.showResult(slicer.mrmlScene.GetNodeByID(self.job.resultNodeID))
         self.updateControls()

@@ -155,13 +155,12 @@ def segment_image(image: sitk.Image, card: ModelCard, runner=None, *, backend: s
     t = time.perf_counter()
     report(1.0, "postprocess")
     names = card.label_names()
-    raw_counts = postprocess.voxel_counts(labels, names)
     labels = np.ascontiguousarray(orientation.invert(labels))
-    postprocess.apply(labels, card.postprocessing)
+    removed = postprocess.apply(labels, card.postprocessing)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
     counts = postprocess.voxel_counts(labels, names)
-    assessed = quality.assess(card, volume, orientation.apply(labels), raw_counts, confidence)
+    assessed = quality.assess(card, volume, orientation.apply(labels), counts, removed, confidence)
     seconds["postprocess"] = time.perf_counter() - t
     return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes, assessed)
 

@@ -41,14 +41,15 @@ class Confidence:
         return float(self.sum[value] / self.count[value]) if self.count[value] else None
 
 
-def _body_box(slice_: np.ndarray, threshold: float):
-    """Rows and columns spanned by tissue (robust to a stray table edge): 1st-99th percentile of tissue pixels."""
-    rows, cols = np.nonzero(slice_ > threshold)
-    if rows.size < 100:
+def _body_box(slice_: np.ndarray, threshold: float, step: int = 4):
+    """Rows and columns spanned by tissue (robust to a stray table edge): 1st-99th percentile of tissue pixels,
+    from every ``step``-th pixel (a box needs no more); the tissue area in full-resolution pixels."""
+    rows, cols = np.nonzero(slice_[::step, ::step] > threshold)
+    if rows.size < 50:
         return None
-    r0, r1 = np.percentile(rows, [1, 99])
-    c0, c1 = np.percentile(cols, [1, 99])
-    return (r0, r1, c0, c1, rows.size) if r1 > r0 and c1 > c0 else None
+    r0, r1 = np.percentile(rows, [1, 99]) * step + (0, step - 1)  # a sample stands for the step after it
+    c0, c1 = np.percentile(cols, [1, 99]) * step + (0, step - 1)
+    return (r0, r1, c0, c1, rows.size * step * step) if r1 > r0 and c1 > c0 else None
 
 
 def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_threshold: float) -> dict:
@@ -109,19 +110,20 @@ def check(name: str, figures: dict, limits: dict) -> list[str]:
     return reasons
 
 
-def assess(card, volume: np.ndarray, labels: np.ndarray, raw_counts: dict[int, int], confidence: Confidence) -> dict:
+def assess(card, volume: np.ndarray, labels: np.ndarray, counts: dict[int, int], removed: dict[int, int],
+           confidence: Confidence) -> dict:
     """The quality block of a result. ``volume`` and ``labels`` are in the model's slice order (oriented);
-    ``raw_counts`` are each label's voxels before post-processing."""
+    ``counts`` are each label's final voxels, ``removed`` those the largest-component step took away."""
     spec = card.entry.get("quality") or {}
     body_threshold = _body_threshold(card)
     checks = spec.get("labels", {})
     names = card.label_names()
     per_label, reasons = {}, []
     for value, name in names.items():
-        kept = int(np.count_nonzero(labels == value))
-        raw = raw_counts.get(value, kept)
+        kept = counts.get(value, 0)
+        cut = removed.get(value, 0)
         figures = {"confidence": None if confidence.mean(value) is None else round(confidence.mean(value), 4),
-                   "kept_fraction": round(kept / raw, 4) if raw else None}
+                   "kept_fraction": round(1 - cut / (kept + cut), 4) if kept + cut else None}
         if kept and body_threshold is not None:
             figures.update(organ_figures(volume, labels, value, body_threshold))
         per_label[name] = figures
