@@ -71,6 +71,18 @@ def slice_cases(card, split: str, threads: int) -> list[dict]:
     return rows
 
 
+def nih_hu_cases(card, threads: int) -> list[dict]:
+    """The true-HU slices of two NIH test patients (flipped into radiological view, as the data README says)."""
+    rows = []
+    for path in sorted((SHARED / "nih_pancreas").glob("PANCREAS_*.npz")):
+        with np.load(path) as f:
+            image, label = np.flip(f["image"], 1), np.flip(f["label"], 1)
+        flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
+        result = segment_image(sitk.GetImageFromArray(np.ascontiguousarray(image, np.int16)), flat, threads=threads)
+        rows += _rows(card, result, {1: label > 0}, "test_true_hu", path.stem)
+    return rows
+
+
 def acdc_cases(card, threads: int) -> list[dict]:
     root = SHARED / "acdc"
     rows = []
@@ -109,6 +121,8 @@ def run(args) -> int:
             for split in ("val", "test"):
                 rows += slice_cases(card, split, args.threads)
             rows += volume_cases(card, args.threads)
+            if card.task == "pancreas":
+                rows += nih_hu_cases(card, args.threads)
         print(f"{card.id}: {sum(r['model'] == card.id for r in rows)} cases", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
@@ -133,10 +147,11 @@ def report(args) -> int:
               f"conf {q.get('confidence') or 0:.3f} kept {q.get('kept_fraction') or 0:.2f} "
               f"area {q.get('area_fraction', 0):.4f} pos {q.get('position')} {'FLAG' if flagged(r) else ''}")
     calib = [r for r in rows if r["group"] in ("val_8bit", "validation", "whole_volume")]
-    test = [r for r in rows if r["group"] == "test_8bit"]
+    test = [r for r in rows if r["group"] in ("test_8bit", "test_true_hu")]
     print("\nflag rates (registry thresholds):")
-    for title, subset in (("validation + whole volumes", calib), ("held-out test slices", test)):
+    for title, subset in (("validation + whole volumes", calib), ("held-out test slices (8-bit and true HU)", test)):
         print(f"  {title}: Dice < 0.5 flagged {rate([r for r in subset if r['dice'] < 0.5])}; "
+              f"0.5-0.7 flagged {rate([r for r in subset if 0.5 <= r['dice'] < 0.7])}; "
               f"Dice >= 0.7 flagged {rate([r for r in subset if r['dice'] >= 0.7])}")
     whole = [r for r in rows if r["group"] == "whole_volume"]
     print(f"  whole volumes: Dice < 0.3 flagged {rate([r for r in whole if r['dice'] < 0.3])}; "

@@ -20,6 +20,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------- evaluation through the engine
+WHOLE_VOLUME_CHECKS = ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "s0009_1p5mm_vs_totalseg_v2",
+                       "ircadb17_vs_manual", "dcmqi_3slices_vs_semiauto")
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Binary Dice; NaN when both are empty (no organ to find, none found)."""
     p, t = pred > 0, truth > 0
@@ -123,12 +125,14 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
     reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
                                                      sitk.sitkNearestNeighbor, 0))
     truth = np.isin(reference, list(values))
-    pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
+    result = segment_image(image, card, threads=threads)
+    pred = sitk.GetArrayFromImage(result.labelmap) > 0
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
     out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
            "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
-           "false_positive_slices": int((z_pred & ~z_truth).sum())}
+           "false_positive_slices": int((z_pred & ~z_truth).sum()),
+           "voxels_on_organ_free_slices": int(pred[~z_truth].sum()), "quality_flag": result.quality["flag"]}
     if class_names is not None and pred.any():
         found, counts = np.unique(reference[pred], return_counts=True)
         order = np.argsort(-counts)[:3]
@@ -162,6 +166,15 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
         sitk.WriteImage(series, str(tmp))
         report["totalseg_dicom_20slices_vs_auto_v2"] = eval_volume(card, tmp, ts / "example_seg_dicom.nii.gz", v2,
                                                                    threads, totalseg_class_names("total"))
+    s9 = SHARED / "totalseg_s0009"
+    if s9.is_dir():
+        report["s0009_1p5mm_vs_totalseg_v2"] = eval_volume(card, s9 / "ct.nii.gz", s9 / "seg.nii.gz",
+                                                           {"liver": [5], "pancreas": [7]}[organ], threads,
+                                                           totalseg_class_names("total"))
+    ircadb = SHARED / "ircadb"
+    if organ == "liver" and ircadb.is_dir():  # its pancreas is not labelled: never a pancreas check
+        report["ircadb17_vs_manual"] = eval_volume(card, ircadb / "imagesTr" / "ircadb1_17.nii.gz",
+                                                   ircadb / "labelsTr" / "ircadb1_17.nii.gz", [1], threads)
     dq = SHARED / "dcmqi_ct3slice"
     if organ == "liver" and dq.is_dir():
         from ..io import read_image
@@ -211,6 +224,10 @@ def figures_markdown(report: dict) -> str:
                         "automatic v1 map; its organ-free slices were training negatives")),
                        ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
                         "vs its automatic v2 map")),
+                       ("s0009_1p5mm_vs_totalseg_v2", ("TotalSegmentator subject s0009 (HU, 1.5 mm, 185 slices, "
+                        "non-contrast, small field of view) vs its expert-reviewed v2 labels")),
+                       ("ircadb17_vs_manual", ("3D-IRCADb-01 patient 17 (HU, 0.74 x 0.74 x 1.6 mm, 119 slices; never "
+                        "trained on) vs its manual liver mask")),
                        ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
         r = report.get(key)
         if r:
@@ -220,8 +237,20 @@ def figures_markdown(report: dict) -> str:
                 lies += " voxels of the reference map"
             lines.append(f"| {label} | full engine, 3D post-processing; {r['slices_with_organ_pred']} slices with "
                          f"prediction vs {r['slices_with_organ_ref']} in the reference, "
-                         f"{r['false_positive_slices']} false-positive slices{lies} | {r['dice']} |")
+                         f"{r['false_positive_slices']} false-positive slices{lies}{_free(r)}{_flag(r)} | "
+                         f"{r['dice']} |")
     return "\n".join(lines)
+
+
+def _free(r: dict) -> str:
+    n = r.get("voxels_on_organ_free_slices")
+    return f"; {n} voxels predicted on slices without the organ" if n else ""
+
+
+def _flag(r: dict) -> str:
+    if "quality_flag" not in r:
+        return ""
+    return "; quality flag raised (low confidence)" if r["quality_flag"] else "; quality flag not raised"
 
 
 def training_markdown(checkpoint) -> str:
@@ -358,7 +387,7 @@ def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_te
     for key in ("val_8bit", "test_8bit", "nih_true_hu"):
         if key in report:
             metrics[key] = {k: v for k, v in report[key].items() if k != "per_case"}
-    for key in ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "dcmqi_3slices_vs_semiauto"):
+    for key in WHOLE_VOLUME_CHECKS:
         if key in report:
             metrics[key] = report[key]["dice"]
     entry["metrics"] = metrics
