@@ -63,3 +63,16 @@ def test_the_thresholds_come_from_the_registry_entry(ct, monkeypatch):
     q = segment_image(ct, bare, threads=1).quality
     assert not q["flag"] and not q["calibrated"] and q["labels"]["pancreas"]["confidence"] < 0.9
     assert quality.summary(q).startswith("quality not calibrated")
+
+
+def test_demo_lines_carry_the_quality_and_a_preview_models_caveat(tmp_path, monkeypatch, capsys):
+    from LightSegLib.cli import main
+
+    monkeypatch.delenv("LIGHTSEG_MODELS_DIR", raising=False)
+    assert main(["demo", "--out", str(tmp_path), "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pancreas = next(i for i, line in enumerate(lines) if line.startswith("pancreas-ct [preview]"))
+    assert quality.LOW in lines[pancreas]
+    assert lines[pancreas + 1].startswith("  why: ") and "whole CT" in lines[pancreas + 1]
+    liver = next(line for line in lines if line.startswith("liver-ct on"))
+    assert "quality ok" in liver and "why:" not in liver
