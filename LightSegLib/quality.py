@@ -25,6 +25,12 @@ class Confidence:
         self.count = np.zeros(num_classes, np.int64)
 
     def add(self, logits: np.ndarray) -> None:
+        if logits.shape[1] == 2:  # one organ: the top probability is a sigmoid of the logit margin
+            margin = logits[:, 1] - logits[:, 0]
+            fg = margin[margin > 0].astype(np.float64)
+            self.sum[1] += float(np.sum(1.0 / (1.0 + np.exp(-fg))))
+            self.count[1] += fg.size
+            return
         pred = argmax_classes(logits)
         fg = pred > 0
         if not fg.any():

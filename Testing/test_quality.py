@@ -76,3 +76,12 @@ def test_demo_lines_carry_the_quality_and_a_preview_models_caveat(tmp_path, monk
     assert lines[pancreas + 1].startswith("  why: ") and "whole CT" in lines[pancreas + 1]
     liver = next(line for line in lines if line.startswith("liver-ct on"))
     assert "quality ok" in liver and "why:" not in liver
+
+
+def test_the_two_class_shortcut_equals_the_softmax():
+    logits = np.random.default_rng(0).normal(size=(2, 2, 8, 8)).astype(np.float32)
+    fast = quality.Confidence(2)
+    fast.add(logits)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    fg = p[:, 1] > p[:, 0]
+    assert fast.count[1] == fg.sum() and fast.mean(1) == pytest.approx(p[:, 1][fg].mean(), rel=1e-5)
