@@ -318,7 +318,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(self.job.statusText())
             return
         self.timer.stop()
-        self.setStatus(self.job.statusText(), error=self.job.state == JobState.FAILED)
+        self.setStatus(self.job.statusText(), error=self.job.state == JobState.FAILED or bool(self.job.lowConfidence))
         if self.job.state == JobState.DONE:
             self.showResult(slicer.mrmlScene.GetNodeByID(self.job.resultNodeID))
         self.updateControls()

@@ -257,12 +257,14 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
     reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
                                                      sitk.sitkNearestNeighbor, 0))
     truth = np.isin(reference, list(values))
-    pred = sitk.GetArrayFromImage(segment_image(image, card, threads=threads).labelmap) > 0
+    result = segment_image(image, card, threads=threads)
+    pred = sitk.GetArrayFromImage(result.labelmap) > 0
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
     out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
            "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
-           "false_positive_slices": int((z_pred & ~z_truth).sum())}
+           "false_positive_slices": int((z_pred & ~z_truth).sum()),
+           "voxels_on_organ_free_slices": int(pred[~z_truth].sum()), "quality_flag": result.quality["flag"]}
     if class_names is not None and pred.any():
         found, counts = np.unique(reference[pred], return_counts=True)
         order = np.argsort(-counts)[:3]
@@ -294,6 +296,15 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
         sitk.WriteImage(series, str(tmp))
         report["totalseg_dicom_20slices_vs_auto_v2"] = eval_volume(card, tmp, ts / "example_seg_dicom.nii.gz", v2,
                                                                    threads, totalseg_class_names("total"))
+    s9 = SHARED / "totalseg_s0009"
+    if s9.is_dir():
+        report["s0009_1p5mm_vs_totalseg_v2"] = eval_volume(card, s9 / "ct.nii.gz", s9 / "seg.nii.gz",
+                                                           {"liver": [5], "pancreas": [7]}[organ], threads,
+                                                           totalseg_class_names("total"))
+    ircadb = SHARED / "ircadb"
+    if organ == "liver" and ircadb.is_dir():  # its pancreas is not labelled: never a pancreas check
+        report["ircadb17_vs_manual"] = eval_volume(card, ircadb / "imagesTr" / "ircadb1_17.nii.gz",
+                                                   ircadb / "labelsTr" / "ircadb1_17.nii.gz", [1], threads)
     dq = SHARED / "dcmqi_ct3slice"
     if organ == "liver" and dq.is_dir():
         from .io import read_image

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import postprocess, preprocess
+from . import postprocess, preprocess, quality
 from .errors import Cancelled, LightSegError, LightSegWarning
 from .stages import INFER, POSTPROCESS
 from .io import check_intensities
@@ -95,6 +95,7 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)
     voxels: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
 
 
 def _cancel_check(cancel) -> Callable[[], bool]:
@@ -134,6 +135,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     notes = _plausibility_notes(card, image, volume, stats)
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
+    confidence = quality.Confidence(card.num_classes)
     t_pre = t_net = t_back = 0.0
     report(0.0, INFER)
     for start in range(0, depth, batch):
@@ -151,6 +153,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
         t_net += time.perf_counter() - t
         t = time.perf_counter()
         labels[start:stop] = geometry.labels_from_model(logits)
+        confidence.add(logits)
         t_back += time.perf_counter() - t
         report(stop / depth, INFER)
     seconds.update(preprocess=t_pre, infer=t_net, resample=t_back)
@@ -159,14 +162,15 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
         raise Cancelled("cancelled")
     t = time.perf_counter()
     report(1.0, POSTPROCESS)
+    names = card.label_names()
     labels = np.ascontiguousarray(orientation.invert(labels))
-    postprocess.apply(labels, card.postprocessing)
+    removed = postprocess.apply(labels, card.postprocessing)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
-    seconds["postprocess"] = time.perf_counter() - t
-    names = card.label_names()
     counts = postprocess.voxel_counts(labels, names)
-    return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes)
+    assessed = quality.assess(card, volume, orientation.apply(labels), counts, removed, confidence)
+    seconds["postprocess"] = time.perf_counter() - t
+    return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes, assessed)
 
 
 # The 1st-percentile intensity an input of each modality has (CT: the air around the body, in HU; MR: about 0,

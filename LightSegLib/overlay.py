@@ -1,4 +1,8 @@
-"""PNG overlays of a labelmap on its volume, written with SimpleITK (no plotting library needed)."""
+"""PNG overlays of a labelmap on its volume, written with SimpleITK (no plotting library needed).
+
+CT is shown in the soft-tissue window radiologists read the abdomen in (W400 / L40 HU): a 1-99 percentile
+stretch spans air to bone and washes out the contrast between an organ and its neighbours. Labels are drawn at
+full saturation so the outline stands out from the grey, whatever the card's (often pastel) segment colour."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +20,18 @@ def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.linspace(lo, hi, min(count, hi - lo + 1)).round().astype(int).tolist()))
 
 
+SOFT_TISSUE_HU = (40 - 400 / 2, 40 + 400 / 2)  # level 40, width 400
+
+
+def vivid(colour) -> np.ndarray:
+    """The colour at full saturation and brightness, same hue (pastel orange -> orange)."""
+    c = np.asarray(colour, np.float32)
+    lo, hi = float(c.min()), float(c.max())
+    if hi <= lo:
+        return np.array([255.0, 255.0, 0.0], np.float32)  # grey label colour: yellow, unlike any CT grey
+    return (c - lo) / (hi - lo) * 255.0
+
+
 def _boundary(label: np.ndarray) -> np.ndarray:
     """Labelled pixels with a 4-neighbour of another value."""
     padded = np.pad(label, 1, mode="edge")
@@ -26,18 +42,23 @@ def _boundary(label: np.ndarray) -> np.ndarray:
 
 
 def overlay_png(image: sitk.Image, labelmap: sitk.Image, labels: list[dict], path, orientation: str = "LPS",
-                count: int = 6, alpha: float = 0.35) -> Path:
+                count: int = 6, alpha: float = 0.35, modality: str | None = None) -> Path:
+    """``modality="CT"``: the soft-tissue window; otherwise a 1-99 percentile stretch (MRI has no scale)."""
     orient = preprocess.orientation_for(image.GetDirection(), orientation)
     volume = orient.apply(sitk.GetArrayViewFromImage(image))
     label = orient.apply(sitk.GetArrayViewFromImage(labelmap))
     spacing = orient.spacing(image.GetSpacing())
-    stats = preprocess.intensity_stats(volume, {"type": "percentile", "lower": 1, "upper": 99})
+    if modality == "CT":
+        spec, stats = {"type": "window", "window": list(SOFT_TISSUE_HU)}, None
+    else:
+        spec = {"type": "percentile", "lower": 1, "upper": 99}
+        stats = preprocess.intensity_stats(volume, spec)
     colours = np.zeros((256, 3), np.float32)
     for item in labels:
-        colours[item["value"]] = item["color"]
+        colours[item["value"]] = vivid(item["color"])
     tiles = []
     for z in pick_slices(label, count):
-        grey = preprocess.normalise(volume[z][None], {"type": "percentile"}, stats)[0] * 255
+        grey = preprocess.normalise(volume[z][None], spec, stats)[0] * 255
         rgb = np.repeat(grey[..., None], 3, axis=-1)
         mask = label[z] > 0
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colours[label[z][mask]]

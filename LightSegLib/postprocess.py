@@ -29,13 +29,13 @@ def _threads(size: int) -> int:
     return 1 if size < SMALL_VOXELS else sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
 
 
-def keep_largest_component(labels: np.ndarray, value: int) -> None:
+def keep_largest_component(labels: np.ndarray, value: int) -> int:
     """Keep the largest 3D (26-connected) component of ``value``: a 2D network sees one slice at a time and
-    leaves false positives in slices far from the organ."""
+    leaves false positives in slices far from the organ. Returns how many voxels were removed."""
     mask = labels == value
     box = bounding_box(mask)
     if box is None:
-        return
+        return 0
     sub = mask[box]
     connect = sitk.ConnectedComponentImageFilter()
     connect.SetFullyConnected(True)
@@ -44,7 +44,9 @@ def keep_largest_component(labels: np.ndarray, value: int) -> None:
     for f in (connect, relabel):
         f.SetNumberOfThreads(_threads(sub.size))
     ranked = relabel.Execute(connect.Execute(sitk.GetImageFromArray(sub.view(np.uint8))))
-    labels[box][sub & (sitk.GetArrayViewFromImage(ranked) != 1)] = 0
+    removed = sub & (sitk.GetArrayViewFromImage(ranked) != 1)
+    labels[box][removed] = 0
+    return int(np.count_nonzero(removed))
 
 
 def fill_holes(labels: np.ndarray, value: int) -> None:
@@ -72,12 +74,13 @@ def fill_holes(labels: np.ndarray, value: int) -> None:
     sub[(filled > 0) & ~m] = value
 
 
-def apply(labels: np.ndarray, spec: dict) -> np.ndarray:
-    for value in spec.get("largest_component", []):
-        keep_largest_component(labels, value)
+def apply(labels: np.ndarray, spec: dict) -> dict[int, int]:
+    """Post-process in place; returns the voxels the largest-component step removed per label (a fragmented
+    prediction is a sign of a poor one: see quality.py)."""
+    removed = {value: keep_largest_component(labels, value) for value in spec.get("largest_component", [])}
     for value in spec.get("fill_holes", []):
         fill_holes(labels, value)
-    return labels
+    return removed
 
 
 def voxel_counts(labels: np.ndarray, values) -> dict[int, int]:

@@ -7,6 +7,10 @@ import json
 import statistics
 from pathlib import Path
 
+# The whole-volume checks of evaluate.evaluate_model that a card and its registry entry report.
+WHOLE_VOLUME_CHECKS = ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "s0009_1p5mm_vs_totalseg_v2",
+                       "ircadb17_vs_manual", "dcmqi_3slices_vs_semiauto")
+
 
 def figures_markdown(report: dict) -> str:
     """The measured part of a model card, from an ``evaluate_model`` report (nothing typed in by hand)."""
@@ -30,6 +34,10 @@ def figures_markdown(report: dict) -> str:
                         "automatic v1 map; its organ-free slices were training negatives")),
                        ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
                         "vs its automatic v2 map")),
+                       ("s0009_1p5mm_vs_totalseg_v2", ("TotalSegmentator subject s0009 (HU, 1.5 mm, 185 slices, "
+                        "non-contrast, small field of view) vs its expert-reviewed v2 labels")),
+                       ("ircadb17_vs_manual", ("3D-IRCADb-01 patient 17 (HU, 0.74 x 0.74 x 1.6 mm, 119 slices; never "
+                        "trained on) vs its manual liver mask")),
                        ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
         r = report.get(key)
         if r:
@@ -39,8 +47,20 @@ def figures_markdown(report: dict) -> str:
                 lies += " voxels of the reference map"
             lines.append(f"| {label} | full engine, 3D post-processing; {r['slices_with_organ_pred']} slices with "
                          f"prediction vs {r['slices_with_organ_ref']} in the reference, "
-                         f"{r['false_positive_slices']} false-positive slices{lies} | {r['dice']} |")
+                         f"{r['false_positive_slices']} false-positive slices{lies}{_free(r)}{_flag(r)} | "
+                         f"{r['dice']} |")
     return "\n".join(lines)
+
+
+def _free(r: dict) -> str:
+    n = r.get("voxels_on_organ_free_slices")
+    return f"; {n} voxels predicted on slices without the organ" if n else ""
+
+
+def _flag(r: dict) -> str:
+    if "quality_flag" not in r:
+        return ""
+    return "; quality flag raised (low confidence)" if r["quality_flag"] else "; quality flag not raised"
 
 
 def training_markdown(checkpoint) -> str:
@@ -191,7 +211,7 @@ def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_te
     for key in ("val_8bit", "test_8bit", "nih_true_hu"):
         if key in report:
             metrics[key] = {k: v for k, v in report[key].items() if k != "per_case"}
-    for key in ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "dcmqi_3slices_vs_semiauto"):
+    for key in WHOLE_VOLUME_CHECKS:
         if key in report:
             metrics[key] = report[key]["dice"]
     entry["metrics"] = metrics

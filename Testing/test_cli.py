@@ -71,6 +71,8 @@ def test_jsonl_progress_for_programs(quantiser, volume, tmp_path):
     stages = [m["stage"] for m in messages if "stage" in m]
     assert stages[0] == "read" and "infer" in stages and stages[-1] == "write"
     assert messages[-1]["done"] is True and messages[-1]["output"] == str(out)
+    q = messages[-1]["summary"]["quality"]  # the analytic test model has no calibrated thresholds
+    assert q["flag"] is False and q["calibrated"] is False and "level 1" in q["labels"]
     assert out.is_file()
 
 

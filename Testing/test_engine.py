@@ -228,3 +228,18 @@ def test_overlay_png_shows_each_label_in_its_colour(ct, tmp_path):
     for colour in colours.values():  # outlines are drawn in the label colour (blended a little by the resize)
         near = np.abs(png.astype(int) - colour).max(axis=-1) < 60
         assert near.sum() > 20
+
+
+def test_ct_overlay_uses_the_soft_tissue_window(ct, tmp_path):
+    """W400/L40: 40 HU is mid-grey, -160 HU black, 240 HU white (a percentile stretch would put them elsewhere)."""
+    from LightSegLib.overlay import overlay_png
+
+    array = np.full(sitk.GetArrayViewFromImage(ct).shape, -1000, np.int16)
+    array[:, :, :40], array[:, :, 40:80], array[:, :, 80:] = -160, 40, 240
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(ct)
+    label = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    label.CopyInformation(ct)
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(overlay_png(image, label, [], tmp_path / "o.png", modality="CT"))))
+    row = png[png.shape[0] // 2, :png.shape[1] // 6, 0].astype(int)  # first tile, LPS view flips nothing here
+    assert {row[5], row[len(row) // 2], row[-8]} <= {0, 127, 128, 255}

@@ -587,3 +587,21 @@ def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser
         assert term[:3] == LightSegLogic.terminologyString(label["terminology"]).split("~")[:3], term
         np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == label["value"])
     assert (expected == 3).any()
+
+
+def test_low_confidence_result_says_check_carefully(mrml, monkeypatch):
+    """The engine's quality flag reaches the panel: pancreas-ct on the CT sample (a known failure: Dice 0.003,
+    its prediction on the splenic vein) says "check carefully" and why; liver-ct on the same volume does not."""
+    from LightSegLogic.logic import SEGMENTATION_QUALITY_ATTRIBUTE
+
+    monkeypatch.delenv("LIGHTSEG_MODELS_DIR", raising=False)
+    volume = load_volume(mrml, CT_SAMPLE, "ct")
+    logic = Logic()
+    pancreas = logic.segment(volume, "pancreas-ct", timeout_s=300)
+    reasons = logic.lastJob.lowConfidence
+    assert reasons and any("confidence" in r for r in reasons)
+    assert "Low confidence: check carefully" in logic.lastJob.statusText()
+    assert pancreas.GetAttribute(SEGMENTATION_QUALITY_ATTRIBUTE).startswith("Low confidence: check carefully")
+    liver = logic.segment(volume, "liver-ct", timeout_s=300)
+    assert logic.lastJob.lowConfidence == [] and "check carefully" not in logic.lastJob.statusText()
+    assert liver.GetAttribute(SEGMENTATION_QUALITY_ATTRIBUTE) == "ok"

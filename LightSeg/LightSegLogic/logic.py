@@ -59,6 +59,7 @@ class JobState(str, Enum):
         return self.value
 
 SEGMENTATION_MODEL_ATTRIBUTE = "LightSeg.ModelId"
+SEGMENTATION_QUALITY_ATTRIBUTE = "LightSeg.Quality"  # "ok", or "low confidence: check carefully (reasons)"
 
 
 class OutputExistsError(LightSegError):
@@ -99,6 +100,15 @@ class SegmentationJob:
     def finished(self) -> bool:
         return self.state != JobState.RUNNING
 
+    @property
+    def lowConfidence(self) -> list[str]:
+        """Why the engine's quality estimate doubts the result (any frame); empty when it does not."""
+        return [reason for summary in self.summaries for reason in (summary.get("quality") or {}).get("reasons", [])]
+
+    def qualityText(self) -> str:
+        reasons = self.lowConfidence
+        return f"Low confidence: check carefully ({'; '.join(reasons)})" if reasons else "ok"
+
     def statusText(self) -> str:
         text = STAGE_TEXT.get(self.stage, self.stage)
         if self.state == JobState.RUNNING:
@@ -107,7 +117,8 @@ class SegmentationJob:
             return f"{text}... {self.elapsed:.1f} s"
         if self.state == JobState.DONE:
             stages = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
-            return f"Done in {self.elapsed:.1f} s ({stages})" + "".join(f"\nNote: {n}" for n in self.notes)
+            text = f"Done in {self.elapsed:.1f} s ({stages})" + "".join(f"\nNote: {n}" for n in self.notes)
+            return text + (f"\n{self.qualityText()}" if self.lowConfidence else "")
         return f"{text}: {self.message}" if self.message else text
 
 
@@ -373,7 +384,9 @@ class LightSegLogic:
             return job
         job.stage = "import"
         try:
-            job.resultNodeID = self._importResults(job).GetID()
+            result = self._importResults(job)
+            result.SetAttribute(SEGMENTATION_QUALITY_ATTRIBUTE, job.qualityText())
+            job.resultNodeID = result.GetID()
         except Exception as err:  # a failed import must still end the job and clean up
             self._finish(job, JobState.FAILED, str(err))
             raise

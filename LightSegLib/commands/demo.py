@@ -28,6 +28,7 @@ def run(args) -> int:
     from ..io import read_image, write_output
     from ..metrics import dice
     from ..overlay import overlay_png
+    from ..quality import summary
     from ..registry import list_models
 
     out = Path(args.out)
@@ -47,7 +48,8 @@ def run(args) -> int:
             seconds = time.perf_counter() - t
             stem = f"{card.id}__{sample.split('.')[0]}"
             write_output(result.labelmap, out / f"{stem}.seg.nrrd", card.labels, overwrite=True)
-            overlay_png(image, result.labelmap, card.labels, out / f"{stem}.png", card.input["orientation"])
+            overlay_png(image, result.labelmap, card.labels, out / f"{stem}.png", card.input["orientation"],
+                        modality=card.modality)
             scores = ""
             if card.task in mapping:
                 predicted = sitk.GetArrayViewFromImage(result.labelmap)
@@ -57,5 +59,7 @@ def run(args) -> int:
                     f"{names[v]} {dice(predicted == v, truth == r):.3f}" for v, r in mapping[card.task].items())
             status = "" if card.status == "stable" else f" [{card.status}]"
             print(f"{card.id}{status} on {sample}: {seconds:.2f} s ({image.GetSize()[0]}x{image.GetSize()[1]}x"
-                  f"{image.GetSize()[2]}){scores} -> {out / stem}.png")
+                  f"{image.GetSize()[2]}){scores} | {summary(result.quality)} -> {out / stem}.png")
+            if card.status == "preview" and card.entry.get("caveat"):
+                print(f"  why: {card.caveat}")
     return 0

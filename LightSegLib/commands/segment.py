@@ -204,14 +204,17 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     if not any(result.voxels.values()):
         notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")
     return {"input": str(source), "frame": frame, "output": str(target), "model": card.id, "seconds": seconds,
-            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes}
+            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes + result.notes,
+            "quality": result.quality}
 
 
 def summary_line(info: dict) -> str:
     stages = " ".join(f"{k} {v:.2f}s" for k, v in info["seconds"].items())
     voxels = ", ".join(f"{name} {n:,}" for name, n in info["voxels"].items())
+    from ..quality import summary
+
     return (f"{Path(info['input']).name} -> {info['output']} | {info['total_seconds']:.2f} s ({stages}) | "
-            f"voxels: {voxels}")
+            f"voxels: {voxels} | {summary(info['quality'])}")
 
 
 def _job(card, source: Path, frame, target: Path, args) -> dict:
