@@ -254,6 +254,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         isSequence = volume is not None and self.logic.sequenceOf(volume)[1] is not None
         self.ui.allFramesCheckBox.setEnabled(isSequence and not running)
         self.ui.segmentButton.setEnabled(volume is not None and card is not None and not running)
+        self.ui.segmentButton.text = "Classify" if card is not None and card.task == "classification" else "Segment"
         self.ui.cancelButton.setEnabled(running)
         for widget in (self.ui.inputVolumeSelector, self.ui.modelSelector, self.ui.outputSegmentationSelector):
             widget.setEnabled(not running)
@@ -281,6 +282,9 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = self.ui.inputVolumeSelector.currentNode()
         output = self.ui.outputSegmentationSelector.currentNode()
         card = self.currentCard()
+        if card.task == "classification":
+            self.onClassify(volume, card)
+            return
         replace = False
         if self.logic.wouldReplace(output):
             if not slicer.util.confirmYesNoDisplay(
@@ -299,6 +303,17 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setStatus("Starting...")
         self.timer.start()
         self.updateControls()
+
+    def onClassify(self, volume, card):
+        """A classifier answers at once: the label and probability in the panel, its activation map over the image."""
+        try:
+            with slicer.util.WaitCursor():
+                result = self.logic.classify(volume, card.id)
+        except LightSegError as err:
+            self.setStatus(str(err), error=True)
+            return
+        self.setStatus(result.statusText())
+        slicer.util.setSliceViewerLayers(background=volume, foreground=result.heatmapNodeID, foregroundOpacity=0.4)
 
     def onPoll(self):
         if self.job is None:

@@ -53,10 +53,15 @@ def read_radiograph(path) -> np.ndarray:
     array = array.reshape(array.shape[-2:])
     if reader.HasMetaDataKey("0028|0004"):  # a DICOM file, whatever its name
         array = _dicom_display(reader, array)
+    return check_radiograph(array, path)
+
+
+def check_radiograph(array: np.ndarray, name) -> np.ndarray:
+    """Refuse what would give a plausible-looking answer from nothing: non-finite or constant pixels."""
     if not np.isfinite(array).all():
-        raise LightSegError(f"{path}: the image holds NaN or infinite values")
+        raise LightSegError(f"{name}: the image holds NaN or infinite values")
     if array.max() <= array.min():
-        raise LightSegError(f"{path}: the image is constant")
+        raise LightSegError(f"{name}: the image is constant")
     return array
 
 
@@ -126,7 +131,7 @@ def heatmap_png(array: np.ndarray, cam: np.ndarray, path, alpha: float = 0.45) -
 
     h, w = array.shape
     grey = normalise(array) * 255.0
-    heat = _resize_to(cam.astype(np.float32), h, w)
+    heat = resize_map(cam.astype(np.float32), h, w)
     heat = np.clip(heat, 0.0, 1.0)
     colour = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
     weight = (alpha * heat)[..., None]
@@ -137,7 +142,8 @@ def heatmap_png(array: np.ndarray, cam: np.ndarray, path, alpha: float = 0.45) -
     return path
 
 
-def _resize_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+def resize_map(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A low-resolution map stretched over an (h, w) image, pixel centres aligned."""
     image = sitk.GetImageFromArray(a)
     ah, aw = a.shape
     image.SetSpacing((w / aw, h / ah))

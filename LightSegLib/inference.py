@@ -20,7 +20,7 @@ from . import postprocess, preprocess, quality
 from .errors import Cancelled, LightSegError, LightSegWarning
 from .stages import INFER, POSTPROCESS
 from .io import check_intensities
-from .registry import ModelCard, get_model
+from .registry import ModelCard, get_segmenter
 
 Progress = Callable[[float, str], None]
 
@@ -111,7 +111,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
                   cancel=None) -> Result:
     """Segment a 3D SimpleITK image with a model card or id; the labelmap has the image's exact size, spacing,
     origin and direction."""
-    card = card if isinstance(card, ModelCard) else get_model(card)
+    card = card if isinstance(card, ModelCard) else get_segmenter(card)
     report = progress or (lambda fraction, stage: None)
     cancelled = _cancel_check(cancel)
     seconds: dict[str, float] = {}
@@ -228,7 +228,7 @@ def segment(image, model, *, spacing=None, origin=None, direction=None, backend:
     ``progress(fraction, stage)`` is called as slices are done; ``cancel`` (a threading.Event or a callable
     returning True) stops the work with ``Cancelled``.
     """
-    card = model if isinstance(model, ModelCard) else get_model(model)
+    card = model if isinstance(model, ModelCard) else get_segmenter(model)
     as_array = isinstance(image, np.ndarray)
     if as_array:
         if image.ndim != 3:

@@ -145,6 +145,15 @@ def get_model(model_id: str, folder: Path | None = None) -> ModelCard:
     raise LightSegError(f"unknown model id '{model_id}' (known: {known})")
 
 
+def get_segmenter(model_id: str, folder: Path | None = None) -> ModelCard:
+    """A segmentation model's card; a classifier's id gets the command that does run it."""
+    card = get_model(model_id, folder)
+    if card.task == "classification":
+        raise LightSegError(f"'{model_id}' classifies 2D radiographs, it does not segment: use "
+                            f"'lightseg classify --model {model_id}'")
+    return card
+
+
 def register_model(entry: dict, folder: Path | None = None) -> None:
     """Add or replace a registry entry (by id), validating the whole registry, written atomically."""
     folder = Path(folder) if folder else models_dir()

@@ -183,3 +183,71 @@ def test_patient_split_keeps_each_child_on_one_side():
             keys = {patient_of(p) for p, _ in side}
             other = {patient_of(p) for s, v in parts.items() if v is not side for p, _ in v}
             assert not keys & other
+
+
+# ------------------------------------------------------------------ the shipped model, end to end
+def _two_radiographs(tmp_path):
+    """A real pneumonia JPEG and a real normal one: the first of each folder."""
+    pneumonia = sorted((CXR / "PNEUMONIA").glob("*.jpeg"))[0]
+    normal = sorted((CXR / "NORMAL").glob("*.jpeg"))[0]
+    return pneumonia, normal
+
+
+def test_pneumonia_cxr_is_registered_with_its_size_and_threshold():
+    from LightSegLib.registry import get_model
+
+    card = get_model("pneumonia-cxr")
+    assert card.task == "classification" and card.classes == ["NORMAL", "PNEUMONIA"]
+    assert card.params <= 3_500_000 and 0.0 < card.threshold < 1.0
+    assert card.verified_path().is_file() and (card.folder / card.card).is_file()
+    proc = lightseg("models", "--json")
+    entry = next(m for m in json.loads(proc.stdout) if m["id"] == "pneumonia-cxr")
+    assert entry["params"] == card.params
+
+
+@needs_cxr
+def test_classify_cli_json_heatmap_and_bad_inputs(tmp_path):
+    pneumonia, normal = _two_radiographs(tmp_path)
+    (tmp_path / "notes.png").write_text("not an image")
+    heat = tmp_path / "maps"
+    proc = lightseg("classify", "--model", "pneumonia-cxr", "--json", "--heatmap", heat, pneumonia,
+                    tmp_path / "notes.png", normal, REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz")
+    assert proc.returncode == 2
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 2 and "notes.png: not a readable image" in errors[0] and "3D volume" in errors[1], errors
+    results = json.loads(proc.stdout)
+    assert [r["path"] for r in results] == [str(pneumonia), str(normal)]
+    assert all(set(r) == {"path", "label", "probability"} and 0.0 <= r["probability"] <= 1.0 for r in results)
+    assert results[0]["label"] == "PNEUMONIA" and results[1]["label"] == "NORMAL"
+    for path in (pneumonia, normal):
+        overlay = sitk.ReadImage(str(heat / f"{path.stem}.png"))
+        assert overlay.GetSize() == (224, 224) and overlay.GetNumberOfComponentsPerPixel() == 3
+    # --threshold moves the decision, not the probability
+    high = json.loads(lightseg("classify", "--model", "pneumonia-cxr", "--json", "--threshold", "1.0",
+                               pneumonia).stdout)[0]
+    assert high["label"] == "NORMAL" and high["probability"] == results[0]["probability"]
+
+
+@needs_cxr
+def test_dicom_of_the_same_radiograph_gets_the_same_answer(tmp_path):
+    """A 16-bit DICOM of a JPEG's pixels (values x 16) and its MONOCHROME1 twin (stored inverted) classify like it."""
+    from LightSegLib.classify import Classifier, read_radiograph
+    from LightSegLib.registry import get_model
+
+    pneumonia, _ = _two_radiographs(tmp_path)
+    grey = read_radiograph(pneumonia)
+    classifier = Classifier(get_model("pneumonia-cxr"), threads=1)
+    ref = classifier(grey).probability
+    scaled = (grey * 16).astype(np.uint16)
+    assert classifier(read_radiograph(_write_dicom(tmp_path / "a.dcm", scaled))).probability == \
+        pytest.approx(ref, abs=0.02)
+    inverted = (65535 - scaled.astype(np.int64)).astype(np.uint16)
+    assert classifier(read_radiograph(_write_dicom(tmp_path / "b", inverted, "MONOCHROME1"))).probability == \
+        pytest.approx(ref, abs=0.02)
+
+
+def test_segment_refuses_a_classifier_with_the_command_that_runs_it(tmp_path):
+    proc = lightseg("segment", "--model", "pneumonia-cxr", REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz",
+                    tmp_path / "out.nii.gz")
+    assert proc.returncode == 2 and "lightseg classify --model pneumonia-cxr" in proc.stderr
+    assert not (tmp_path / "out.nii.gz").exists()

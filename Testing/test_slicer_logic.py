@@ -518,7 +518,7 @@ def registered_models():
     from LightSegLib.registry import list_models
 
     return [card.id for card in list_models(include_reference=False, folder=REPO / "Resources" / "Models")
-            if card.task != "test"]
+            if card.task not in ("test", "classification")]
 
 
 @pytest.mark.parametrize("model_id", registered_models())
@@ -605,3 +605,38 @@ def test_low_confidence_result_says_check_carefully(mrml, monkeypatch):
     liver = logic.segment(volume, "liver-ct", timeout_s=300)
     assert logic.lastJob.lowConfidence == [] and "check carefully" not in logic.lastJob.statusText()
     assert liver.GetAttribute(SEGMENTATION_QUALITY_ATTRIBUTE) == "ok"
+
+
+CXR_IMAGES = REPO.parent / "shared" / "data" / "chest_xray" / "train" / "PNEUMONIA"
+
+
+@pytest.mark.skipif(not CXR_IMAGES.is_dir(), reason=f"chest X-ray data not found at {CXR_IMAGES}")
+def test_classifier_gives_label_probability_and_activation_map_on_the_input_grid(mrml, tmp_path):
+    """A 2D X-ray loaded as a volume: the same probability as `lightseg classify` on its file, and the activation
+    map as a volume on the X-ray's exact grid; a 3D volume is refused and adds nothing to the scene."""
+    from LightSegLib.classify import Classifier, read_radiograph
+    from LightSegLib.registry import get_model
+
+    path = sorted(CXR_IMAGES.glob("*.jpeg"))[0]
+    grey = read_radiograph(path)  # slicer-core's reader has no JPEG: hand it the same pixels as a one-slice NRRD
+    image = sitk.JoinSeries(sitk.GetImageFromArray(grey))
+    image.SetSpacing((0.2, 0.3, 1.0))
+    image.SetOrigin((-20.0, 5.0, 0.0))
+    sitk.WriteImage(image, str(tmp_path / "xray.nrrd"))
+    volume = load_volume(mrml, tmp_path / "xray.nrrd", "xray")
+    logic = Logic()
+    result = logic.classify(volume, "pneumonia-cxr")
+    expected = Classifier(get_model("pneumonia-cxr"), threads=1)(read_radiograph(path))
+    assert result.label == expected.label and result.probability == pytest.approx(expected.probability, abs=1e-4)
+    assert "Decision support, not a diagnosis" in result.statusText()
+    heatmap = mrml.scene.GetNodeByID(result.heatmapNodeID)
+    assert heatmap.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    np.testing.assert_allclose(ijk_to_ras(heatmap), ijk_to_ras(volume))
+    values = slicer.util.arrayFromVolume(heatmap)
+    assert 0.9 < values.max() <= 1.0 and values.min() >= 0.0  # the map scaled to its peak, stretched linearly
+
+    ct = load_volume(mrml, CT_SAMPLE, "ct")
+    before = mrml.scene.GetNumberOfNodes()
+    with pytest.raises(LightSegLogic.LightSegError, match="3D volume"):
+        logic.classify(ct, "pneumonia-cxr")
+    assert mrml.scene.GetNumberOfNodes() == before

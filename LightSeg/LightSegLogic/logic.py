@@ -122,6 +122,20 @@ class SegmentationJob:
         return f"{text}: {self.message}" if self.message else text
 
 
+@dataclass
+class ClassificationResult:
+    """A classifier's answer for one radiograph, and the activation-map volume added to the scene."""
+    modelId: str
+    label: str
+    probability: float
+    threshold: float
+    heatmapNodeID: str | None
+
+    def statusText(self) -> str:
+        return (f"{self.label}: probability of the positive class {self.probability:.3f} (threshold "
+                f"{self.threshold:.3f}). Decision support, not a diagnosis.")
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def terminologyString(terminology: dict) -> str:
     """Slicer's TerminologyEntry tag string from a card's terminology dict (no slicerio needed in Slicer); an
@@ -234,6 +248,50 @@ class LightSegLogic:
         if card.entry.get("speed"):
             extra.append(f"{card.entry['speed']['wall_s']:.1f} s/volume")
         return f"{card.title}{badge} ({', '.join(extra)})"
+
+    # ---------------------------------------------------------------- classification
+    def classify(self, volumeNode, modelId: str, threshold: float | None = None) -> ClassificationResult:
+        """Classify a 2D radiograph volume in this process (one small network pass, well under a second) and add
+        its class activation map as a volume on the input's exact grid, named after the input."""
+        from LightSegLib.classify import Classifier, check_radiograph
+
+        self.ensureDependencies()
+        card = get_model(modelId)
+        image = volumeNode.GetImageData() if volumeNode is not None else None
+        if image is None:
+            raise LightSegError("no input volume")
+        dims = image.GetDimensions()
+        array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).astype(np.float32)
+        components = image.GetNumberOfScalarComponents()
+        array = array.reshape(dims[2], dims[1], dims[0], components).mean(axis=-1)
+        if dims[2] != 1:
+            raise LightSegError(f"'{volumeNode.GetName()}' is a 3D volume of {dims[2]} slices; "
+                                f"{card.title} takes one 2D radiograph")
+        radiograph = check_radiograph(array[0], volumeNode.GetName())
+        result = Classifier(card, threads=2)(radiograph, threshold)
+        heatmap = self._addHeatmap(volumeNode, result.cam, f"{volumeNode.GetName()} {card.positive} activation")
+        return ClassificationResult(modelId, result.label, result.probability, result.threshold, heatmap.GetID())
+
+    def _addHeatmap(self, volumeNode, cam: np.ndarray, name: str):
+        from LightSegLib.classify import resize_map
+
+        dims = volumeNode.GetImageData().GetDimensions()
+        values = resize_map(cam, dims[1], dims[0]).astype(np.float32)
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+        imageData = vtk.vtkImageData()
+        imageData.SetDimensions(dims[0], dims[1], 1)
+        imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values.ravel(), deep=True))
+        node.SetAndObserveImageData(imageData)
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        node.SetIJKToRASMatrix(matrix)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(0.0, 1.0)
+        return node
 
     def ensureDependencies(self) -> None:
         missing = missingPackages()

@@ -33,7 +33,11 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cards = [c for c in list_models() if c.task != "test"]
+    cards = [c for c in list_models() if c.task not in ("test", "classification")]
+    for card in list_models():
+        if card.task == "classification":
+            print(f"{card.id}: a radiograph classifier; no radiograph is bundled (the training images' licence "
+                  f"keeps them out of the repository): try 'lightseg classify --model {card.id} IMAGE'")
     if not cards:
         print("no models registered: nothing to demonstrate")
         return 0

@@ -232,9 +232,9 @@ def input_name(info: dict) -> str:
 
 
 def run(args) -> int:
-    from ..registry import get_model
+    from ..registry import get_segmenter
 
-    card = get_model(args.model)
+    card = get_segmenter(args.model)
     if args.int8 and not card.has_int8():
         raise LightSegError(f"model '{card.id}' has no int8 version: run it without --int8")
     card.verified_path("int8_file" if args.int8 else "file")

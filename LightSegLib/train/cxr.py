@@ -196,6 +196,12 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("publish", help="export, score through the engine, plot, time, register pneumonia-cxr")
+    p.add_argument("baseline", help="the baseline's final.pt")
+    p.add_argument("compressed", help="the compressed run's final.pt")
+    p.add_argument("--card", default="configs/cards/pneumonia-cxr.json")
+    p.add_argument("--status", default="preview")
+    p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(DEFAULTS["seed"])
@@ -209,6 +215,30 @@ def main(argv=None):
         fit(build(spec), cfg, data, out, spec)
     elif args.cmd == "compress":
         compress(args)
+    elif args.cmd == "publish":
+        publish(args)
+
+
+REPRODUCE = ("python -m LightSegLib.train.cxr baseline --out runs/cxr_baseline && "
+             "python -m LightSegLib.train.cxr compress runs/cxr_baseline/final.pt --out runs/cxr_compressed && "
+             "python -m LightSegLib.train.cxr publish runs/cxr_baseline/final.pt runs/cxr_compressed/final.pt")
+
+
+def publish(args) -> None:
+    from ..registry import models_dir, register_model
+    from . import cxr_report
+
+    card = json.loads(Path(args.card).read_text())
+    folder = models_dir()
+    onnx_path = folder / f"{card['id']}.onnx"
+    run_dir = Path(args.compressed).parent
+    summary = cxr_report.report(Path(args.baseline), Path(args.compressed), onnx_path, run_dir,
+                                Path("docs/img/pneumonia"), threads=args.threads)
+    spec = torch.load(args.compressed, map_location="cpu", weights_only=False)["spec"]
+    entry = cxr_report.registry_entry(summary, Path(args.card), onnx_path, spec, args.status, REPRODUCE)
+    register_model(entry, folder)
+    (folder / card["card"]).write_text(cxr_report.card_markdown(summary, entry, Path(args.card).with_suffix(".md.in")))
+    print(f"registered {card['id']} ({args.status}); card {folder / card['card']}")
 
 
 def compress(args) -> None:

@@ -232,3 +232,72 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     (run_dir / "report.json").write_text(json.dumps(summary, indent=1))
     plot({k: v for k, v in results.items()}, plots_dir)
     return summary
+
+
+# ---------------------------------------------------------------- registry entry and card
+def _fig(r: dict) -> dict:
+    keep = ("auc", "threshold", "ece", "params", "macs", "file_bytes", "onnx_parity_max_abs_diff")
+    return {k: r[k] for k in keep} | {"at_threshold": r["at_threshold"], "at_0.5": r["at_0.5"]}
+
+
+def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, status: str, reproduce: str) -> dict:
+    from ..registry import sha256_of
+
+    comp = summary["results"]["compressed"]
+    entry = json.loads(Path(card_path).read_text())
+    entry.update({
+        "status": status, "input": {"size": summary["size"]}, "threshold": round(comp["threshold"], 4),
+        "file": onnx_path.name, "sha256": sha256_of(onnx_path), "params": comp["params"], "macs": comp["macs"],
+        "architecture": spec, "reproduce": reproduce,
+        "metrics": {"split": f"validation ({summary['validation_images']} images by patient, "
+                             f"{summary['validation_positive']} pneumonia)",
+                    "validation": _fig(comp), "baseline_validation": _fig(summary["results"]["baseline"]),
+                    "threshold_bootstrap": comp["bootstrap"], "points": summary["points"],
+                    "latency_ms_per_image": summary["latency"], "machine": summary["machine"],
+                    "threads": summary["threads"], "macs_input_hw": [summary["size"], summary["size"]]},
+    })
+    return entry
+
+
+def card_markdown(summary: dict, entry: dict, template: Path) -> str:
+    """``configs/cards/ID.md.in`` with its ``{{name}}`` fields filled from the measured summary."""
+    from ..compress.bench import machine_line
+
+    b, c = summary["results"]["baseline"], summary["results"]["compressed"]
+    lat = summary["latency"]
+
+    def row(name, r, ms):
+        t = r["at_threshold"]
+        return (f"| {name} | {r['params']:,} | {r['macs'] / 1e6:.0f} M | {r['file_bytes'] / 1e6:.1f} MB | {ms:.1f} ms | "
+                f"{t['accuracy']:.3f} | {t['sensitivity']:.3f} | {t['specificity']:.3f} | {r['auc']:.4f} | "
+                f"{r['ece']:.3f} | {r['threshold']:.3f} |")
+
+    table = "\n".join([
+        "| model | params | MACs | ONNX file | latency (median) | accuracy | sensitivity | specificity | ROC AUC | ECE "
+        "| threshold |", "|---|---|---|---|---|---|---|---|---|---|---|",
+        row("ResNet50 (uncompressed)", b, lat["baseline"]["median_ms"]),
+        row("pneumonia-cxr (pruned + Ghost, fine-tuned)", c, lat["compressed"]["median_ms"])])
+    at05 = "\n".join(f"- {name}: accuracy {r['at_0.5']['accuracy']:.3f}, sensitivity {r['at_0.5']['sensitivity']:.3f}, "
+                     f"specificity {r['at_0.5']['specificity']:.3f}" for name, r in (("ResNet50", b),
+                                                                                    ("pneumonia-cxr", c)))
+    points = "\n".join(["| point | params | validation accuracy (p >= 0.5) | ROC AUC |", "|---|---|---|---|"]
+                       + [f"| {p['point']} | {p['params']:,} | {p['val_acc']:.3f} | {p['val_auc']:.4f} |"
+                          for p in summary["points"] or []])
+    boot = c["bootstrap"]
+    fields = {
+        "table": table, "at_0.5": at05, "points": points,
+        "machine": machine_line(summary["machine"], summary["threads"]),
+        "speedup": f"{lat['baseline']['median_ms'] / lat['compressed']['median_ms']:.1f}",
+        "threshold": f"{c['threshold']:.3f}",
+        "boot_threshold": ", ".join(f"{v:.3f}" for v in boot["threshold_p5_p50_p95"]),
+        "boot_accuracy": ", ".join(f"{v:.3f}" for v in boot["out_of_bag_accuracy_p5_p50_p95"]),
+        "ratios": ", ".join(str(r) for r in summary["ratios"]), "size": str(summary["size"]),
+        "validation_images": str(summary["validation_images"]), "reproduce": entry["reproduce"],
+        "status": entry["status"],
+    }
+    text = Path(template).read_text()
+    for key, value in fields.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        raise LightSegError(f"{template}: unfilled field {text[text.index('{{'):text.index('{{') + 30]}")
+    return text
