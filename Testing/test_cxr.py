@@ -186,7 +186,7 @@ def test_patient_split_keeps_each_child_on_one_side():
 
 
 # ------------------------------------------------------------------ the shipped model, end to end
-def _two_radiographs(tmp_path):
+def _two_radiographs():
     """A real pneumonia JPEG and a real normal one: the first of each folder."""
     pneumonia = sorted((CXR / "PNEUMONIA").glob("*.jpeg"))[0]
     normal = sorted((CXR / "NORMAL").glob("*.jpeg"))[0]
@@ -207,7 +207,7 @@ def test_pneumonia_cxr_is_registered_with_its_size_and_threshold():
 
 @needs_cxr
 def test_classify_cli_json_heatmap_and_bad_inputs(tmp_path):
-    pneumonia, normal = _two_radiographs(tmp_path)
+    pneumonia, normal = _two_radiographs()
     (tmp_path / "notes.png").write_text("not an image")
     heat = tmp_path / "maps"
     proc = lightseg("classify", "--model", "pneumonia-cxr", "--json", "--heatmap", heat, pneumonia,
@@ -222,6 +222,8 @@ def test_classify_cli_json_heatmap_and_bad_inputs(tmp_path):
     for path in (pneumonia, normal):
         overlay = sitk.ReadImage(str(heat / f"{path.stem}.png"))
         assert overlay.GetSize() == (224, 224) and overlay.GetNumberOfComponentsPerPixel() == 3
+    again = lightseg("classify", "--model", "pneumonia-cxr", "--heatmap", heat, pneumonia)
+    assert again.returncode == 2 and "exists (use --overwrite" in again.stderr  # a map is never silently replaced
     # --threshold moves the decision, not the probability
     high = json.loads(lightseg("classify", "--model", "pneumonia-cxr", "--json", "--threshold", "1.0",
                                pneumonia).stdout)[0]
@@ -234,7 +236,7 @@ def test_dicom_of_the_same_radiograph_gets_the_same_answer(tmp_path):
     from LightSegLib.classify import Classifier, read_radiograph
     from LightSegLib.registry import get_model
 
-    pneumonia, _ = _two_radiographs(tmp_path)
+    pneumonia, _ = _two_radiographs()
     grey = read_radiograph(pneumonia)
     classifier = Classifier(get_model("pneumonia-cxr"), threads=1)
     ref = classifier(grey).probability

@@ -18,6 +18,7 @@ def register(sub) -> None:
                         help="probability of the positive class above which it is given (default: the card's)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {path, label, probability}")
     parser.add_argument("--heatmap", metavar="DIR", help="write each input's activation map overlay as DIR/NAME.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing heatmap files")
     parser.add_argument("--threads", type=int, default=2)
     parser.set_defaults(func=run)
 
@@ -37,7 +38,10 @@ def run(args) -> int:
             array = read_radiograph(path)
             result = classifier(array, args.threshold, path=path)
             if heat_dir is not None:
-                heatmap_png(array, result.cam, heat_dir / f"{path.stem}.png")
+                target = heat_dir / f"{path.stem}.png"
+                if target.exists() and not args.overwrite:
+                    raise LightSegError(f"{target} exists (use --overwrite to replace it)")
+                heatmap_png(array, result.cam, target)
         except (LightSegError, OSError) as err:
             failed += 1
             print(f"lightseg: error: {err}", file=sys.stderr)

@@ -150,7 +150,7 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         prob = predict(net, data["x_val"], bf16=bf16)
         y_val = data["y_val"]
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
