@@ -40,13 +40,13 @@ def read_radiograph(path) -> np.ndarray:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) > 2 and any(s > 1 for s in size[2:]):  # refused before its voxels are read
+            raise LightSegError(f"{path}: a {len(size)}D volume of size {'x'.join(map(str, size))}; "
+                                "a classifier takes one 2D radiograph")
         image = reader.Execute()
     except RuntimeError:
         raise LightSegError(f"{path}: not a readable image (PNG, JPEG or DICOM)") from None
-    size = image.GetSize()
-    if len(size) > 2 and any(s > 1 for s in size[2:]):
-        raise LightSegError(f"{path}: a {len(size)}D volume of size {'x'.join(map(str, size))}; "
-                            "a classifier takes one 2D radiograph")
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = array[..., :3].mean(axis=-1)
