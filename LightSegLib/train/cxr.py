@@ -39,11 +39,10 @@ DEFAULTS = {
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from ..compress.bench import machine
+
+    isa = machine()["isa"] or {}
+    return bool(isa.get("AVX512-BF16") or isa.get("AMX"))
 
 
 def load_data(cfg: dict, cache_dir: Path) -> dict:
@@ -51,16 +50,16 @@ def load_data(cfg: dict, cache_dir: Path) -> dict:
     from ..data import cxr
 
     cache = cache_dir / f"cxr_{cfg['size']}_{cfg['seed']}_{cfg['val_fraction']}.npz"
-    parts = cxr.split(cxr.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
-        return {k: z[k] for k in z.files} | {"val_paths": [str(p) for p, _ in parts["val"]]}
+        return {k: z[k] for k in z.files}
+    parts = cxr.split(cxr.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
     out = {}
     for side in ("train", "val"):
         out[f"x_{side}"], out[f"y_{side}"] = cxr.load(parts[side], cfg["size"])
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
-    return out | {"val_paths": [str(p) for p, _ in parts["val"]]}
+    return out
 
 
 def augmenter(size: int, seed: int):
@@ -233,7 +232,7 @@ def publish(args) -> None:
     onnx_path = folder / f"{card['id']}.onnx"
     run_dir = Path(args.compressed).parent
     summary = cxr_report.report(Path(args.baseline), Path(args.compressed), onnx_path, run_dir,
-                                Path("docs/img/pneumonia"), threads=args.threads)
+                                Path("docs/img/pneumonia"), card, threads=args.threads)
     spec = torch.load(args.compressed, map_location="cpu", weights_only=False)["spec"]
     entry = cxr_report.registry_entry(summary, Path(args.card), onnx_path, spec, args.status, REPRODUCE)
     register_model(entry, folder)

@@ -42,15 +42,6 @@ def export(net, path: Path, size: int) -> Path:
     return path
 
 
-def parity(net, path: Path, x: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        a = net.eval()(torch.from_numpy(x)).numpy()
-    return float(np.abs(a - session.run(["logits"], {"image": x})[0]).max())
-
-
 # ---------------------------------------------------------------- metrics
 def confusion(prob: np.ndarray, y: np.ndarray, threshold: float) -> dict:
     pred = prob >= threshold
@@ -101,23 +92,15 @@ def bootstrap_threshold(prob: np.ndarray, y: np.ndarray, rounds: int = 500, seed
     return {"rounds": rounds, "threshold_p5_p50_p95": q(thresholds), "out_of_bag_accuracy_p5_p50_p95": q(oob_acc)}
 
 
-def scores(onnx_path: Path, card_like, paths) -> np.ndarray:
-    """Positive-class probabilities through the engine (file -> radiograph -> preprocessing -> ONNX)."""
+def scores(onnx_path: Path, card: dict, size: int, paths) -> np.ndarray:
+    """Positive-class probabilities through the engine (file -> radiograph -> preprocessing -> ONNX), for an ONNX
+    file not registered yet: its card is the template's fields with this file, its hash and size."""
     from ..classify import Classifier, read_radiograph
+    from ..registry import ModelCard, sha256_of
 
-    classifier = Classifier(card_like, threads=2)
-    return np.array([classifier(read_radiograph(p), 0.5).probability for p in paths])
-
-
-class _Card:
-    """The fields the engine reads, for scoring an ONNX file before it is registered."""
-
-    def __init__(self, path: Path, size: int):
-        self.task, self.id, self.classes, self.positive = "classification", path.stem, ["NORMAL", "PNEUMONIA"], "PNEUMONIA"
-        self.input, self.threshold, self._path = {"size": size}, 0.5, path
-
-    def verified_path(self):
-        return self._path
+    entry = dict(card, file=onnx_path.name, sha256=sha256_of(onnx_path), input={"size": size}, threshold=0.5)
+    classifier = Classifier(ModelCard(entry, onnx_path.parent), threads=2)
+    return np.array([classifier(read_radiograph(p)).probability for p in paths])
 
 
 # ---------------------------------------------------------------- latency
@@ -192,10 +175,10 @@ def evaluate(prob: np.ndarray, y: np.ndarray, threshold: float | None = None) ->
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
 
 
-def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: Path, plots_dir: Path,
+def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: Path, plots_dir: Path, card: dict,
            threads: int = 2, log=print) -> dict:
     from ..data import cxr
-    from ..export import count_macs
+    from ..export import count_macs, parity
     from ..nets.blocks import count_params
     from .cxr import load_net
 
@@ -210,10 +193,10 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     x_check = cxr.load(parts["val"][:8], size)[0]
     results, nets = {}, {"baseline": baseline, "compressed": compressed}
     for name, path in files.items():
-        diff = parity(nets[name], path, x_check)
+        diff = parity(nets[name], path, x_check)["max_abs_diff"]
         if diff > 1e-3:
             raise LightSegError(f"{name}: ONNX/torch parity failed (max |diff| {diff:.2e})")
-        prob = scores(path, _Card(path, size), val_paths)
+        prob = scores(path, card, size, val_paths)
         results[name] = evaluate(prob, y) | {
             "params": count_params(nets[name]), "macs": count_macs(nets[name], (1, 1, size, size)),
             "file_bytes": path.stat().st_size, "onnx_parity_max_abs_diff": diff}
