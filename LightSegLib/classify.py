@@ -15,6 +15,18 @@ import SimpleITK as sitk
 from .errors import LightSegError
 
 RADIOGRAPH_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+#: DICOM modalities of projection radiographs; any other stated modality (CT, MR, US, ...) is refused.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT")
+
+
+def _truncated_jpeg(path: Path) -> bool:
+    """libjpeg fills a cut-short JPEG with grey and only prints a warning, so the pixels look plausible: a JPEG
+    (FF D8 at the start) must end with its end-of-image marker FF D9 (trailing padding allowed)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(0, path.stat().st_size - 64))
+        return not f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
 def _dicom_tag(reader, tag: str) -> str | None:
@@ -36,6 +48,8 @@ def read_radiograph(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise LightSegError(f"{path}: no such file")
+    if _truncated_jpeg(path):
+        raise LightSegError(f"{path}: damaged image file (a JPEG without its end marker: cut short)")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -47,6 +61,9 @@ def read_radiograph(path) -> np.ndarray:
         image = reader.Execute()
     except RuntimeError:
         raise LightSegError(f"{path}: not a readable image (PNG, JPEG or DICOM)") from None
+    modality = (_dicom_tag(reader, "0008|0060") or "").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise LightSegError(f"{path}: a DICOM {modality} image, not a projection radiograph")
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = array[..., :3].mean(axis=-1)
@@ -152,12 +169,25 @@ def resize_map(a: np.ndarray, h: int, w: int) -> np.ndarray:
                                                 (1.0, 1.0), (1.0, 0.0, 0.0, 1.0), 0.0, sitk.sitkFloat32))
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    """DICOM files are often named by UID (dots, no image suffix): the 'DICM' tag at byte 128 tells."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def radiograph_inputs(paths) -> list[Path]:
     """Files as given, and the radiographs inside folders (sorted), so a folder of X-rays is one argument."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and (f.suffix.lower() in RADIOGRAPH_SUFFIXES or not f.suffix)))
+            found = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix.lower() in RADIOGRAPH_SUFFIXES
+                                                                      or _has_dicom_preamble(f)))
+            if not found:
+                raise LightSegError(f"{p}: no PNG, JPEG or DICOM file in this folder")
+            out.extend(found)
         else:
             out.append(p)
     return out

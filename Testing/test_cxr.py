@@ -248,6 +248,26 @@ def test_dicom_of_the_same_radiograph_gets_the_same_answer(tmp_path):
         pytest.approx(ref, abs=0.02)
 
 
+@needs_cxr
+def test_truncated_jpeg_ct_dicom_and_empty_folder_are_refused_and_the_rest_still_run(tmp_path):
+    """A normal child's JPEG cut short was classified PNEUMONIA (p 0.97) with only libjpeg's warning on stderr, and
+    a CT slice gave PNEUMONIA 0.89: both are refused now, each with one line, and the good input still runs."""
+    _, normal = _two_radiographs()
+    (tmp_path / "cut.jpeg").write_bytes(normal.read_bytes()[:3000])
+    ct_series = REPO.parent / "shared" / "data" / "totalseg_example" / "example_ct_dicom"
+    ct_slice = sorted(ct_series.iterdir())[0]  # named by UID, no image suffix: found by its DICM preamble
+    (tmp_path / "empty").mkdir()
+    proc = lightseg("classify", "--model", "pneumonia-cxr", "--json", tmp_path / "cut.jpeg", ct_slice.parent,
+                    tmp_path / "empty", normal)
+    assert proc.returncode == 2
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 2 + len(list(ct_series.iterdir())), errors
+    assert "cut.jpeg: damaged image file" in errors[0]
+    assert all("a DICOM CT image, not a projection radiograph" in e for e in errors[1:-1])
+    assert "empty: no PNG, JPEG or DICOM file" in errors[-1]
+    assert [r["path"] for r in json.loads(proc.stdout)] == [str(normal)]
+
+
 def test_segment_refuses_a_classifier_with_the_command_that_runs_it(tmp_path):
     proc = lightseg("segment", "--model", "pneumonia-cxr", REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz",
                     tmp_path / "out.nii.gz")

@@ -33,22 +33,33 @@ def run(args) -> int:
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     results, failed = [], 0
-    for path in radiograph_inputs(args.paths):
+
+    def fail(err) -> None:
+        nonlocal failed
+        failed += 1
+        print(f"lightseg: error: {err}", file=sys.stderr)
+
+    for arg in args.paths:
         try:
-            array = read_radiograph(path)
-            result = classifier(array, args.threshold, path=path)
-            if heat_dir is not None:
-                target = heat_dir / f"{path.stem}.png"
-                if target.exists() and not args.overwrite:
-                    raise LightSegError(f"{target} exists (use --overwrite to replace it)")
-                heatmap_png(array, result.cam, target)
-        except (LightSegError, OSError) as err:
-            failed += 1
-            print(f"lightseg: error: {err}", file=sys.stderr)
+            paths = radiograph_inputs([arg])
+        except LightSegError as err:  # an empty folder: the other inputs still run
+            fail(err)
             continue
-        results.append(result.as_dict())
-        if not args.json:
-            print(f"{path}: {result.label} (p = {result.probability:.3f}, threshold {result.threshold:.3f})")
+        for path in paths:
+            try:
+                array = read_radiograph(path)
+                result = classifier(array, args.threshold, path=path)
+                if heat_dir is not None:
+                    target = heat_dir / f"{path.stem}.png"
+                    if target.exists() and not args.overwrite:
+                        raise LightSegError(f"{target} exists (use --overwrite to replace it)")
+                    heatmap_png(array, result.cam, target)
+            except (LightSegError, OSError) as err:
+                fail(err)
+                continue
+            results.append(result.as_dict())
+            if not args.json:
+                print(f"{path}: {result.label} (p = {result.probability:.3f}, threshold {result.threshold:.3f})")
     if args.json:
         print(json.dumps(results, indent=1))
     if not results and not failed:
