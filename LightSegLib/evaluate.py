@@ -246,9 +246,31 @@ def totalseg_class_names(map_name: str) -> dict[int, str]:
     raise KeyError("class_map")
 
 
-def eval_volume(card, image_path, label_path, values, threads: int = 1, class_names: dict | None = None) -> dict:
+def training_use(cfg: dict | None, image_path) -> dict | None:
+    """The ``data.negatives`` entry of ``cfg`` that trained on this volume, if any."""
+    specs = (cfg or {}).get("data", {}).get("negatives") or []
+    for spec in [specs] if isinstance(specs, dict) else specs:
+        if Path(spec["image"]).resolve() == Path(image_path).resolve():
+            return spec
+    return None
+
+
+def describe_use(spec: dict | None) -> str:
+    if spec is None:
+        return "never trained on"
+    what = "its slices with and without the organ" if spec.get("positives") else "its organ-free slices"
+    if spec.get("blocks"):
+        return (f"{what} of alternate {spec['blocks']}-slice blocks trained; scored on the other blocks only "
+                f"({spec.get('guard', 2)} guard slices at each block edge in neither)")
+    return f"{what} were trained on"
+
+
+def eval_volume(card, image_path, label_path, values, threads: int = 1, class_names: dict | None = None,
+                trained: dict | None = None) -> dict:
     """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ).
-    With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong)."""
+    With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong).
+    ``trained``: the training spec that used this volume; with blocks, only the held-out blocks are scored."""
+    from .data.ct2d import block_slices
     from .inference import segment_image
 
     image = sitk.ReadImage(str(image_path))
@@ -259,12 +281,16 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
     truth = np.isin(reference, list(values))
     result = segment_image(image, card, threads=threads)
     pred = sitk.GetArrayFromImage(result.labelmap) > 0
+    if trained is not None and trained.get("blocks"):
+        check = block_slices(pred.shape[0], trained, "check")
+        pred, truth, reference = pred[check], truth[check], reference[check]
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
     out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
            "slices_with_organ_ref": int(z_truth.sum()), "slices_with_organ_pred": int(z_pred.sum()),
            "false_positive_slices": int((z_pred & ~z_truth).sum()),
-           "voxels_on_organ_free_slices": int(pred[~z_truth].sum()), "quality_flag": result.quality["flag"]}
+           "voxels_on_organ_free_slices": int(pred[~z_truth].sum()), "quality_flag": result.quality["flag"],
+           "training_use": describe_use(trained)}
     if class_names is not None and pred.any():
         found, counts = np.unique(reference[pred], return_counts=True)
         order = np.argsort(-counts)[:3]
@@ -288,7 +314,8 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
         v2 = {"liver": [5], "pancreas": [7]}[organ]
         report["totalseg_ct_3mm_vs_auto_v1"] = eval_volume(card, ts / "example_ct.nii.gz",
                                                            ts / "example_seg_v1_full_5de6e4d.nii.gz", v1, threads,
-                                                           totalseg_class_names("total_v1"))
+                                                           totalseg_class_names("total_v1"),
+                                                           training_use(cfg, ts / "example_ct.nii.gz"))
         from .io import read_image
 
         series = read_image(ts / "example_ct_dicom")
@@ -300,7 +327,8 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
     if s9.is_dir():
         report["s0009_1p5mm_vs_totalseg_v2"] = eval_volume(card, s9 / "ct.nii.gz", s9 / "seg.nii.gz",
                                                            {"liver": [5], "pancreas": [7]}[organ], threads,
-                                                           totalseg_class_names("total"))
+                                                           totalseg_class_names("total"),
+                                                           training_use(cfg, s9 / "ct.nii.gz"))
     ircadb = SHARED / "ircadb"
     if organ == "liver" and ircadb.is_dir():  # its pancreas is not labelled: never a pancreas check
         report["ircadb17_vs_manual"] = eval_volume(card, ircadb / "imagesTr" / "ircadb1_17.nii.gz",

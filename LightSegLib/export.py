@@ -204,3 +204,78 @@ def export_checkpoint(checkpoint, out, *, card_path=None, register_id=None, pari
         report["entry"] = entry
         log(f"registered '{register_id}' in {folder / 'models.json'}")
     return report
+
+
+def warm_start_from_onnx(net, onnx_path, batches) -> float:
+    """Load an exported model's weights back into ``net`` (its architecture) to train it further: the export
+    folded each BatchNorm into the conv before it, so BN is re-inflated from ``batches`` (per-channel mean and
+    spread of each conv's output), which keeps the function exact in eval mode and close in train mode.
+    Returns the largest logit difference from ONNX Runtime on the first batch."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    folded = [(inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 else None)
+              for n in graph.node if n.op_type == "Conv"]
+    batches = [torch.as_tensor(np.asarray(b), dtype=torch.float32) for b in batches]
+    bn_after = {}
+    for seq in net.modules():
+        kids = list(seq.children())
+        for a, b in zip(kids, kids[1:]):
+            if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d):
+                bn_after[a] = b
+    order = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order else None)
+             for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    net.eval()
+    with torch.no_grad():
+        net(batches[0][:1])
+    for h in hooks:
+        h.remove()
+    if len(order) != len(folded) or any(tuple(c.weight.shape) != w.shape for c, (w, _) in zip(order, folded)):
+        raise LightSegError(f"{onnx_path}: its convolutions do not match the architecture being trained")
+    with torch.no_grad():
+        for conv, (w, b) in zip(order, folded):
+            conv.weight.copy_(torch.from_numpy(w.copy()))
+            bias = torch.from_numpy(b.copy()) if b is not None else torch.zeros(w.shape[0])
+            bn = bn_after.get(conv)
+            if bn is None:
+                conv.bias.copy_(bias)
+                continue
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(bias)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+    # BN is now identity + bias: the net computes the exported function; measure each conv's output on it.
+    sums = {c: [0.0, 0.0, 0] for c in bn_after}
+
+    def record(m, _, out):
+        o = out.double()
+        s = sums[m]
+        s[0] = s[0] + o.sum(dim=(0, 2, 3))
+        s[1] = s[1] + (o * o).sum(dim=(0, 2, 3))
+        s[2] += o.numel() // o.shape[1]
+
+    hooks = [c.register_forward_hook(record) for c in bn_after]
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        for conv, bn in bn_after.items():
+            s1, s2, n = sums[conv]
+            mean = s1 / n
+            var = (s2 / n - mean * mean).clamp_min(1e-6)
+            bn.running_mean.copy_(mean.float())
+            bn.running_var.copy_(var.float())
+            bn.weight.copy_(torch.sqrt(var + bn.eps).float())
+            bn.bias.add_(mean.float())
+        ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        x = batches[0]
+        expected = ref.run(None, {ref.get_inputs()[0].name: x.numpy()})[0]
+        got = net(x)
+    return float(np.abs(got.numpy() - expected).max())

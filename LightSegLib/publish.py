@@ -8,7 +8,8 @@ import statistics
 from pathlib import Path
 
 # The whole-volume checks of evaluate.evaluate_model that a card and its registry entry report.
-WHOLE_VOLUME_CHECKS = ("totalseg_ct_3mm_vs_auto_v1", "totalseg_dicom_20slices_vs_auto_v2", "s0009_1p5mm_vs_totalseg_v2",
+THREE_MM = "totalseg_ct_3mm_vs_auto_v1"
+WHOLE_VOLUME_CHECKS = (THREE_MM, "totalseg_dicom_20slices_vs_auto_v2", "s0009_1p5mm_vs_totalseg_v2",
                        "ircadb17_vs_manual", "dcmqi_3slices_vs_semiauto")
 
 
@@ -30,8 +31,8 @@ def figures_markdown(report: dict) -> str:
                      f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
                      f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
                      f" {r['dice_pooled']} pooled |")
-    for key, label in (("totalseg_ct_3mm_vs_auto_v1", ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
-                        "automatic v1 map; its organ-free slices were training negatives")),
+    for key, label in ((THREE_MM, ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
+                        "automatic v1 map")),
                        ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
                         "vs its automatic v2 map")),
                        ("s0009_1p5mm_vs_totalseg_v2", ("TotalSegmentator subject s0009 (HU, 1.5 mm, 185 slices, "
@@ -41,6 +42,9 @@ def figures_markdown(report: dict) -> str:
                        ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
         r = report.get(key)
         if r:
+            use = r.get("training_use", "its organ-free slices were training negatives" if key == THREE_MM else "")
+            if use and use != "never trained on":
+                label += f"; {use}"
             lies = ""
             if r.get("prediction_lies_on"):
                 lies = "; the prediction lies on " + ", ".join(f"{k} {v}" for k, v in r["prediction_lies_on"].items())

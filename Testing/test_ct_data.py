@@ -167,7 +167,7 @@ def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
     spec = dict(cfg["data"]["negatives"], groups=3)
-    cases = ct2d.negative_cases(spec, prep, base=REPO)
+    cases = ct2d.volume_cases(spec, prep, base=REPO)
     assert len(cases) == 3 and all(not c.label.any() for c in cases)
     image = sitk.ReadImage(str(REPO / spec["image"]))
     seg = sitk.ReadImage(str(REPO / spec["label"]))
@@ -494,3 +494,52 @@ def test_card_speed_names_the_machine_and_its_instruction_sets():
     assert "cannot be held" not in speed_markdown(bench, "liver-ct")
     del bench["machine"]
     assert "not recorded by this bench run" in speed_markdown(bench, "liver-ct")
+
+
+def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
+    from LightSegLib.data.ct2d import block_slices
+
+    spec = {"blocks": 16, "guard": 2}
+    train, check = block_slices(185, spec, "train"), block_slices(185, spec, "check")
+    assert len(np.intersect1d(train, check)) == 0 and len(train) > 60 and len(check) > 60
+    gaps = np.abs(check[:, None] - train[None, :]).min(axis=1)
+    assert gaps.min() == 5  # 2 guard slices either side of each edge: the nearest trained slice is 5 away
+    assert list(block_slices(10, {}, "train")) == list(range(10)) and block_slices(10, {}, "check").size == 0
+
+
+def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
+    from LightSegLib.data import ct2d
+    from LightSegLib.train.config import load_config, prep_spec
+
+    shared("totalseg_s0009")
+    cfg = load_config(REPO / "configs" / "pancreas_wholevol_teacher.toml")
+    spec = next(s for s in cfg["data"]["negatives"] if "s0009" in s["image"])
+    cases = ct2d.volume_cases(spec, prep_spec(cfg), base=REPO)
+    slices = sum(c.image.shape[0] for c in cases)
+    with_organ = sum(int(c.label.any(axis=(1, 2)).sum()) for c in cases)
+    assert 0 < with_organ < slices <= len(ct2d.block_slices(185, spec, "train"))
+
+
+def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):
+    import torch
+
+    from LightSegLib.export import export_onnx, warm_start_from_onnx
+    from LightSegLib.nets import build
+
+    spec = {"name": "lfunet", "in_channels": 1, "num_classes": 2, "widths": [4, 8, 8, 16, 16]}
+    torch.manual_seed(0)
+    source = build(spec)
+    for m in source.modules():  # BN with real statistics, so folding them is not trivial
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    source.eval()
+    onnx_path = export_onnx(source, tmp_path / "m.onnx", 1, trace_hw=(64, 64))
+    fresh = build(spec)
+    batches = [torch.rand(2, 1, 64, 64) for _ in range(3)]
+    gap = warm_start_from_onnx(fresh, onnx_path, batches)
+    assert gap < 1e-4
+    x = torch.rand(1, 1, 48, 80)
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), source(x), atol=1e-4)

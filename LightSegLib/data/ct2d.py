@@ -10,9 +10,10 @@ geometry), so the issue-3 trainer, its validation and the inference engine all s
   (their geometry differs from a real slice).
 - ``msd`` (``Task03_Liver``, ``Task07_Pancreas``): HU volumes, sliced axially in LPS, labels mapped by
   ``data.label_map`` (liver 1 + tumour 2 -> 1).
-- ``data.negatives``: slices of a HU CT (TotalSegmentator's example) where its automatic map has no organ,
-  converted like the 2D sets (clip [0, 255] HU, scale, LPS radiological view, pad to square and resize), so the
-  2D models learn that most slices of a real volume hold no liver or pancreas.
+- ``data.negatives``: slices of HU CTs (TotalSegmentator's example, s0009) where their map has no organ (and,
+  with ``positives``, the organ's slices), converted like the 2D sets (clip [0, 255] HU, scale, LPS radiological
+  view, pad to square and resize), so the 2D models learn that most slices of a real volume hold no liver or
+  pancreas.
 
 Splits are drawn once from a seeded permutation of the case ids (``data.holdout``) and named ``train``, ``val``
 and ``test``; ``force_test`` ids (e.g. the NIH patients whose true-HU slices are used for the HU check) always go
@@ -106,11 +107,27 @@ def load_npz_case(path: Path, prep: dict, evaluation: bool = False) -> Case | No
     return slices_to_case(path.stem, image[keep], (label[keep] > 0).astype(np.uint8), prep)
 
 
-# ---------------------------------------------------------------- organ-free slices from a HU volume
-def negative_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Case]:
-    """Slices of a HU CT without the organ (``organ_values`` in its label map), LPS-oriented and converted with
-    the model's preprocessing, in ``groups`` cases so the sampler draws them at a controlled rate
-    (a group is picked as often as one training volume)."""
+# ---------------------------------------------------------------- slices of whole HU volumes
+def block_slices(depth: int, spec: dict, part: str) -> np.ndarray:
+    """File slice indices of ``part`` ("train" or "check") of a volume split along z into alternating blocks of
+    ``blocks`` slices (even blocks train, odd blocks check), ``guard`` slices dropped at every block edge so no
+    checked slice has a trained neighbour closer than ``guard + 1`` slices. Without ``blocks``, every slice
+    trains and none is checked."""
+    z = np.arange(depth)
+    size = int(spec.get("blocks", 0))
+    if not size:
+        return z if part == "train" else z[:0]
+    guard = int(spec.get("guard", 2))
+    inner = (z % size >= guard) & (z % size < size - guard)
+    return z[inner & ((z // size) % 2 == (0 if part == "train" else 1))]
+
+
+def volume_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Case]:
+    """Training slices of a HU CT with an organ map, LPS-oriented and converted with the model's preprocessing,
+    in ``groups`` cases so the sampler draws them at a controlled rate (a group is picked as often as one
+    training volume). Slices without the organ (``organ_values``) are negatives, so the 2D models learn that most
+    slices of a real volume hold no liver or pancreas; ``positives`` keeps the organ's slices too, labelled 1.
+    ``blocks`` trains on half the volume (``block_slices``) and leaves the rest for checking."""
     import SimpleITK as sitk
 
     def resolve(p):
@@ -120,25 +137,27 @@ def negative_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Cas
     image = sitk.ReadImage(str(resolve(spec["image"])))
     seg = sitk.ReadImage(str(resolve(spec["label"])))
     orientation = preprocess.orientation_for(image.GetDirection(), "LPS")
-    volume = orientation.apply(sitk.GetArrayFromImage(image))
-    labels = orientation.apply(sitk.GetArrayFromImage(seg))
-    organ = np.isin(labels, [int(v) for v in spec["organ_values"]])
-    empty = np.flatnonzero(~organ.any(axis=(1, 2)))
+    raw = sitk.GetArrayFromImage(image)
+    volume = orientation.apply(raw)
+    organ = orientation.apply(np.isin(sitk.GetArrayFromImage(seg), [int(v) for v in spec["organ_values"]]))
+    file_z = orientation.apply(np.broadcast_to(np.arange(raw.shape[0])[:, None, None], raw.shape))[:, 0, 0]
+    allowed = np.isin(file_z, block_slices(raw.shape[0], spec, "train"))
+    present = np.flatnonzero(organ.any(axis=(1, 2)))
+    empty = np.flatnonzero(~organ.any(axis=(1, 2)) & allowed)
     # Slices next to the organ's ends are ambiguous for an automatic map: leave a margin.
     margin = int(spec.get("margin_slices", 2))
-    present = np.flatnonzero(organ.any(axis=(1, 2)))
     if present.size:
         empty = np.array([z for z in empty if min(abs(z - present.min()), abs(z - present.max())) > margin], int)
-    step = max(1, int(spec.get("every", 1)))
-    empty = empty[::step]
-    if empty.size == 0:
+    empty = empty[::max(1, int(spec.get("every", 1)))]
+    keep = np.union1d(empty, present[allowed[present]]) if spec.get("positives") else empty
+    if keep.size == 0:
         return []
     spacing = orientation.spacing(image.GetSpacing())
-    groups = max(1, min(int(spec.get("groups", 8)), empty.size))
+    groups = max(1, min(int(spec.get("groups", 8)), keep.size))
+    stem = "_".join((Path(spec["image"]).parent.name, Path(spec["image"]).name.split(".")[0]))
     cases = []
-    for g, idx in enumerate(np.array_split(empty, groups)):
-        case = slices_to_case(f"negatives{g}", volume[idx], np.zeros((idx.size,) + volume.shape[1:], np.uint8),
-                              prep, spacing[1:])
+    for g, idx in enumerate(np.array_split(keep, groups)):
+        case = slices_to_case(f"{stem}_slices{g}", volume[idx], organ[idx].astype(np.uint8), prep, spacing[1:])
         case.native_label = None  # training only
         cases.append(case)
     return cases
@@ -220,7 +239,9 @@ def load_split_cfg(cfg: dict, split: str, prep: dict | None = None) -> list[Case
             if case is not None:
                 cases.append(case)
     if training and dcfg.get("negatives"):
-        cases += negative_cases(dcfg["negatives"], prep, base=Path(dcfg.get("negatives_base", ".")))
+        specs = dcfg["negatives"]
+        for spec in [specs] if isinstance(specs, dict) else specs:
+            cases += volume_cases(spec, prep, base=Path(dcfg.get("negatives_base", ".")))
     return cases
 
 

@@ -41,6 +41,7 @@ DEFAULTS = {
         "threads": 2,
         "amp": True,              # used on CUDA only
         "cpu_bf16": False,        # CPU: bfloat16 autocast + channels_last (about 2x on CPUs with AVX512-BF16/AMX)
+        "init_onnx": "",          # start from an exported model's weights (same architecture) instead of random
     },
     "labels": {"names": []},      # for logs and plots only
 }

@@ -175,6 +175,13 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
 
     spec = dict(cfg["model"])
     net = build(spec).to(device)
+    if tcfg["init_onnx"] and not resume:
+        from ..export import warm_start_from_onnx
+
+        calibration = [b[0] for b, _ in zip(loader, range(8))]
+        gap = warm_start_from_onnx(net, tcfg["init_onnx"], calibration)
+        if main:
+            log(f"started from {tcfg['init_onnx']} (largest logit difference from ONNX Runtime {gap:.2e})")
     bf16 = bool(tcfg["cpu_bf16"]) and device.type == "cpu"
     channels_last = bf16 and cpu_bf16_layout(net)  # before DDP registers the parameters
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
