@@ -202,11 +202,11 @@ def _row(name, pred, truth) -> dict:
 def eval_npz_split(card, cfg: dict, split: str, threads: int = 1, noise_sd: float = 0.0) -> dict:
     """Held-out 8-bit slices (real geometry only), one case per volume/patient, no 3D post-processing.
     ``noise_sd``: add Gaussian noise of that many HU (fixed seed) first, as on a grainy low-dose scan."""
-    from .data import ct2d
+    from .data import reader
 
     dcfg = cfg["data"]
-    names = ct2d.split_ids(ct2d.dataset_ids(dcfg), dcfg["holdout"])[split]
-    files = ct2d._npz_files(Path(dcfg["dataset"]))
+    names = reader.split_ids(reader.dataset_ids(dcfg), dcfg["holdout"])[split]
+    files = reader._npz_files(Path(dcfg["dataset"]))
     rng = np.random.default_rng(0)
     rows = []
     for n in names:
@@ -270,7 +270,7 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
     """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ).
     With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong).
     ``trained``: the training spec that used this volume; with blocks, only the held-out blocks are scored."""
-    from .data.ct2d import block_slices
+    from .data.reader import block_slices
     from .inference import segment_image
 
     image = sitk.ReadImage(str(image_path))

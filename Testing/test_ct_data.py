@@ -62,14 +62,12 @@ def tiny_config(path: Path, base: str) -> Path:
 
 def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     from LightSegLib.cli import main
-    from LightSegLib.data import ct2d, msd
+    from LightSegLib.data import reader
     from LightSegLib.train.config import load_config, prep_spec
 
     cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
     run = tmp_path / "run"
-    original = msd.load_split
     assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
-    assert msd.load_split is original  # the hook is undone after training
     for name in ("best.pt", "last.pt", "log.csv", "config.toml", "split.json", "summary.json"):
         assert (run / name).is_file(), name
     with open(run / "log.csv") as f:
@@ -84,7 +82,7 @@ def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     # The merge: the validation case's labels are liver OR gallbladder ('tumour'), in radiological view.
     cfg = load_config(cfg_path)
     cfg["data"]["dataset"] = str(tiny_msd_liver)
-    (case,) = ct2d.load_split_cfg(cfg, "val", prep_spec(cfg))
+    (case,) = reader.load_split(cfg, "val", prep_spec(cfg))
     name = split["val"][0]
     raw = sitk.ReadImage(str(tiny_msd_liver / "labelsTr" / f"{name}.nii.gz"))
     stored = sitk.GetArrayFromImage(raw)
@@ -97,15 +95,12 @@ def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     assert cols.mean() < case.native_label.shape[2] / 2
 
     # Training volumes keep organ slices plus every 4th other slice, labels merged too.
-    train_cases = ct2d.load_split_cfg(cfg, "train", prep_spec(cfg))
+    train_cases = reader.load_split(cfg, "train", prep_spec(cfg))
     assert all(set(np.unique(c.label)) <= {0, 1} for c in train_cases)
-    assert ct2d.loader_for(cfg) is not msd.load_split
-    plain = {"data": {"format": "msd"}}
-    assert ct2d.loader_for(plain) is msd.load_split
 
 
 def test_label_map_values():
-    from LightSegLib.data.ct2d import apply_label_map
+    from LightSegLib.data.reader import apply_label_map
 
     lab = np.array([[0, 1, 2, 3]], np.uint8)
     assert apply_label_map(lab, {"1": 1, "2": 1}).tolist() == [[0, 1, 1, 0]]
@@ -113,7 +108,7 @@ def test_label_map_values():
 
 
 def test_split_by_case_is_deterministic_and_disjoint():
-    from LightSegLib.data.ct2d import split_ids
+    from LightSegLib.data.reader import split_ids
 
     ids = [f"P{i:03d}" for i in range(50)]
     holdout = {"seed": 0, "test": 10, "val": 5, "force_test": ["P001", "P002"]}
@@ -132,14 +127,14 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     """8-bit slices: window [0, 255] on the stored values = the value / 255, then the card's fit geometry;
     the pancreas evaluation reader drops the zoomed crop_margin slices."""
     from LightSegLib import preprocess
-    from LightSegLib.data import ct2d
+    from LightSegLib.data import reader
     from LightSegLib.train.config import load_config, prep_spec
 
     lits = shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
     path = min(lits.glob("*.npz"))
-    case = ct2d.load_npz_case(path, prep)
+    case = reader.load_npz_case(path, prep)
     with np.load(path) as f:
         raw, lab = f["image"], f["label"]
     expected = preprocess.resize_slices(raw.astype(np.float32) / 255.0, prep["inplane"]["size"])
@@ -153,21 +148,21 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
             margins = f["crop_margin"]
         if (margins > 0).any() and (margins == 0).any():
             break
-    train_case = ct2d.load_npz_case(path, prep_spec(pcfg))
-    eval_case = ct2d.load_npz_case(path, prep_spec(pcfg), evaluation=True)
+    train_case = reader.load_npz_case(path, prep_spec(pcfg))
+    eval_case = reader.load_npz_case(path, prep_spec(pcfg), evaluation=True)
     assert train_case.image.shape[0] == len(margins) and eval_case.image.shape[0] == int((margins == 0).sum())
 
 
 def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     from LightSegLib import preprocess
-    from LightSegLib.data import ct2d
+    from LightSegLib.data import reader
     from LightSegLib.train.config import load_config, prep_spec
 
     shared("totalseg_example")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
     spec = dict(cfg["data"]["negatives"], groups=3)
-    cases = ct2d.volume_cases(spec, prep, base=REPO)
+    cases = reader.volume_cases(spec, prep, base=REPO)
     assert len(cases) == 3 and all(not c.label.any() for c in cases)
     image = sitk.ReadImage(str(REPO / spec["image"]))
     seg = sitk.ReadImage(str(REPO / spec["label"]))
@@ -497,7 +492,7 @@ def test_card_speed_names_the_machine_and_its_instruction_sets():
 
 
 def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
-    from LightSegLib.data.ct2d import block_slices
+    from LightSegLib.data.reader import block_slices
 
     spec = {"blocks": 16, "guard": 2}
     train, check = block_slices(185, spec, "train"), block_slices(185, spec, "check")
@@ -508,16 +503,16 @@ def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
 
 
 def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
-    from LightSegLib.data import ct2d
+    from LightSegLib.data import reader
     from LightSegLib.train.config import load_config, prep_spec
 
     shared("totalseg_s0009")
     cfg = load_config(REPO / "configs" / "pancreas_wholevol_teacher.toml")
     spec = next(s for s in cfg["data"]["negatives"] if "s0009" in s["image"])
-    cases = ct2d.volume_cases(spec, prep_spec(cfg), base=REPO)
+    cases = reader.volume_cases(spec, prep_spec(cfg), base=REPO)
     slices = sum(c.image.shape[0] for c in cases)
     with_organ = sum(int(c.label.any(axis=(1, 2)).sum()) for c in cases)
-    assert 0 < with_organ < slices <= len(ct2d.block_slices(185, spec, "train"))
+    assert 0 < with_organ < slices <= len(reader.block_slices(185, spec, "train"))
 
 
 def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):

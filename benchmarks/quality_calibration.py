@@ -55,14 +55,14 @@ def _rows(card, result, truth_by_value: dict, group: str, case: str) -> list[dic
 
 def slice_cases(card, split: str, threads: int) -> list[dict]:
     """The card's 8-bit slice split, one case per patient / volume, no 3D post-processing (as the card's figures)."""
-    from LightSegLib.data import ct2d
+    from LightSegLib.data import reader
     from LightSegLib.train.config import load_config
 
     cfg = load_config(REPO / CONFIGS[card.id])["data"]
     flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
-    files = ct2d._npz_files(Path(cfg["dataset"]))
+    files = reader._npz_files(Path(cfg["dataset"]))
     rows = []
-    for name in ct2d.split_ids(ct2d.dataset_ids(cfg), cfg["holdout"])[split]:
+    for name in reader.split_ids(reader.dataset_ids(cfg), cfg["holdout"])[split]:
         with np.load(files[name]) as f:
             keep = f["crop_margin"] == 0 if "crop_margin" in f.files else np.ones(len(f["image"]), bool)
             image, label = f["image"][keep], f["label"][keep]

@@ -15,8 +15,8 @@ def register(sub) -> None:
     add_arguments(sub.add_parser("prune", help="prune channels (Torch-Pruning) and rebuild a narrow net, or "
                                                "Ghost-convert")).set_defaults(func=run)
     # The CT models' recipes (registry `reproduce` strings) name this one.
-    add_arguments(sub.add_parser("prune-ct", help="lightseg prune with the CT data readers for its fine-tuning "
-                                                  "(--config: a liver or pancreas config)")).set_defaults(func=run_ct)
+    add_arguments(sub.add_parser("prune-ct", help="the same as prune (the name the CT models' reproduce "
+                                                  "commands use)")).set_defaults(func=run)
 
 
 def add_arguments(p):
@@ -49,17 +49,6 @@ def add_arguments(p):
                    help="continue interrupted fine-tuning from the OUT.*.state.pt files (saved every 100 iterations)")
     add_device_argument(p)  # fine-tuning; pruning itself runs on the CPU
     return p
-
-
-def run_ct(args) -> int:
-    from ..data import ct2d
-    from ..errors import LightSegError
-    from ..train.config import load_config
-
-    if not args.config:
-        raise LightSegError("prune-ct needs --config (the CT model's training config)")
-    with ct2d.trainer_data_hook(load_config(args.config)):
-        return run(args)
 
 
 def run(args) -> int:

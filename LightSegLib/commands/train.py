@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..data.ct2d import write_split
+    from ..data.reader import write_split
     from ..errors import LightSegError
     from ..train.config import load_config
     from ..train.trainer import train

@@ -2,7 +2,7 @@
 
 Why not the issue-3 trainer: it has no hook for extra loss terms or extra trainable modules (distillation
 adapters), nor for a model that is not ``nets.build(spec)`` (a pruned, irregular net). This loop reuses the same
-pieces (MSD reader, SliceDataset, MONAI augmentation, DiceCE with deep supervision, whole-volume validation), so
+pieces (the data reader, SliceDataset, MONAI augmentation, DiceCE with deep supervision, whole-volume validation), so
 the numbers it reports are comparable with ``lightseg train``'s.
 """
 from __future__ import annotations
@@ -19,23 +19,12 @@ from ..errors import LightSegError
 
 
 def load_data(cfg: dict, val: bool = True, limit: int | None = None):
-    """(train cases, validation cases) preprocessed exactly as inference does: the MSD reader, or the reader the
-    config names (``data.ct2d.loader_for``: 2D CT slice sets, hold-out splits), as ``lightseg train`` reads them."""
-    from ..train.config import prep_spec
+    """(train cases, validation cases), read as ``lightseg train`` reads them."""
+    from ..data.reader import load_split
 
-    try:
-        from ..data.ct2d import loader_for
-
-        load_split = loader_for(cfg)
-    except ImportError:
-        from ..data.msd import load_split
     dcfg = cfg["data"]
-    if not dcfg["dataset"]:
-        raise LightSegError("no dataset: set data.dataset in the config or pass --data")
-    prep = prep_spec(cfg)
-    train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep, *([limit] if limit else []))
-    val_cases = load_split(dcfg["dataset"], dcfg["val_split"], prep) if val else []
-    return train_cases, val_cases
+    train_cases = load_split(cfg, dcfg["train_split"], limit=limit)
+    return train_cases, load_split(cfg, dcfg["val_split"]) if val else []
 
 
 def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True, start: int = 0,

@@ -70,16 +70,3 @@ def load_case(entry: dict, prep: dict) -> Case:
         label = preprocess.resize_slices(padded, geometry.model_hw, linear=False)
     name = Path(entry["image"]).name.split(".")[0]
     return Case(name, np.ascontiguousarray(x, dtype=np.float32), label, geometry, orientation, native, spacing)
-
-
-def load_split(root, split: str, prep: dict, limit: int | None = None) -> list[Case]:
-    """Preprocessed cases of a split: an MSD folder (``dataset.json``), or a folder of 2D ``.npz`` slice files."""
-    if not (Path(root) / "dataset.json").is_file() and any(Path(root).glob("*.npz")):
-        from .npz2d import load_npz_case, split_files
-
-        files = split_files(root, split)
-        return [load_npz_case(f, prep) for f in files[:limit or None]]
-    entries = read_split(root, split)
-    if limit:
-        entries = entries[:limit]
-    return [load_case(e, prep) for e in entries]

@@ -127,7 +127,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
     from torch.utils.data import DataLoader
 
     from ..data.augment import build_transform
-    from ..data.ct2d import loader_for
+    from ..data.reader import load_split
     from ..data.slices import SliceDataset
     from ..nets import build
     from .evaluate_core import validate
@@ -144,8 +144,6 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
         raise LightSegError(f"--resume: no checkpoint at {last_path}")
     if not resume and last_path.is_file():
         raise LightSegError(f"{out} already holds a run (last.pt); use --resume or another --out")
-    if not dcfg["dataset"]:
-        raise LightSegError("no dataset: set data.dataset in the config or pass --data")
     seed = int(tcfg["seed"])
     seed_everything(seed + rank)
     if main:
@@ -155,10 +153,9 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
 
     prep = prep_spec(cfg)
     context = prep["context_slices"]
-    load_split = loader_for(cfg)  # MSD as stored, or the CT readers (label merging, 2D slice sets, negatives)
     t0 = time.time()
-    train_cases = load_split(dcfg["dataset"], dcfg["train_split"], prep)
-    val_cases = load_split(dcfg["dataset"], dcfg["val_split"], prep) if main else []
+    train_cases = load_split(cfg, dcfg["train_split"], prep)
+    val_cases = load_split(cfg, dcfg["val_split"], prep) if main else []
     if main:
         log(f"data: {len(train_cases)} training volumes ({sum(c.image.shape[0] for c in train_cases)} slices), "
             f"{len(val_cases)} validation volumes, loaded in {time.time() - t0:.1f} s")

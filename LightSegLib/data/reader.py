@@ -1,15 +1,16 @@
-"""CT training data for the liver and pancreas models: the 8-bit 2D slice sets, organ-free slices from a HU
-volume, and MSD volumes with their label values merged.
+"""The one data reader: ``load_split(cfg, split)`` gives the preprocessed cases of a config's split, for
+training, fine-tuning, distillation and validation alike.
 
-Every reader returns ``msd.Case`` objects built with ``LightSegLib.preprocess`` (orientation, window, in-plane
-geometry), so the issue-3 trainer, its validation and the inference engine all see the same pixels:
+Every case is an ``msd.Case`` built with ``LightSegLib.preprocess`` (orientation, window, in-plane geometry), so
+the trainer, its validation and the inference engine all see the same pixels:
 
 - ``lits_npz`` (``lits_liver_2d``): one npz per CT volume, 256x256 uint8 = about clip(HU, 0, 255); split by volume.
 - ``nih_npz`` (``nih_pancreas_2d``): one npz per patient, 512x512 uint8; split by patient. Slices with
   ``crop_margin`` 40/80 are zoomed centre crops: kept in training as real scale augmentation, never evaluated
   (their geometry differs from a real slice).
-- ``msd`` (``Task03_Liver``, ``Task07_Pancreas``): HU volumes, sliced axially in LPS, labels mapped by
-  ``data.label_map`` (liver 1 + tumour 2 -> 1).
+- ``msd`` (ACDC, ``Task03_Liver``, ``Task07_Pancreas``): volumes of an MSD / nnU-Net folder, its own split lists
+  or ``data.holdout``, labels mapped by ``data.label_map`` (liver 1 + tumour 2 -> 1).
+- ``npz``: any folder of such slice files; without ``data.holdout``, a seeded 80/20 draw by file.
 - ``data.negatives``: slices of HU CTs (TotalSegmentator's example, s0009) where their map has no organ (and,
   with ``positives``, the organ's slices), converted like the 2D sets (clip [0, 255] HU, scale, LPS radiological
   view, pad to square and resize), so the 2D models learn that most slices of a real volume hold no liver or
@@ -22,7 +23,6 @@ to ``test``. ``fold``/``folds`` rotate the non-test cases for cross-validation.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from .. import preprocess
 from ..errors import LightSegError
 from .msd import Case
 
-FORMATS = ("msd", "lits_npz", "nih_npz")
+FORMATS = ("msd", "npz", "lits_npz", "nih_npz")  # the npz names read alike
 
 
 # ---------------------------------------------------------------- conversion shared by all readers
@@ -94,17 +94,20 @@ def _npz_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def load_npz_case(path: Path, prep: dict, evaluation: bool = False) -> Case | None:
-    """One volume/patient of ``lits_liver_2d`` or ``nih_pancreas_2d``. ``evaluation``: only real-geometry
-    slices (``crop_margin`` 0), so figures are on slices as a scanner makes them."""
+def load_npz_case(path: Path, prep: dict, label_map: dict | None = None, evaluation: bool = False) -> Case | None:
+    """One volume/patient of a slice folder (``image``, ``label`` [N, H, W], e.g. ``lits_liver_2d``,
+    ``nih_pancreas_2d``). ``evaluation``: only real-geometry slices (``crop_margin`` 0), so figures are on slices
+    as a scanner makes them."""
     with np.load(path) as f:
         image, label = f["image"], f["label"]
+        if image.ndim != 3 or image.shape != label.shape:
+            raise LightSegError(f"{path}: expected image and label arrays [N, H, W] of one shape")
         keep = np.ones(len(image), bool)
         if evaluation and "crop_margin" in f.files:
             keep = f["crop_margin"] == 0
     if not keep.any():
         return None
-    return slices_to_case(path.stem, image[keep], (label[keep] > 0).astype(np.uint8), prep)
+    return slices_to_case(path.stem, image[keep], apply_label_map(label[keep].astype(np.uint8), label_map), prep)
 
 
 # ---------------------------------------------------------------- slices of whole HU volumes
@@ -189,38 +192,58 @@ def load_msd_case(entry: dict, prep: dict, label_map: dict | None, training: boo
     return case
 
 
-# ---------------------------------------------------------------- one entry point for the trainer
+# ---------------------------------------------------------------- the one entry point
+def data_format(dcfg: dict) -> str:
+    """``data.format``, or what the folder holds: ``dataset.json`` (MSD) or ``.npz`` slice files."""
+    fmt = dcfg.get("format")
+    if fmt is None:
+        root = Path(dcfg["dataset"])
+        fmt = "npz" if not (root / "dataset.json").is_file() and any(root.glob("*.npz")) else "msd"
+    if fmt not in FORMATS:
+        raise LightSegError(f"data.format {fmt!r} unknown (one of {', '.join(FORMATS)})")
+    return fmt
+
+
 def dataset_ids(dcfg: dict) -> list[str]:
-    fmt = dcfg.get("format", "msd")
-    root = Path(dcfg["dataset"])
-    if fmt == "msd":
-        return sorted(msd_entries(root, dcfg.get("source_list", "training")))
-    return sorted(_npz_files(root))
+    if data_format(dcfg) == "msd":
+        return sorted(msd_entries(Path(dcfg["dataset"]), dcfg.get("source_list", "training")))
+    return sorted(_npz_files(Path(dcfg["dataset"])))
 
 
-def load_split_cfg(cfg: dict, split: str, prep: dict | None = None) -> list[Case]:
-    """Cases of ``split`` (``train``, ``val``, ``test``, ``all`` with ``data.holdout``; else an MSD list name)."""
+def split_names(dcfg: dict, split: str) -> list[str] | None:
+    """Case ids of ``split``: by ``data.holdout`` (train, val, test, all); an npz folder without one is a seeded
+    80/20 draw by file (training, validation); an MSD folder without one uses its own lists (None here)."""
+    holdout = dcfg.get("holdout")
+    if not holdout and data_format(dcfg) != "msd":
+        holdout = {"seed": 0, "val": max(1, round(0.2 * len(dataset_ids(dcfg))))}
+        split = {"training": "train", "validation": "val"}.get(split, split)
+        if split not in ("train", "val"):
+            raise LightSegError(f"split {split!r} unknown for a slice folder (use training or validation)")
+    if not holdout:
+        return None
+    names = split_ids(dataset_ids(dcfg), holdout).get(split)
+    if names is None:
+        raise LightSegError(f"split {split!r}: with data.holdout use train, val, test or all")
+    return names
+
+
+def load_split(cfg: dict, split: str, prep: dict | None = None, limit: int | None = None) -> list[Case]:
+    """The cases of ``split`` preprocessed as the engine would (``prep``: the config's unless given): what
+    training, fine-tuning and validation all read. The training split also gets ``data.negatives``."""
     from ..train.config import prep_spec
 
     dcfg = cfg["data"]
+    if not dcfg.get("dataset"):
+        raise LightSegError("no dataset: set data.dataset in the config or pass --data")
     prep = prep or prep_spec(cfg)
-    fmt = dcfg.get("format", "msd")
-    if fmt not in FORMATS:
-        raise LightSegError(f"data.format {fmt!r} unknown (one of {', '.join(FORMATS)})")
+    fmt = data_format(dcfg)
     if int(prep.get("context_slices", 0)) and fmt != "msd":
         raise LightSegError("context_slices > 0 needs real neighbouring slices: the 2D sets hold scattered slices")
     root = Path(dcfg["dataset"])
     training = split == dcfg.get("train_split", "train")
-    holdout = dcfg.get("holdout")
-    if holdout:
-        names = split_ids(dataset_ids(dcfg), holdout).get(split)
-        if names is None:
-            raise LightSegError(f"split {split!r}: with data.holdout use train, val, test or all")
-    else:
-        names = None
+    names = split_names(dcfg, split)
     cases: list[Case] = []
     if fmt == "msd":
-        label_map = dcfg.get("label_map")
         if names is None:
             from .msd import read_split
 
@@ -228,14 +251,13 @@ def load_split_cfg(cfg: dict, split: str, prep: dict | None = None) -> list[Case
             names = sorted(entries)
         else:
             entries = msd_entries(root, dcfg.get("source_list", "training"))
-        for n in names:
-            cases.append(load_msd_case(entries[n], prep, label_map, training, int(dcfg.get("negative_every", 0))))
+        for n in names[:limit or None]:
+            cases.append(load_msd_case(entries[n], prep, dcfg.get("label_map"), training,
+                                       int(dcfg.get("negative_every", 0))))
     else:
         files = _npz_files(root)
-        if names is None:
-            raise LightSegError(f"data.format {fmt!r} needs data.holdout (the npz sets have no split lists)")
-        for n in names:
-            case = load_npz_case(files[n], prep, evaluation=not training)
+        for n in names[:limit or None]:
+            case = load_npz_case(files[n], prep, dcfg.get("label_map"), evaluation=not training)
             if case is not None:
                 cases.append(case)
     if training and dcfg.get("negatives"):
@@ -245,47 +267,9 @@ def load_split_cfg(cfg: dict, split: str, prep: dict | None = None) -> list[Case
     return cases
 
 
-@contextmanager
-def trainer_data_hook(cfg: dict):
-    """Route the issue-3 trainer's ``msd.load_split`` through ``loader_for(cfg)`` while it runs (it imports the
-    function when training starts), until the trainer calls ``loader_for`` itself."""
-    from . import msd
-
-    original = msd.load_split
-    msd.load_split = loader_for(cfg)
-    try:
-        yield
-    finally:
-        msd.load_split = original
-
-
-def describe_split(cfg: dict) -> dict:
-    """The ids in each split (for the model card and the run folder)."""
-    dcfg = cfg["data"]
-    if not dcfg.get("holdout"):
-        return {}
-    return split_ids(dataset_ids(dcfg), dcfg["holdout"])
-
-
 def write_split(cfg: dict, out: Path) -> None:
-    split = describe_split(cfg)
-    if split:
+    """The ids in each split, beside the run (for the model card)."""
+    dcfg = cfg["data"]
+    if dcfg.get("holdout"):
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
-
-
-def loader_for(cfg: dict):
-    """The ``load_split(root, split, prep)`` the trainer should call for ``cfg``: ``msd.load_split`` for a plain
-    MSD config, the CT readers when the config names a format, a holdout, a label map or negatives. The
-    one-line hook for the trainer: ``load_split = ct2d.loader_for(cfg)`` in place of importing msd's."""
-    from . import msd
-
-    d = cfg["data"]
-    if d.get("format", "msd") == "msd" and not any(d.get(k) for k in ("holdout", "label_map", "negatives")):
-        return msd.load_split
-
-    def load_split(root, split, prep, limit=None):
-        cases = load_split_cfg({**cfg, "data": {**d, "dataset": str(root)}}, split, prep)
-        return cases[:limit] if limit else cases
-
-    return load_split
+        (Path(out) / "split.json").write_text(json.dumps(split_ids(dataset_ids(dcfg), dcfg["holdout"]), indent=1))
