@@ -93,22 +93,11 @@ def real_slices(image_path, prep: dict, max_slices: int = 8) -> np.ndarray:
     """Preprocessed slices of a real volume as the engine feeds them: (n, C, h, w) float32."""
     import SimpleITK as sitk
 
-    from . import preprocess
+    from .preprocess import Preprocessing
 
-    image = sitk.ReadImage(str(image_path))
-    orientation = preprocess.orientation_for(image.GetDirection(), prep["orientation"])
-    volume = orientation.apply(sitk.GetArrayViewFromImage(image))
-    spacing = orientation.spacing(image.GetSpacing())
-    geometry = preprocess.plane_geometry(volume.shape[1:], spacing[1:], prep["inplane"])
-    stats = preprocess.intensity_stats(volume, prep["normalization"])
-    depth = volume.shape[0]
-    start = max(0, depth // 2 - max_slices // 2)
-    stop = min(depth, start + max_slices)
-    context = int(prep.get("context_slices", 0))
-    slab = preprocess.normalise(volume[preprocess.context_indices(start, stop, context, depth)],
-                                prep["normalization"], stats)
-    x = preprocess.with_context(geometry.to_model(slab, float(prep.get("pad_value", 0.0))), context)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    prepared = Preprocessing.from_prep(prep).prepare(sitk.ReadImage(str(image_path)))
+    start = max(0, prepared.depth // 2 - max_slices // 2)
+    return prepared.batch(start, min(prepared.depth, start + max_slices))
 
 
 def parity(net, onnx_path, slices: np.ndarray) -> dict:
@@ -131,12 +120,13 @@ def build_entry(card: dict, ckpt: dict, onnx_path: Path, params: int, macs: int,
     """The registry entry: static facts from the card template, the rest measured or read from the checkpoint."""
     from .registry import sha256_of
 
-    prep = ckpt["prep"]
+    from .preprocess import Preprocessing
+
+    fields = Preprocessing.from_prep(ckpt["prep"]).card_fields()
     entry = dict(card)
     entry.update({
-        "input": {"orientation": prep["orientation"], "inplane": prep["inplane"],
-                  "context_slices": int(prep.get("context_slices", 0)), **card.get("input_extra", {})},
-        "normalization": prep["normalization"],
+        "input": {**fields["input"], **card.get("input_extra", {})},
+        "normalization": fields["normalization"],
         "file": onnx_path.name,
         "sha256": sha256_of(onnx_path),
         "params": int(params),

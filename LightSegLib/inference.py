@@ -122,17 +122,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     runner = runner or make_runner(card, backend, threads, int8)
     seconds["load"] = time.perf_counter() - t0
 
-    spec_in = card.input
-    orientation = preprocess.orientation_for(image.GetDirection(), spec_in["orientation"])
-    volume = orientation.apply(sitk.GetArrayViewFromImage(image))
-    spacing = orientation.spacing(image.GetSpacing())
-    depth = volume.shape[0]
-    context = int(spec_in.get("context_slices", 0))
-    geometry = preprocess.plane_geometry(volume.shape[1:], spacing[1:], spec_in["inplane"])
-    stats = preprocess.intensity_stats(volume, card.normalization)
-    pad_value = float(spec_in.get("pad_value", 0.0))
-    batch = int(spec_in.get("batch_slices", 8))
-    notes = _plausibility_notes(card, image, volume, stats)
+    prepared = preprocess.Preprocessing.from_card(card).prepare(image)
+    volume, depth = prepared.volume, prepared.depth
+    batch = int(card.input.get("batch_slices", 8))
+    notes = _plausibility_notes(card, image, volume, prepared.stats)
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     confidence = quality.Confidence(card.num_classes)
@@ -143,16 +136,13 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             raise Cancelled("cancelled")
         stop = min(start + batch, depth)
         t = time.perf_counter()
-        slab = preprocess.normalise(volume[preprocess.context_indices(start, stop, context, depth)],
-                                    card.normalization, stats)
-        x = preprocess.with_context(geometry.to_model(slab, pad_value), context)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = prepared.batch(start, stop)
         t_pre += time.perf_counter() - t
         t = time.perf_counter()
         logits = runner(x)
         t_net += time.perf_counter() - t
         t = time.perf_counter()
-        labels[start:stop] = geometry.labels_from_model(logits)
+        labels[start:stop] = prepared.geometry.labels_from_model(logits)
         confidence.add(logits)
         t_back += time.perf_counter() - t
         report(stop / depth, INFER)
@@ -163,12 +153,12 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     t = time.perf_counter()
     report(1.0, POSTPROCESS)
     names = card.label_names()
-    labels = np.ascontiguousarray(orientation.invert(labels))
+    labels = prepared.labels_back(labels)
     removed = postprocess.apply(labels, card.postprocessing)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
     counts = postprocess.voxel_counts(labels, names)
-    assessed = quality.assess(card, volume, orientation.apply(labels), counts, removed, confidence)
+    assessed = quality.assess(card, volume, prepared.orientation.apply(labels), counts, removed, confidence)
     seconds["postprocess"] = time.perf_counter() - t
     return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes, assessed)
 

@@ -224,3 +224,99 @@ def with_context(slab: np.ndarray, context: int) -> np.ndarray:
 def context_indices(start: int, stop: int, context: int, depth: int) -> np.ndarray:
     """Slice indices ``start - c .. stop + c`` clamped to the volume (edge slices repeat)."""
     return np.clip(np.arange(start - context, stop + context), 0, depth - 1)
+
+
+# ---------------------------------------------------------------- the contract
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its input, in one place. A card, a checkpoint's ``prep`` and a training config
+    each translate to it once (``from_card``, ``from_prep``, ``from_config``); inference, training data, export
+    parity and int8 calibration all go through ``prepare``, so none of them can drift from the others."""
+
+    orientation: str
+    inplane: dict
+    normalization: dict
+    context_slices: int = 0
+    pad_value: float = 0.0
+
+    @classmethod
+    def from_prep(cls, prep: dict) -> "Preprocessing":
+        return cls(prep.get("orientation", "native"), dict(prep["inplane"]), dict(prep["normalization"]),
+                   int(prep.get("context_slices", 0)), float(prep.get("pad_value", 0.0)))
+
+    @classmethod
+    def from_card(cls, card) -> "Preprocessing":
+        """``card``: a ModelCard or a registry entry."""
+        entry = getattr(card, "entry", card)
+        return cls.from_prep({**entry["input"], "normalization": entry["normalization"]})
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Preprocessing":
+        return cls.from_prep(cfg["data"])
+
+    def to_prep(self) -> dict:
+        """The form a checkpoint stores (and a config's data section holds)."""
+        prep = {"orientation": self.orientation, "inplane": self.inplane, "normalization": self.normalization,
+                "context_slices": self.context_slices}
+        return {**prep, "pad_value": self.pad_value} if self.pad_value else prep
+
+    def card_fields(self) -> dict:
+        """The registry entry's ``input`` and ``normalization``."""
+        inp = {"orientation": self.orientation, "inplane": self.inplane, "context_slices": self.context_slices}
+        return {"input": {**inp, "pad_value": self.pad_value} if self.pad_value else inp,
+                "normalization": self.normalization}
+
+    def prepare(self, image) -> "Prepared":
+        """A SimpleITK image (3D) on its way into the model."""
+        import SimpleITK as sitk
+
+        orientation = orientation_for(image.GetDirection(), self.orientation)
+        prepared = self.prepare_array(orientation.apply(sitk.GetArrayViewFromImage(image)),
+                                      orientation.spacing(image.GetSpacing()), orientation)
+        prepared.source = image  # the volume is a view of the image's buffer: keep the image alive with it
+        return prepared
+
+    def prepare_array(self, volume: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), orientation=None) -> "Prepared":
+        """Slices already in the model's orientation (``[z, y, x]``, e.g. a 2D slice set)."""
+        geometry = plane_geometry(volume.shape[1:], spacing_zyx[1:], self.inplane)
+        return Prepared(self, volume, orientation or IDENTITY, geometry,
+                        intensity_stats(volume, self.normalization), tuple(float(s) for s in spacing_zyx))
+
+
+@dataclass
+class Prepared:
+    """One volume on its way into the model and the way back to its grid."""
+
+    spec: Preprocessing
+    volume: np.ndarray  # oriented, raw intensities
+    orientation: Orientation
+    geometry: PlaneGeometry
+    stats: dict
+    spacing_zyx: tuple[float, float, float]  # oriented, the input's grid
+    source: object = None
+
+    @property
+    def depth(self) -> int:
+        return int(self.volume.shape[0])
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """Slices ``start:stop`` as the network takes them: ``[n, 2c + 1, h, w]`` float32."""
+        c = self.spec.context_slices
+        slab = normalise(self.volume[context_indices(start, stop, c, self.depth)], self.spec.normalization, self.stats)
+        return np.ascontiguousarray(with_context(self.geometry.to_model(slab, self.spec.pad_value), c),
+                                    dtype=np.float32)
+
+    def model_slices(self) -> np.ndarray:
+        """Every slice on the model grid, without context: ``[n, h, w]`` float32 (training data)."""
+        x = normalise(self.volume, self.spec.normalization, self.stats)
+        return np.ascontiguousarray(self.geometry.to_model(x, self.spec.pad_value), dtype=np.float32)
+
+    def label_to_model(self, label: np.ndarray) -> np.ndarray:
+        """An oriented label stack on the input grid -> the model grid (nearest neighbour)."""
+        t, b, l, r = self.geometry.pad
+        padded = np.pad(label, ((0, 0), (t, b), (l, r))) if any(self.geometry.pad) else label
+        return np.ascontiguousarray(resize_slices(padded, self.geometry.model_hw, linear=False))
+
+    def labels_back(self, oriented_labels: np.ndarray) -> np.ndarray:
+        """Labels on the oriented input grid -> the file's array order."""
+        return np.ascontiguousarray(self.orientation.invert(oriented_labels))

@@ -311,7 +311,8 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
     """Hours-long CPU distillations get killed: a run resumed from its state file ends with the weights of an
     uninterrupted run (same batches, optimiser moments and schedule)."""
     from LightSegLib.commands._compress_common import resolve_config
-    from LightSegLib.compress.finetune import load_data, train_loop
+    from LightSegLib.compress.finetune import load_data
+    from LightSegLib.train.trainer import train_loop
     from LightSegLib.nets import build
 
     cfg = resolve_config(config, None, 1)
@@ -346,7 +347,8 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
 
 def test_a_time_budget_stops_a_long_distillation(tmp_path, config):
     from LightSegLib.commands._compress_common import resolve_config
-    from LightSegLib.compress.finetune import load_data, train_loop
+    from LightSegLib.compress.finetune import load_data
+    from LightSegLib.train.trainer import train_loop
     from LightSegLib.nets import build
 
     cfg = resolve_config(config, None, 1)

@@ -243,3 +243,26 @@ def test_ct_overlay_uses_the_soft_tissue_window(ct, tmp_path):
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(overlay_png(image, label, [], tmp_path / "o.png", modality="CT"))))
     row = png[png.shape[0] // 2, :png.shape[1] // 6, 0].astype(int)  # first tile, LPS view flips nothing here
     assert {row[5], row[len(row) // 2], row[-8]} <= {0, 127, 128, 255}
+
+
+@pytest.mark.parametrize("model_id", ["liver-ct", "pancreas-ct", "cardiac-acdc"])
+def test_one_preprocessing_contract_round_trips_card_checkpoint_and_config(model_id):
+    """The card's, the checkpoint's and the config's forms of a model's preprocessing translate into one another
+    without loss, and training data is what inference feeds the network."""
+    import SimpleITK as sitk
+
+    from LightSegLib.data.msd import load_case
+    from LightSegLib.preprocess import Preprocessing
+    from LightSegLib.registry import get_model
+
+    card = get_model(model_id)
+    spec = Preprocessing.from_card(card)
+    assert Preprocessing.from_prep(spec.to_prep()) == spec
+    assert Preprocessing.from_card(spec.card_fields()) == spec
+    assert Preprocessing.from_config({"data": spec.to_prep()}) == spec
+    sample = REPO / "Resources" / "Samples" / ("acdc_patient002_ED.nii.gz" if "cardiac" in model_id
+                                               else "totalseg_example_ct_sm.nii.gz")
+    prepared = spec.prepare(sitk.ReadImage(str(sample)))
+    case = load_case({"image": str(sample)}, spec.to_prep())
+    first = prepared.batch(0, 1)[:, spec.context_slices]
+    assert np.array_equal(case.image[:1], first)

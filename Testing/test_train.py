@@ -153,12 +153,19 @@ def test_intensity_shift_and_histogram_shift_come_from_the_config():
 
 
 def test_deep_supervision_loss_weights():
-    from LightSegLib.train.trainer import deep_supervision_loss
+    from monai.losses import DiceCELoss
 
-    outs = [torch.full((1,), 1.0), torch.full((1,), 2.0), torch.full((1,), 4.0)]
-    loss = deep_supervision_loss(lambda o, t: o.sum(), outs, None, [1.0, 0.5, 0.25, 0.125])
-    assert float(loss) == pytest.approx((1 * 1 + 0.5 * 2 + 0.25 * 4) / 1.75)
-    assert float(deep_supervision_loss(lambda o, t: o.sum(), outs[0], None, [1.0])) == 1.0
+    from LightSegLib.train.trainer import segmentation_loss
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 2, (2, 1, 16, 16))
+    outs = [torch.randn(2, 2, 16, 16) for _ in range(3)]
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    each = [float(dice_ce(o, target)) for o in outs]
+    loss = segmentation_loss([1.0, 0.5, 0.25, 0.125])(outs, target)  # a 4th weight for a head the net lacks
+    assert float(loss) == pytest.approx((each[0] + 0.5 * each[1] + 0.25 * each[2]) / 1.75, rel=1e-5)
+    assert float(segmentation_loss([1.0])(outs, target)) == pytest.approx(each[0], rel=1e-5)  # main head only
+    assert float(segmentation_loss([1.0])(outs[0], target)) == pytest.approx(each[0], rel=1e-5)
 
 
 def test_ddp_two_processes_gloo(tiny_acdc, tmp_path):

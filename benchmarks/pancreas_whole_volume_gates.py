@@ -33,13 +33,12 @@ CASES = [("totalseg_dicom20", TS / "example_ct_dicom", TS / "example_seg_dicom.n
 
 def probability(card, runner, volume, spacing) -> np.ndarray:
     """Foreground probability per voxel of an oriented volume (2-class model), logits resampled as the engine does."""
-    g = preprocess.plane_geometry(volume.shape[1:], spacing[1:], card.input["inplane"])
-    t, b, l, r = g.pad
-    h, w = g.in_hw
+    prepared = preprocess.Preprocessing.from_card(card).prepare_array(volume, spacing)
+    t, b, l, r = prepared.geometry.pad
+    h, w = prepared.geometry.in_hw
     out = np.zeros(volume.shape, np.float32)
     for s in range(0, volume.shape[0], 8):
-        x = g.to_model(preprocess.normalise(volume[s:s + 8], card.normalization), 0.0)[:, None]
-        logits = runner(np.ascontiguousarray(x, np.float32))
+        logits = runner(prepared.batch(s, min(s + 8, volume.shape[0])))
         p = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
         out[s:s + 8] = preprocess.resize_slices(p, (h + t + b, w + l + r))[:, t:t + h, l:l + w]
     return out

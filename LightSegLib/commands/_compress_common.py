@@ -32,20 +32,15 @@ def example_input(spec: dict):
     return torch.zeros(1, int(spec.get("in_channels", 1)), side, side)
 
 
-def prep_from_config(cfg: dict) -> dict:
-    from ..train.config import prep_spec
-
-    return prep_spec(cfg)
-
-
 def apply_prep(cfg: dict, prep: dict | None, source: str) -> dict:
     """Make the data section preprocess as ``prep`` (a checkpoint's): a pruned net or a teacher must see the
     pixels it was trained on. Says so when a --config disagreed."""
     if not prep:
         return cfg
+    from ..preprocess import Preprocessing
+
     data = cfg["data"]
-    wanted = {"orientation": prep["orientation"], "inplane": prep["inplane"], "normalization": prep["normalization"],
-              "context_slices": int(prep.get("context_slices", 0))}
+    wanted = Preprocessing.from_prep(prep).to_prep()
     differs = [k for k, v in wanted.items() if data.get(k) != v]
     if differs:
         import sys

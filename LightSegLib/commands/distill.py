@@ -77,7 +77,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..compress.distill.runner import Distiller
-    from ..compress.finetune import load_data, save_checkpoint, train_loop
+    from ..compress.finetune import load_data, save_checkpoint
+    from ..train.trainer import train_loop
     from ..errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build

@@ -59,7 +59,8 @@ def run(args) -> int:
     import torch
 
     from ..compress import prune as P
-    from ..compress.finetune import load_data, save_checkpoint, train_loop
+    from ..compress.finetune import load_data, save_checkpoint
+    from ..train.trainer import train_loop
     from ..errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build
@@ -123,7 +124,7 @@ def run(args) -> int:
                     from None
         batches = None
         if args.importance == "taylor":
-            from ..compress.finetune import batch_iterator
+            from ..train.trainer import batch_iterator
 
             def batches():
                 return list(batch_iterator(cfg, train_cases, args.taylor_batches, augment=False))

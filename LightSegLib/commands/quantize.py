@@ -27,12 +27,9 @@ def register(sub) -> None:
 
 
 def card_prep(card) -> dict:
-    inp = card.input
-    prep = {"orientation": inp["orientation"], "inplane": inp["inplane"], "normalization": card.normalization,
-            "context_slices": int(inp.get("context_slices", 0))}
-    if "pad_value" in inp:
-        prep["pad_value"] = inp["pad_value"]
-    return prep
+    from ..preprocess import Preprocessing
+
+    return Preprocessing.from_card(card).to_prep()
 
 
 def resolve_prep(args) -> dict:

@@ -18,27 +18,15 @@ def preprocessed_slices(image_path, prep: dict, slices: int) -> np.ndarray:
     """``slices`` evenly spaced slices of one volume as the engine feeds them: (n, C, h, w) float32."""
     import SimpleITK as sitk
 
-    from .. import preprocess
+    from ..preprocess import Preprocessing
 
     image = sitk.ReadImage(str(image_path))
     if image.GetDimension() == 4:  # cine: first frame
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
-    orientation = preprocess.orientation_for(image.GetDirection(), prep.get("orientation", "native"))
-    volume = orientation.apply(sitk.GetArrayViewFromImage(image))
-    spacing = orientation.spacing(image.GetSpacing())
-    geometry = preprocess.plane_geometry(volume.shape[1:], spacing[1:], prep["inplane"])
-    stats = preprocess.intensity_stats(volume, prep["normalization"])
-    depth = volume.shape[0]
-    context = int(prep.get("context_slices", 0))
-    picks = np.unique(np.linspace(0, depth - 1, num=min(slices, depth)).round().astype(int))
-    out = []
-    for z in picks:
-        idx = preprocess.context_indices(int(z), int(z) + 1, context, depth)
-        slab = preprocess.normalise(volume[idx], prep["normalization"], stats)
-        x = preprocess.with_context(geometry.to_model(slab, float(prep.get("pad_value", 0.0))), context)
-        out.append(np.ascontiguousarray(x, dtype=np.float32))
-    return np.concatenate(out, axis=0)
+    prepared = Preprocessing.from_prep(prep).prepare(image)
+    picks = np.unique(np.linspace(0, prepared.depth - 1, num=min(slices, prepared.depth)).round().astype(int))
+    return np.concatenate([prepared.batch(int(z), int(z) + 1) for z in picks], axis=0)
 
 
 def calibration_images(dataset_dir, split: str = "training", max_volumes: int = 20) -> list[str]:

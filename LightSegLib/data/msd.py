@@ -50,23 +50,24 @@ class Case:
     spacing_zyx: tuple[float, float, float]  # oriented, original grid
 
 
+def case_from(name: str, prepared: preprocess.Prepared, native_label: np.ndarray | None) -> Case:
+    """A Case from a prepared volume and its oriented label on the input grid."""
+    label = None
+    if native_label is not None:
+        native_label = np.ascontiguousarray(native_label, dtype=np.uint8)
+        label = prepared.label_to_model(native_label)
+    return Case(name, prepared.model_slices(), label, prepared.geometry, prepared.orientation, native_label,
+                prepared.spacing_zyx)
+
+
 def load_case(entry: dict, prep: dict) -> Case:
-    """``prep``: ``{"orientation", "inplane", "normalization"}`` as in a model card."""
+    """``prep``: a checkpoint's preprocessing (``preprocess.Preprocessing.from_prep``)."""
     image = sitk.ReadImage(entry["image"])
-    orientation = preprocess.orientation_for(image.GetDirection(), prep.get("orientation", "native"))
-    volume = orientation.apply(sitk.GetArrayViewFromImage(image))
-    spacing = orientation.spacing(image.GetSpacing())
-    geometry = preprocess.plane_geometry(volume.shape[1:], spacing[1:], prep["inplane"])
-    stats = preprocess.intensity_stats(volume, prep["normalization"])
-    x = geometry.to_model(preprocess.normalise(volume, prep["normalization"], stats), float(prep.get("pad_value", 0.0)))
-    label = native = None
+    prepared = preprocess.Preprocessing.from_prep(prep).prepare(image)
+    native = None
     if entry.get("label"):
         lab = sitk.ReadImage(entry["label"])
         if lab.GetSize() != image.GetSize():
             raise LightSegError(f"label and image sizes differ for {entry['image']}")
-        native = np.ascontiguousarray(orientation.apply(sitk.GetArrayFromImage(lab)).astype(np.uint8))
-        t, b, l, r = geometry.pad
-        padded = np.pad(native, ((0, 0), (t, b), (l, r))) if any(geometry.pad) else native
-        label = preprocess.resize_slices(padded, geometry.model_hw, linear=False)
-    name = Path(entry["image"]).name.split(".")[0]
-    return Case(name, np.ascontiguousarray(x, dtype=np.float32), label, geometry, orientation, native, spacing)
+        native = prepared.orientation.apply(sitk.GetArrayFromImage(lab))
+    return case_from(Path(entry["image"]).name.split(".")[0], prepared, native)

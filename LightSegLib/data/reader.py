@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import preprocess
 from ..errors import LightSegError
-from .msd import Case
+from .msd import Case, case_from
 
 FORMATS = ("msd", "npz", "lits_npz", "nih_npz")  # the npz names read alike
 
@@ -40,17 +40,8 @@ def slices_to_case(name: str, image: np.ndarray, label: np.ndarray | None, prep:
     """Oriented slices ``[n, h, w]`` (raw intensities) -> a Case on the model grid, as the engine would see them."""
     if image.ndim != 3:
         raise LightSegError(f"{name}: expected [n, h, w] slices, got shape {image.shape}")
-    geometry = preprocess.plane_geometry(image.shape[1:], spacing_yx, prep["inplane"])
-    stats = preprocess.intensity_stats(image, prep["normalization"])
-    x = geometry.to_model(preprocess.normalise(image, prep["normalization"], stats), float(prep.get("pad_value", 0.0)))
-    lab = native = None
-    if label is not None:
-        native = np.ascontiguousarray(label, dtype=np.uint8)
-        t, b, l, r = geometry.pad
-        padded = np.pad(native, ((0, 0), (t, b), (l, r))) if any(geometry.pad) else native
-        lab = np.ascontiguousarray(preprocess.resize_slices(padded, geometry.model_hw, linear=False))
-    return Case(name, np.ascontiguousarray(x, dtype=np.float32), lab, geometry, preprocess.IDENTITY, native,
-                (1.0, float(spacing_yx[0]), float(spacing_yx[1])))
+    prepared = preprocess.Preprocessing.from_prep(prep).prepare_array(image, (1.0, *map(float, spacing_yx)))
+    return case_from(name, prepared, label)
 
 
 def apply_label_map(label: np.ndarray, label_map: dict | None) -> np.ndarray:

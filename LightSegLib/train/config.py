@@ -87,9 +87,9 @@ def load_config(path) -> dict:
 
 def prep_spec(cfg: dict) -> dict:
     """The preprocessing part of a model card, from the data section (what training and inference share)."""
-    d = cfg["data"]
-    return {"orientation": d["orientation"], "inplane": d["inplane"], "normalization": d["normalization"],
-            "context_slices": int(d["context_slices"])}
+    from ..preprocess import Preprocessing
+
+    return Preprocessing.from_config(cfg).to_prep()
 
 
 def to_toml(cfg: dict) -> str:

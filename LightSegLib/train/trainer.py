@@ -1,10 +1,15 @@
-"""The trainer: 2D slices, DiceCE (+ deep supervision), AdamW with a poly/cosine schedule, best-by-validation-Dice.
+"""The trainer: one loop for every segmentation training run (training from scratch, fine-tuning a pruned net,
+sparsity training, distillation), DiceCE with MONAI's deep supervision, AdamW with a poly/cosine schedule.
+
+``train_loop`` is the loop; callers plug in through its arguments (an extra loss and extra trainable modules for
+distillation, a penalty for sparsity, ``on_every`` for per-epoch validation and checkpoints). ``train`` is
+``lightseg train``: data, net, the loop, best-by-validation-Dice.
 
 Runs to a wall-clock budget when asked: the LR schedule follows ``progress = max(iterations done / planned,
 time used / budget)``, so a budget-limited run still anneals its learning rate properly instead of stopping at
-a high LR. Checkpoints (``last.pt``, at the end of every epoch: keep epochs a minute or two long) hold
-everything needed to resume (weights, optimizer, scaler, counters, elapsed time, log); ``best.pt`` holds only
-the weights, the architecture spec and the preprocessing, small enough to ship.
+a high LR. The resumable state (``last.pt`` for ``lightseg train``) holds the weights, optimiser, counters and
+elapsed time; every sample is a pure function of (seed, index), so a resumed run sees the batches it would have.
+``best.pt`` holds only the weights, the architecture spec and the preprocessing, small enough to ship.
 """
 from __future__ import annotations
 
@@ -14,9 +19,9 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,21 +36,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class EpochSampler:
-    """Indices ``epoch * n + i``: each epoch draws fresh samples (the dataset seeds its RNG by index) while the
-    DataLoader workers stay persistent; resumable by setting the epoch."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.epoch = 0
-
-    def __iter__(self):
-        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
-
-    def __len__(self):
-        return self.n
 
 
 def worker_init(_):
@@ -87,15 +77,6 @@ def cpu_bf16_layout(net) -> bool:
     return True
 
 
-def deep_supervision_loss(loss_fn, outputs, target, weights) -> "torch.Tensor":
-    """Weighted sum over the heads' outputs (main output first), weights normalised to sum to 1."""
-    if not isinstance(outputs, (list, tuple)):
-        return loss_fn(outputs.float(), target)
-    w = [float(v) for v in weights[:len(outputs)]] + [0.0] * max(0, len(outputs) - len(weights))
-    total = sum(w)
-    return sum(wi / total * loss_fn(o.float(), target) for wi, o in zip(w, outputs) if wi > 0)
-
-
 def plot_curves(rows: list[dict], path: Path, labels: list[str]) -> None:
     import matplotlib
 
@@ -121,14 +102,164 @@ def plot_curves(rows: list[dict], path: Path, labels: list[str]) -> None:
     plt.close(fig)
 
 
-def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print) -> dict:
-    import torch
-    from monai.losses import DiceCELoss
+def segmentation_loss(weights) -> "torch.nn.Module":
+    """DiceCE on every deep-supervision head (main output first) through MONAI's DeepSupervisionLoss, with the
+    weights of the heads a net has (missing ones 0) normalised to sum to 1; logits are cast to float32 first
+    (they may come out of bfloat16 autocast)."""
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    class FloatDiceCE(DiceCELoss):
+        def forward(self, input, target):
+            return super().forward(input.float(), target)
+
+    class Normalised(DeepSupervisionLoss):
+        def get_weights(self, levels: int = 1) -> list[float]:
+            w = ([float(v) for v in weights] + [0.0] * levels)[:max(1, levels)]
+            return [v / sum(w) for v in w]
+
+    return Normalised(FloatDiceCE(to_onehot_y=True, softmax=True, include_background=False, batch=True))
+
+
+def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = True, start: int = 0,
+                   workers: int = 0):
+    """A DataLoader of (image, label) training batches ``start``..``iters``. Every sample is a pure function of
+    (seed, index), so a resumed run sees the batches it would have, with any number of loader ``workers``."""
     from torch.utils.data import DataLoader
 
     from ..data.augment import build_transform
-    from ..data.reader import load_split
     from ..data.slices import SliceDataset
+
+    dcfg, tcfg = cfg["data"], cfg["train"]
+    batch = int(tcfg["batch_size"])
+    dataset = SliceDataset(cases, dcfg["patch"], iters * batch, float(dcfg["foreground_prob"]),
+                           int(dcfg["context_slices"]), float(dcfg["crop_margin"]),
+                           build_transform(dcfg["patch"], cfg["augment"]) if augment else None, seed=seed)
+    return DataLoader(dataset, batch_size=batch, sampler=range(start * batch, iters * batch), num_workers=workers,
+                      drop_last=True, worker_init_fn=worker_init if workers else None,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None, extra_modules=None,
+               train_cases=None, val_cases=None, lr: float | None = None, penalty: Callable | None = None,
+               log: Callable[[str], None] = print, seed: int = 0, time_budget_min: float | None = None,
+               state_path=None, save_every: int = 100, device="cpu", every: int = 0,
+               on_every: Callable | None = None, state_extra: Callable | None = None,
+               log_every: int = 50) -> dict:
+    """Train ``net`` for ``iters`` iterations: the segmentation loss (deep supervision) + ``extra_loss(image,
+    label, outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters).
+    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "val_dice", "val_dice_mean"}.
+
+    ``time_budget_min``: stop there too. ``state_path``: save the resumable state there every ``save_every``
+    iterations (and at the end), with what ``state_extra()`` adds, and resume from it when it exists, so an
+    hours-long run survives being killed. ``on_every(iteration, losses, last, elapsed_s)`` runs every ``every``
+    iterations and at the end (validation, checkpoints). ``device="cuda"`` trains there and hands the net back
+    on the CPU; bfloat16 autocast on CUDA with ``train.amp``, on the CPU with ``train.cpu_bf16``."""
+    import torch
+
+    from .evaluate_core import validate
+
+    tcfg = dict(cfg["train"])
+    if lr is not None:
+        tcfg["lr"] = lr
+    tcfg["warmup_iters"] = min(int(tcfg.get("warmup_iters", 0)), iters // 10)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    net.to(device)
+    if extra_modules is not None:
+        extra_modules.to(device)
+    bf16 = bool(tcfg.get("amp", True)) if cuda else bool(tcfg.get("cpu_bf16", False))
+    channels_last = bf16 and not cuda and cpu_bf16_layout(net)  # before DDP registers the parameters
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if cuda else None) \
+        if world > 1 else net
+    loss_fn = segmentation_loss(tcfg["deep_supervision_weights"])
+    params = list(net.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(tcfg["lr"]),
+                            weight_decay=float(tcfg["weight_decay"]))
+    budget_s = 60.0 * float(time_budget_min) if time_budget_min else None
+    it, spent = 0, 0.0  # spent: training seconds of earlier (resumed) processes
+    losses: list[float] = []
+    if state_path is not None and Path(state_path).is_file():
+        state = torch.load(str(state_path), map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        if extra_modules is not None and state.get("extra") is not None:
+            extra_modules.load_state_dict(state["extra"])
+        opt.load_state_dict(state["optimizer"])
+        it, spent, losses = int(state["iteration"]), float(state["seconds"]), list(state["losses"])
+        log(f"  resumed from {state_path} at iteration {it} ({spent / 60:.1f} min)")
+    t0 = time.time()
+
+    def elapsed() -> float:
+        return spent + time.time() - t0
+
+    def save_state() -> None:
+        tmp = Path(str(state_path) + ".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": it, "seconds": elapsed(),
+                    "losses": losses[-max(50, every):],
+                    "extra": extra_modules.state_dict() if extra_modules is not None else None,
+                    **(state_extra() if state_extra is not None else {})}, str(tmp))
+        tmp.replace(state_path)
+
+    def progress() -> float:
+        p = it / iters
+        return distributed.max_across(max(p, elapsed() / budget_s) if budget_s else p)
+
+    result = {}
+    if iters > it and not (budget_s and elapsed() >= budget_s):
+        if train_cases is None:
+            raise LightSegError("training needs data")
+        model.train()
+        if extra_modules is not None:
+            extra_modules.train()
+        workers = int(cfg["data"].get("num_workers", 0))
+        rank = torch.distributed.get_rank() if world > 1 else 0
+        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed + rank, start=it, workers=workers):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(tcfg, progress(), it)
+            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                outputs = model(image)
+                loss = loss_fn(outputs, label)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(image, label, outputs)
+            if penalty is not None:
+                loss = loss + penalty(net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            it += 1
+            done = it == iters or progress() >= 1.0
+            if log_every and (it % log_every == 0 or done):
+                log(f"  iter {it}/{iters}: loss {np.mean(losses[-log_every:]):.4f} ({elapsed() / 60:.1f} min)")
+            if on_every is not None and ((every and it % every == 0) or done):
+                on_every(it, losses, done, elapsed())
+                model.train()
+                if extra_modules is not None:
+                    extra_modules.train()
+            if state_path is not None and (it % save_every == 0 or done):
+                save_state()
+            if done:
+                break
+    result.update(iterations=it, minutes=round(elapsed() / 60, 2), device=device_name(device))
+    if val_cases:
+        v = validate(net, val_cases, int(cfg["model"]["num_classes"]), device, int(cfg["data"]["context_slices"]))
+        result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])
+        log(f"  validation Dice {', '.join(f'{d:.4f}' for d in v['per_class'])} (mean {v['mean']:.4f})")
+    net.eval().cpu()
+    if extra_modules is not None:
+        extra_modules.cpu()
+    return result
+
+
+def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print) -> dict:
+    """``lightseg train``: the config's net from scratch (or from ``train.init_onnx``), validated every
+    ``train.val_every`` epochs of ``iters_per_epoch`` iterations; ``best.pt`` is the best validation Dice."""
+    import torch
+
+    from ..data.reader import load_split
     from ..nets import build
     from .evaluate_core import validate
 
@@ -152,7 +283,6 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
             shutil.copyfile(config_path, out / "config.source.toml")
 
     prep = prep_spec(cfg)
-    context = prep["context_slices"]
     t0 = time.time()
     train_cases = load_split(cfg, dcfg["train_split"], prep)
     val_cases = load_split(cfg, dcfg["val_split"], prep) if main else []
@@ -160,143 +290,65 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
         log(f"data: {len(train_cases)} training volumes ({sum(c.image.shape[0] for c in train_cases)} slices), "
             f"{len(val_cases)} validation volumes, loaded in {time.time() - t0:.1f} s")
 
-    ipe, batch = int(tcfg["iters_per_epoch"]), int(tcfg["batch_size"])
-    dataset = SliceDataset(train_cases, dcfg["patch"], ipe * batch, float(dcfg["foreground_prob"]), context,
-                           float(dcfg["crop_margin"]), build_transform(dcfg["patch"], cfg["augment"]),
-                           seed=seed * 1000 + rank)
-    sampler = EpochSampler(ipe * batch)
-    workers = int(dcfg["num_workers"])
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        worker_init_fn=worker_init, persistent_workers=workers > 0,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-
+    ipe = int(tcfg["iters_per_epoch"])
     spec = dict(cfg["model"])
-    net = build(spec).to(device)
+    net = build(spec)
     if tcfg["init_onnx"] and not resume:
         from ..export import warm_start_from_onnx
 
-        calibration = [b[0] for b, _ in zip(loader, range(8))]
+        calibration = [b[0] for b in batch_iterator(cfg, train_cases, 8, seed=seed * 1000 + rank)]
         gap = warm_start_from_onnx(net, tcfg["init_onnx"], calibration)
         if main:
             log(f"started from {tcfg['init_onnx']} (largest logit difference from ONNX Runtime {gap:.2e})")
-    bf16 = bool(tcfg["cpu_bf16"]) and device.type == "cpu"
-    channels_last = bf16 and cpu_bf16_layout(net)  # before DDP registers the parameters
-    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
-        if world > 1 else net
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    amp = bool(tcfg["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     num_classes = int(spec["num_classes"])
     label_names = list(cfg["labels"]["names"]) or [f"class {k}" for k in range(1, num_classes)]
-
-    state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best": -1.0, "best_epoch": -1, "rows": []}
+    book = {"best": -1.0, "best_epoch": -1, "rows": []}
     if resume:
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
+        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        book.update({k: saved[k] for k in book if k in saved})
         if main:
-            log(f"resumed from {last_path}: epoch {state['epoch']}, {state['elapsed'] / 60:.1f} min used, "
-                f"best mean Dice {state['best']:.4f}")
+            log(f"resuming {last_path}: epoch {len(book['rows'])}, best mean Dice {book['best']:.4f}")
 
-    epochs = int(tcfg["epochs"])
-    planned = epochs * ipe
-    budget = float(tcfg["time_budget_min"]) * 60.0
-    ds_weights = tcfg["deep_supervision_weights"]
-
-    def progress_now(iteration: int, elapsed: float) -> float:
-        p = iteration / planned
-        return max(p, elapsed / budget) if budget > 0 else p
-
-    def save_last():
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                    "state": state, "architecture": spec, "prep": prep, "config": cfg,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                            "python": random.getstate()}}, str(last_path) + ".tmp")
-        os.replace(str(last_path) + ".tmp", last_path)
-
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=planned, initial=state["iteration"], disable=not main, dynamic_ncols=True,
-               mininterval=1.0 if tty else 30.0, desc="train", file=sys.stderr)
-    session_start = time.time() - state["elapsed"]
-    stop = progress_now(state["iteration"], state["elapsed"]) >= 1.0
-    while not stop and state["epoch"] < epochs:
-        epoch = state["epoch"]
-        sampler.epoch = epoch
-        model.train()
-        losses, t_epoch = [], time.time()
-        for image, label in loader:
-            it = state["iteration"]
-            elapsed = time.time() - session_start
-            progress = distributed.max_across(progress_now(it, elapsed))
-            if progress >= 1.0:
-                stop = True
-                break
-            lr = lr_at(tcfg, progress, it)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            if channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=amp or bf16):
-                outputs = model(image)
-                loss = deep_supervision_loss(loss_fn, outputs, label, ds_weights)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            state["iteration"] = it + 1
-            left_iter = (time.time() - t_epoch) / len(losses) * (planned - it - 1)
-            left = min(left_iter, budget - elapsed) if budget > 0 else left_iter
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.2e}", ep=epoch, left=f"{left / 60:.1f}min",
-                            refresh=False)
-            bar.update(1)
-        state["elapsed"] = time.time() - session_start
-        if not losses:
-            break
-        state["epoch"] = epoch + 1
-        row = {"epoch": epoch + 1, "iteration": state["iteration"], "elapsed_min": round(state["elapsed"] / 60, 2),
-               "lr": lr, "train_loss": distributed.mean_across(float(np.mean(losses))),
-               "it_per_s": round(len(losses) / (time.time() - t_epoch), 3), "val_mean": ""}
-        last_epoch = stop or state["epoch"] >= epochs
-        if main and (state["epoch"] % int(tcfg["val_every"]) == 0 or last_epoch):
+    def on_epoch(iteration: int, losses: list[float], last: bool, elapsed: float) -> None:
+        epoch = math.ceil(iteration / ipe)
+        row = {"epoch": epoch, "iteration": iteration, "elapsed_min": round(elapsed / 60, 2),
+               "train_loss": distributed.mean_across(float(np.mean(losses[-ipe:]))), "val_mean": ""}
+        if main and (epoch % int(tcfg["val_every"]) == 0 or last):
             t = time.time()
-            result = validate(net, val_cases, num_classes, device, context)
+            result = validate(net, val_cases, num_classes, device, prep["context_slices"])
             row["val_mean"] = result["mean"]
             for k, v in enumerate(result["per_class"]):
                 row[f"val_{k + 1}"] = v
             row["val_s"] = round(time.time() - t, 1)
-            if result["mean"] > state["best"]:
-                state["best"], state["best_epoch"] = result["mean"], state["epoch"]
-                torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep,
-                            "epoch": state["epoch"], "iteration": state["iteration"],
+            if result["mean"] > book["best"]:
+                book["best"], book["best_epoch"] = result["mean"], epoch
+                torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep, "epoch": epoch,
+                            "iteration": iteration,
                             "metrics": {"val_dice_mean": result["mean"], "val_dice": result["per_class"],
                                         "split": dcfg["val_split"]}}, best_path)
-            bar.write(f"epoch {state['epoch']}: loss {row['train_loss']:.4f}, val Dice "
-                      + ", ".join(f"{v:.4f}" for v in result["per_class"])
-                      + f" (mean {result['mean']:.4f}; best {state['best']:.4f} @ {state['best_epoch']}), "
-                      f"{row['it_per_s']} it/s, {state['elapsed'] / 60:.1f} min")
+            log(f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice "
+                + ", ".join(f"{v:.4f}" for v in result["per_class"])
+                + f" (mean {result['mean']:.4f}; best {book['best']:.4f} @ {book['best_epoch']}), "
+                f"{elapsed / 60:.1f} min")
         if main:
-            state["rows"].append(row)
-            _write_csv(state["rows"], out / "log.csv")
+            book["rows"].append(row)
+            _write_csv(book["rows"], out / "log.csv")
             try:
-                plot_curves(state["rows"], out / "curves.png", label_names)
+                plot_curves(book["rows"], out / "curves.png", label_names)
             except Exception as err:  # a plotting problem must never kill a long run
-                bar.write(f"(plot failed: {err})")
-            save_last()
+                log(f"(plot failed: {err})")
         distributed.barrier()
-    bar.close()
-    summary = {"epochs": state["epoch"], "iterations": state["iteration"], "minutes": round(state["elapsed"] / 60, 1),
-               "best_val_dice_mean": state["best"], "best_epoch": state["best_epoch"],
-               "device": device_name(device)}
+
+    budget = float(tcfg["time_budget_min"])
+    result = train_loop(net, cfg, int(tcfg["epochs"]) * ipe, train_cases=train_cases, log=log,
+                        seed=seed * 1000, time_budget_min=budget or None,
+                        state_path=last_path if main else None, save_every=ipe, device=device, every=ipe,
+                        on_every=on_epoch, state_extra=lambda: {**book, "architecture": spec, "prep": prep,
+                                                                "config": cfg},
+                        log_every=0)
+    summary = {"epochs": math.ceil(result["iterations"] / ipe), "iterations": result["iterations"],
+               "minutes": round(result["minutes"], 1), "best_val_dice_mean": book["best"],
+               "best_epoch": book["best_epoch"], "device": result["device"]}
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         log(f"done: {json.dumps(summary)}")
