@@ -172,8 +172,9 @@ def engine_predict(card, slices_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0), po
     from .inference import segment_image
     from .registry import ModelCard
 
-    if not postprocess:
-        card = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
+    if not postprocess:  # nor a slice search: the slices are not neighbours
+        card = ModelCard({**card.entry, "postprocessing": {}, "input": {**card.entry["input"], "z_search": 0}},
+                         card.folder)
     image = sitk.GetImageFromArray(np.ascontiguousarray(slices_zyx))
     image.SetSpacing([float(s) for s in spacing_xyz])
     result = segment_image(image, card, threads=threads)

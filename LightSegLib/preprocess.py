@@ -301,10 +301,15 @@ class Prepared:
 
     def batch(self, start: int, stop: int) -> np.ndarray:
         """Slices ``start:stop`` as the network takes them: ``[n, 2c + 1, h, w]`` float32."""
+        return self.batch_of(np.arange(start, stop))
+
+    def batch_of(self, indices) -> np.ndarray:
+        """The slices at ``indices`` (any order), each with its context, as the network takes them."""
         c = self.spec.context_slices
-        slab = normalise(self.volume[context_indices(start, stop, c, self.depth)], self.spec.normalization, self.stats)
-        return np.ascontiguousarray(with_context(self.geometry.to_model(slab, self.spec.pad_value), c),
-                                    dtype=np.float32)
+        idx = np.clip(np.asarray(indices)[:, None] + np.arange(-c, c + 1)[None, :], 0, self.depth - 1)
+        slab = normalise(self.volume[idx.ravel()], self.spec.normalization, self.stats)
+        x = self.geometry.to_model(slab, self.spec.pad_value)
+        return np.ascontiguousarray(x.reshape(idx.shape + x.shape[1:]), dtype=np.float32)
 
     def model_slices(self) -> np.ndarray:
         """Every slice on the model grid, without context: ``[n, h, w]`` float32 (training data)."""

@@ -266,3 +266,26 @@ def test_one_preprocessing_contract_round_trips_card_checkpoint_and_config(model
     case = load_case({"image": str(sample)}, spec.to_prep())
     first = prepared.batch(0, 1)[:, spec.context_slices]
     assert np.array_equal(case.image[:1], first)
+
+
+def test_slice_search_keeps_the_labels_and_skips_slices(tmp_path):
+    """z_search runs every Nth slice, then only the slices near a kept structure: the same labels as running
+    every slice, on the bundled CT (liver in all its 30 slices) with 30 slices of air below it."""
+    import SimpleITK as sitk
+
+    from LightSegLib.inference import segment_image
+    from LightSegLib.registry import ModelCard, get_segmenter
+
+    base = get_segmenter("liver-ct")
+    assert base.input["z_search"] > 1
+    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    voxels = sitk.GetArrayFromImage(sample)
+    image = sitk.GetImageFromArray(np.concatenate([np.full_like(voxels, -1000), voxels]))
+    image.SetSpacing(sample.GetSpacing())
+    image.SetDirection(sample.GetDirection())
+    every = ModelCard({**base.entry, "input": {**base.entry["input"], "z_search": 0}}, base.folder)
+    full, searched = segment_image(image, every, threads=1), segment_image(image, base, threads=1)
+    assert full.slices_run == image.GetDepth()
+    assert np.array_equal(sitk.GetArrayFromImage(full.labelmap), sitk.GetArrayFromImage(searched.labelmap))
+    assert sitk.GetArrayFromImage(full.labelmap)[:30].max() == 0 and sitk.GetArrayFromImage(full.labelmap)[30:].any()
+    assert searched.slices_run < 45  # the 30 liver slices, 4 beside them and every 4th of the rest
