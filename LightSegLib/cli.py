@@ -8,6 +8,7 @@ User errors (LightSegError) print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import importlib.util
 import sys
@@ -60,16 +61,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def say(kind: str, text: str, args=None) -> None:
+    """A note or an error for the user: a ``lightseg: KIND: text`` line on stderr, or with ``--progress jsonl``
+    a ``{"KIND": text}`` line in the JSON stream on stdout, so a program reads one channel."""
+    if getattr(args, "progress", None) == "jsonl":
+        print(json.dumps({kind: text}), flush=True)
+    else:
+        print(f"lightseg: {kind}: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LightSegError as err:
-        print(f"lightseg: error: {cli_wording(str(err))}", file=sys.stderr)
+        say("error", cli_wording(str(err)), args)
         return 2
     except OSError as err:  # a path the system refuses (too long, not accessible) before any work started
         where = f"{err.filename}: " if err.filename else ""
-        print(f"lightseg: error: {where}{err.strerror or err}", file=sys.stderr)
+        say("error", f"{where}{err.strerror or err}", args)
         return 2
     except KeyboardInterrupt:
         print("lightseg: interrupted", file=sys.stderr)

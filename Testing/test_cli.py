@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,22 @@ def test_jsonl_progress_for_programs(quantiser, volume, tmp_path):
     q = messages[-1]["summary"]["quality"]  # the analytic test model has no calibrated thresholds
     assert q["flag"] is False and q["calibrated"] is False and "level 1" in q["labels"]
     assert out.is_file()
+
+
+def test_jsonl_carries_notes_and_errors_in_the_one_stream(quantiser, volume, tmp_path):
+    """A program reads notes and errors from the JSON lines, nothing from stderr."""
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("segment", "--model", "test-quantiser", "--progress", "jsonl", volume, bad, out)
+    assert proc.returncode == 2 and proc.stderr == ""
+    messages = [json.loads(line) for line in proc.stdout.splitlines()]
+    notes = [m["note"] for m in messages if "note" in m]
+    errors = [m["error"] for m in messages if "error" in m]
+    assert any("preview model" in n for n in notes), messages
+    assert any("bad.nii.gz" in e for e in errors) and any("1 of 2 inputs failed" in e for e in errors)
+    assert sum(1 for m in messages if m.get("done")) == 1  # the good input still segmented
 
 
 def test_batch_folder_with_jobs(quantiser, volume, tmp_path):

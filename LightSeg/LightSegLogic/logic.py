@@ -88,6 +88,7 @@ class SegmentationJob:
     progress: float = 0.0
     message: str = ""
     notes: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
     summaries: list = field(default_factory=list)
     history: list = field(default_factory=list)  # (seconds since start, stage, fraction) as reported
     seconds: dict = field(default_factory=dict)
@@ -412,8 +413,7 @@ class LightSegLogic:
         job.elapsed = time.perf_counter() - job.startTime
         nFrames = len(job.frames)
         for message in job.runner.messages():
-            if message.get("done"):
-                job.summaries.append(message.get("summary", {}))
+            if self._collect(job, message):
                 job._fileProgress = 0.0
             elif "stage" in message:
                 job.stage = message["stage"]
@@ -425,14 +425,11 @@ class LightSegLogic:
         if code is None:
             return job
         for message in job.runner.messages():  # lines that arrived between the drain and the exit
-            if message.get("done"):
-                job.summaries.append(message.get("summary", {}))
-        stderr = job.runner.stderr_lines()
-        job.notes = [line.split("note:", 1)[1].strip() for line in stderr if line.startswith("lightseg: note:")]
+            self._collect(job, message)
         if code != 0:
-            errors = [line for line in stderr if line.startswith("lightseg: error:")]
-            if errors:
-                tail = errors[-1].split("error:", 1)[1].strip()
+            stderr = job.runner.stderr_lines()  # only what the child did not say itself: a crash
+            if job.errors:
+                tail = job.errors[-1]
             elif code < 0 or code == 137:  # killed from outside; on Linux most often the out-of-memory killer
                 tail = (f"the segmentation process was killed (exit code {code}); if the computer ran out of "
                         "memory, close other programs or crop the volume")
@@ -456,6 +453,18 @@ class LightSegLogic:
         job.progress = 1.0
         self._finish(job, JobState.DONE, "")
         return job
+
+    @staticmethod
+    def _collect(job: SegmentationJob, message: dict) -> bool:
+        """Keep a finished file's summary, a note or an error from the child's JSON stream; True for a summary."""
+        if "note" in message:
+            job.notes.append(message["note"])
+        elif "error" in message:
+            job.errors.append(message["error"])
+        elif message.get("done"):
+            job.summaries.append(message.get("summary", {}))
+            return True
+        return False
 
     def cancel(self, job: SegmentationJob) -> None:
         """Stop the process tree; the scene is left as it was before Segment."""

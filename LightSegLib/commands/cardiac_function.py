@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def register(sub) -> None:
@@ -54,6 +53,7 @@ def read_seg_nrrd_labels(path):
 
 def run(args) -> int:
     from ..cardiac import cardiac_function, format_table
+    from ..cli import say
 
     result = cardiac_function(read_labels(args.ed), read_labels(args.es))
     if args.json:
@@ -61,5 +61,5 @@ def run(args) -> int:
     else:
         print(format_table(result))
         for note in result.notes:
-            print(f"lightseg: note: {note}", file=sys.stderr)
+            say("note", note)
     return 0

@@ -6,7 +6,6 @@ if any input failed.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -25,6 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..classify import Classifier, heatmap_png, radiograph_inputs, read_radiograph
+    from ..cli import say
     from ..errors import LightSegError
     from ..registry import get_model
 
@@ -37,7 +37,7 @@ def run(args) -> int:
     def fail(err) -> None:
         nonlocal failed
         failed += 1
-        print(f"lightseg: error: {err}", file=sys.stderr)
+        say("error", str(err))
 
     for arg in args.paths:
         try:
@@ -63,6 +63,6 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
     if not results and not failed:
-        print("lightseg: error: no radiograph found in the inputs", file=sys.stderr)
+        say("error", "no radiograph found in the inputs")
         return 2
     return 2 if failed else 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..cli import cli_wording, say
 from ..errors import LightSegError
 from ..stages import INFER, READ, WRITE
 
@@ -218,8 +219,6 @@ def summary_line(info: dict) -> str:
 
 
 def _job(card, source: Path, frame, target: Path, args) -> dict:
-    from ..cli import cli_wording
-
     try:
         return segment_file(card, source, frame, target, args)
     except LightSegError as err:
@@ -245,10 +244,9 @@ def run(args) -> int:
     outputs = Outputs(args.overwrite, args.skip_existing)
     pairs = with_frames(plan(args.paths, args.format, outputs), args.frame, outputs)
     for source, target in outputs.skipped:
-        print(f"lightseg: note: {source.name}: skipped, {target} exists (--skip-existing)", file=sys.stderr)
+        say("note", f"{source.name}: skipped, {target} exists (--skip-existing)", args)
     if card.status == "preview" and pairs:
-        print(f"lightseg: note: '{card.id}' is a preview model; read its card before trusting the result",
-              file=sys.stderr)
+        say("note", f"'{card.id}' is a preview model; read its card before trusting the result", args)
     if len(pairs) > 1 and args.jobs > 1:
         if args.threads is None:
             from ..inference import default_threads
@@ -267,10 +265,10 @@ def run(args) -> int:
             if "error" in info:
                 failed.append(name)
                 said = info["error"] if Path(info["input"]).name in info["error"] else f"{info['input']}: {info['error']}"
-                print(f"lightseg: error: {said}", file=sys.stderr, flush=True)
+                say("error", said, args)
                 continue
             for note in info["notes"]:
-                print(f"lightseg: note: {name}: {note}", file=sys.stderr)
+                say("note", f"{name}: {note}", args)
             if args.progress == "jsonl":
                 print(json.dumps({"done": True, "output": info["output"], "summary": info}), flush=True)
             else:
@@ -279,5 +277,8 @@ def run(args) -> int:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if failed and len(pairs) > 1:
-        print(f"lightseg: {len(failed)} of {len(pairs)} inputs failed: {', '.join(failed)}", file=sys.stderr)
+        if args.progress == "jsonl":
+            say("error", f"{len(failed)} of {len(pairs)} inputs failed: {', '.join(failed)}", args)
+        else:
+            print(f"lightseg: {len(failed)} of {len(pairs)} inputs failed: {', '.join(failed)}", file=sys.stderr)
     return 2 if failed else 0
