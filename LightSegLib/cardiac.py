@@ -14,6 +14,7 @@ from .errors import LightSegError
 
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 RV, MYO, LV = 1, 2, 3
+VALUES_BY_NAME = {"right ventricle": RV, "myocardium": MYO, "left ventricle": LV}  # the cardiac models' segment names
 NOMINAL_SPACINGS = {(1.0, 1.0, 1.0), (1.5, 1.5, 10.0)}
 # Beyond these an end-diastolic volume (mL) or LV mass (g) is no adult or child heart's: a warning says so.
 PLAUSIBLE = {"LV EDV": (10.0, 500.0), "RV EDV": (10.0, 550.0), "LV mass": (10.0, 400.0)}

@@ -336,10 +336,19 @@ def seg_nrrd_segments(label_array: np.ndarray, labels: list[dict]) -> list[dict]
     return segments
 
 
+def terminology_string(terminology: dict) -> str:
+    """Slicer's TerminologyEntry tag string from a card's terminology dict, spelled as slicerio spells it (the
+    ``.seg.nrrd`` header and the Slicer module both write it; slicerio is not needed inside Slicer)."""
+    def code(key):
+        return "^".join(terminology.get(key) or ["", "", ""])
+
+    return "~".join([terminology.get("contextName", "Segmentation category and type - DICOM master list"),
+                     code("category"), code("type"), code("typeModifier"),
+                     terminology.get("anatomicContextName", ""), code("anatomicRegion"), code("anatomicRegionModifier")])
+
+
 def seg_nrrd_fields(segments: list[dict]) -> dict[str, str]:
     """The header fields Slicer and slicerio read from a ``.seg.nrrd``, in slicerio's spelling."""
-    from slicerio.segmentation import terminology_entry_to_string
-
     fields = {"Segmentation_ContainedRepresentationNames": "Binary labelmap|",
               "Segmentation_MasterRepresentation": "Binary labelmap",
               "Segmentation_ReferenceImageExtentOffset": "0 0 0"}
@@ -351,7 +360,7 @@ def seg_nrrd_fields(segments: list[dict]) -> dict[str, str]:
             f"Segment{i}_LabelValue": str(seg["labelValue"]),
             f"Segment{i}_Layer": str(seg["layer"]),
             f"Segment{i}_Extent": " ".join(str(v) for v in seg["extent"]),
-            f"Segment{i}_Tags": f"TerminologyEntry:{terminology_entry_to_string(seg['terminology'])}|",
+            f"Segment{i}_Tags": f"TerminologyEntry:{terminology_string(seg['terminology'])}|",
         })
     return fields
 

@@ -5,6 +5,7 @@ post-processing), so adding a model is adding a file and an entry, not code.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -119,6 +120,10 @@ def read_registry(folder: Path | None = None) -> dict:
     path = folder / "models.json"
     if not path.is_file():
         raise LightSegError(f"model registry not found: {path}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _READ:  # a Slicer run asks at the start, at the import and for the panel: read the file once
+        return copy.deepcopy(_READ[key])
     text = path.read_text()
     try:
         document = json.loads(text)
@@ -127,7 +132,12 @@ def read_registry(folder: Path | None = None) -> dict:
     stamp = folder / "models.json.sha256"
     if not (stamp.is_file() and stamp.read_text().strip() == _validated_stamp(text)):
         validate(document)
-    return document
+    _READ.clear()
+    _READ[key] = document
+    return copy.deepcopy(document)
+
+
+_READ: dict = {}  # (path, mtime, size) -> the registry document last read there
 
 
 def list_models(include_reference: bool = True, folder: Path | None = None) -> list[ModelCard]:

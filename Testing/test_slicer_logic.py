@@ -24,6 +24,8 @@ import LightSegLogic
 from LightSegLogic import LightSegLogic as Logic
 from LightSegLogic import OutputExistsError, ProcessRunner
 
+from LightSegLib.io import terminology_string
+
 
 @pytest.fixture
 def mrml(monkeypatch):
@@ -92,7 +94,7 @@ def test_segment_matches_the_cli_with_names_colours_terminology_and_hierarchy(mr
     for segment, segment_id, label in zip(segs, ids, card.labels):
         np.testing.assert_allclose(segment.GetColor(), np.array(label["color"]) / 255.0, atol=1e-6)
         term = segment.GetTerminology()
-        assert term == LightSegLogic.terminologyString(label["terminology"])
+        assert term == terminology_string(label["terminology"])
         assert "SCT^10200004^Liver" in term and "SCT^123037004^Anatomical Structure" in term
         mask = segment_mask(node, segment_id, volume)
         np.testing.assert_array_equal(mask, cli == label["value"], err_msg=label["name"])
@@ -327,8 +329,8 @@ def test_missing_onnxruntime_asks_the_injected_installer(mrml, quantiser, monkey
 def test_terminology_string_is_slicers_format():
     slicerio = pytest.importorskip("slicerio.segmentation")
     from model_fixtures import TERMINOLOGY
-    ours = LightSegLogic.terminologyString(TERMINOLOGY)
-    assert ours.split("~")[:3] == slicerio.terminology_entry_to_string(TERMINOLOGY).split("~")[:3]
+    ours = terminology_string(TERMINOLOGY)
+    assert ours == slicerio.terminology_entry_to_string(TERMINOLOGY)
     assert slicerio.terminology_entry_from_string(ours)["type"] == TERMINOLOGY["type"]
     entry = slicer.vtkSlicerTerminologyEntry()  # Slicer's own parser reads it back
     assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(ours, entry)
@@ -584,7 +586,7 @@ def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser
         np.testing.assert_allclose(segment.GetColor(), np.array(label["color"]) / 255.0, atol=1e-6)
         # context, category and type as the module writes them (slicerio leaves the anatomic context empty)
         term = segment.GetTerminology().split("~")
-        assert term[:3] == LightSegLogic.terminologyString(label["terminology"]).split("~")[:3], term
+        assert term[:3] == terminology_string(label["terminology"]).split("~")[:3], term
         np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == label["value"])
     assert (expected == 3).any()
 

@@ -5,10 +5,9 @@ qt-scripted-modules/ as a module and would instantiate a class named like the fi
 """
 # ruff: noqa: I001  (.logic must run first: it puts LightSegLib on sys.path when running from a source checkout)
 from .logic import (REQUIRED_PACKAGES, STAGE_TEXT, JobState, LightSegLogic, MissingDependencyError,
-                    OutputExistsError, SegmentationJob, missingPackages, pythonExecutable, terminologyString)
+                    OutputExistsError, SegmentationJob, missingPackages, pythonExecutable)
 from .process import ProcessRunner
 from LightSegLib.errors import Cancelled, LightSegError
 
 __all__ = ["REQUIRED_PACKAGES", "STAGE_TEXT", "Cancelled", "JobState", "LightSegError", "LightSegLogic",
-           "MissingDependencyError", "OutputExistsError", "ProcessRunner", "SegmentationJob", "missingPackages", "pythonExecutable",
-           "terminologyString"]
+           "MissingDependencyError", "OutputExistsError", "ProcessRunner", "SegmentationJob", "missingPackages", "pythonExecutable"]

@@ -32,6 +32,7 @@ except ImportError:  # running from a source checkout: LightSegLib sits two fold
     import LightSegLib
 
 from LightSegLib.errors import LightSegError
+from LightSegLib.io import terminology_string
 from LightSegLib.metrics import dice
 from LightSegLib.registry import get_model, list_models
 from LightSegLib.stages import INFER, POSTPROCESS, READ, WRITE
@@ -138,18 +139,6 @@ class ClassificationResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def terminologyString(terminology: dict) -> str:
-    """Slicer's TerminologyEntry tag string from a card's terminology dict (no slicerio needed in Slicer); an
-    absent anatomic context gets the name Slicer itself writes."""
-    def code(key):
-        value = terminology.get(key) or ["", "", ""]
-        return "^".join(value)
-    return "~".join([terminology.get("contextName", "Segmentation category and type - DICOM master list"),
-                     code("category"), code("type"), code("typeModifier"),
-                     terminology.get("anatomicContextName", "Anatomic codes - DICOM master list"), code("anatomicRegion"),
-                     code("anatomicRegionModifier")])
-
-
 def pythonExecutable() -> str:
     """The Python to run the CLI with: PythonSlicer inside Slicer (sys.executable is Slicer itself there)."""
     if hasattr(slicer, "app"):
@@ -564,7 +553,7 @@ class LightSegLogic:
                 segment = segmentation.GetSegment(segmentId)
                 if segment is None:  # e.g. the Segmentations module logic (converter rules) is not loaded
                     raise LightSegError(f"could not add segment '{item['name']}' to the segmentation")
-                segment.SetTerminology(terminologyString(item["terminology"]))
+                segment.SetTerminology(terminology_string(item["terminology"]))
                 ids.InsertNextValue(segmentId)
             if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentationNode, ids):
                 raise LightSegError("could not import the result into the segmentation")
@@ -647,8 +636,6 @@ class LightSegLogic:
             segmentationNode.RemoveClosedSurfaceRepresentation()
 
     # ---------------------------------------------------------------- label arrays, Dice, cardiac function
-    CARDIAC_NAMES: ClassVar[dict] = {"right ventricle": 1, "myocardium": 2, "left ventricle": 3}
-
     def labelArray(self, segmentationNode, referenceVolumeNode, valuesByName: dict) -> np.ndarray:
         """A [k, j, i] uint8 array on the reference volume's grid; segments matched by name (case-insensitive)
         get the given values, others are left out. Works for sequence data nodes too."""
@@ -682,7 +669,9 @@ class LightSegLogic:
 
     def cardiacLabelArray(self, segmentationNode, referenceVolumeNode) -> np.ndarray:
         """1 right ventricle, 2 myocardium, 3 left ventricle (LightSegLib.cardiac's convention)."""
-        return self.labelArray(segmentationNode, referenceVolumeNode, self.CARDIAC_NAMES)
+        from LightSegLib.cardiac import VALUES_BY_NAME
+
+        return self.labelArray(segmentationNode, referenceVolumeNode, VALUES_BY_NAME)
 
     def diceScores(self, segmentationNode, referenceLabelPath, modelId: str, referenceVolumeNode) -> dict:
         """Dice of each model label against a reference labelmap file on the volume's grid (the self-test); NaN for a

@@ -28,11 +28,10 @@ def read_seg_nrrd_labels(path):
     import SimpleITK as sitk
     import slicerio
 
-    from ..cardiac import LV, MYO, RV
+    from ..cardiac import VALUES_BY_NAME as wanted
     from ..errors import LightSegError
 
     seg = slicerio.read_segmentation(str(path))
-    wanted = {"right ventricle": RV, "myocardium": MYO, "left ventricle": LV}
     voxels = seg["voxels"]
     layers = voxels if voxels.ndim == 4 else voxels[None]
     out = np.zeros(layers.shape[1:], np.uint8)
@@ -41,7 +40,7 @@ def read_seg_nrrd_labels(path):
         if value is not None:
             out[layers[segment.get("layer", 0)] == segment["labelValue"]] = value
     if not out.any() and not any(s["name"].lower() in wanted for s in seg["segments"]):
-        raise LightSegError(f"{path} has no segments named right ventricle, myocardium or left ventricle")
+        raise LightSegError(f"{path} has no segments named {', '.join(wanted)}")
     image = sitk.GetImageFromArray(out.transpose(2, 1, 0))
     matrix = np.asarray(seg["ijkToLPS"])
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
