@@ -188,12 +188,13 @@ def test_ghost_module_reproduces_primary_channels_of_the_original_conv():
 
 
 def test_macs_and_params_drop_after_pruning(x):
+    from LightSegLib.export import count_macs
+
     net = build(spec("unet"))
-    macs0, params0 = P.macs_and_params(net, x[:1])
+    macs0, params0 = count_macs(net, x[:1].shape), P.count_params(net)
     P.prune(net, x, ratio=0.5)
-    macs1, params1 = P.macs_and_params(net, x[:1])
-    assert params1 == P.count_params(net) < params0
-    assert macs1 < 0.4 * macs0
+    assert P.count_params(net) < params0
+    assert count_macs(net, x[:1].shape) < 0.4 * macs0
 
 
 def test_a_step_that_prunes_nothing_is_an_error_not_a_silent_no_op(x):

@@ -232,16 +232,3 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, importance: str = "l
             fine_tune(model, step)
             check_forward(model, example_input, expected)
     return model
-
-
-def macs_and_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
-    """Torch-Pruning's counter, in eval mode (the deployed graph). Note: it returns MACs, not FLOPs."""
-    import torch_pruning as tp
-
-    was = model.training
-    model.eval()
-    try:
-        macs, params = tp.utils.count_ops_and_params(model, example_input)
-    finally:
-        model.train(was)
-    return int(macs), int(params)
