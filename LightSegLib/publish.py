@@ -79,9 +79,10 @@ def training_markdown(checkpoint) -> str:
         t, device = cfg["train"], summary.get("device", "cpu")
         where = (f"on one {device} GPU in mixed precision" if device != "cpu" else
                  f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''}")
+        start = f", starting from the weights of {t['init_onnx']}" if t.get("init_onnx") else ""
         return (f"{summary['iterations']} iterations of {t['batch_size']} slices in {summary['minutes']:.0f} minutes "
                 f"{where} "
-                f"({cfg['model']['name']} {cfg['model']['widths']}); best validation Dice "
+                f"({cfg['model']['name']} {cfg['model']['widths']}{start}); best validation Dice "
                 f"{summary['best_val_dice_mean']:.3f} (epoch {summary['best_epoch']}, the checkpoint kept)")
 
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
