@@ -56,6 +56,18 @@ def figures_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def int8_markdown(report: dict) -> str:
+    """The int8 file against fp32 on the same checks (computed with the figures above)."""
+    rows = report.get("int8")
+    if not rows:
+        return ""
+    worst = max(rows.items(), key=lambda kv: abs(kv[1]["minus_fp32"]))
+    return (f"\n\nThe int8 file (`--int8`, static QDQ, per-channel weights) on the same {len(rows)} checks: Dice "
+            f"within {abs(worst[1]['minus_fp32']):.4f} of fp32 on every one (largest on {worst[0]}: "
+            f"{worst[1]['dice']} against {worst[1]['dice'] - worst[1]['minus_fp32']:.4f}); per check in "
+            f"`{report['model']}.eval.json`.")
+
+
 def _free(r: dict) -> str:
     n = r.get("voxels_on_organ_free_slices")
     return f"; {n} voxels predicted on slices without the organ" if n else ""
@@ -230,7 +242,7 @@ def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Pat
     template = Path(card_path).with_suffix(".md.in")
     if not template.is_file():
         return
-    text = template.read_text().replace("{{figures}}", figures_markdown(report))
+    text = template.read_text().replace("{{figures}}", figures_markdown(report) + int8_markdown(report))
     for key, value in report["card_text"].items():
         text = text.replace("{{" + key + "}}", value)
     text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
