@@ -7,10 +7,12 @@
 #   bash benchmarks/pancreas_cprun.sh distill    # one stage
 #   bash benchmarks/pancreas_cprun.sh crossval   # the whole recipe, 3 folds by patient, one process per fold (hours)
 # TEACHER_CFG picks the teacher's config (data, crops, budget); KD_MIN is the distillation's wall-clock budget.
+# The whole-volume attempt of 2026-12-02 (hard negatives from s0009, not shipped; see configs/pancreas_wholevol_teacher.toml):
+#   TEACHER_CFG=configs/pancreas_wholevol_teacher.toml RUN=runs/pancreas_wv bash benchmarks/pancreas_cprun.sh
 # Budgets are the ones of the shipped model (a shared 2-core AMD EPYC, one thread per job, bfloat16 autocast).
 set -euo pipefail
-TEACHER_CFG=${TEACHER_CFG:-configs/pancreas_wholevol_teacher.toml}
-RUN=${RUN:-runs/pancreas_wv}
+TEACHER_CFG=${TEACHER_CFG:-configs/pancreas_nih2d_teacher.toml}
+RUN=${RUN:-runs/pancreas_teacher}
 KD_MIN=${KD_MIN:-40}
 THREADS=${THREADS:-1}
 CV_RUN=${CV_RUN:-runs/pancreas_cv_recipe}
@@ -36,7 +38,7 @@ crossval() { mkdir -p $CV_RUN; echo "logs: $CV_RUN/fold{0,1,2}.log"
     for k in 0 1 2; do python benchmarks/ct_crossval.py "${cv_args[@]}" --fold $k >> $CV_RUN/fold$k.log 2>&1 & done
     wait; python benchmarks/ct_crossval.py "${cv_args[@]}"; }
 publish() { python -m LightSegLib.train.ct publish $RUN/kd/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
-    --config $TEACHER_CFG --threads $THREADS \
+    --config configs/pancreas_nih2d.toml --threads $THREADS \
     --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
     $([ -f $CV ] && echo --crossval $CV); }
 
