@@ -76,8 +76,9 @@ def test_demo_lines_carry_the_quality_and_a_preview_models_caveat(tmp_path, monk
     pancreas = next(i for i, line in enumerate(lines) if line.startswith("pancreas-ct [preview]"))
     assert quality.LOW in lines[pancreas]
     assert lines[pancreas + 1].startswith("  why: ") and "whole CT" in lines[pancreas + 1]
-    liver = next(line for line in lines if line.startswith("liver-ct on"))
-    assert "quality ok" in liver and "why:" not in liver
+    liver = next(i for i, line in enumerate(lines) if line.startswith("liver-ct [preview] on"))
+    assert "quality ok" in lines[liver] and "why:" not in lines[liver]
+    assert lines[liver + 1].startswith("  why: ") and "not cross-validated" in lines[liver + 1]
 
 
 def test_the_two_class_shortcut_equals_the_softmax():
