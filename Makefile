@@ -1,5 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   create .venv-demo with the inference stack only, segment the bundled samples with every model
+#               (installed by the system's pip, 22.3 or newer: the environment holds no pip, setuptools or
+#               pre-compiled bytecode of its own, only what segmenting uses)
 #   make test   create .venv with the full stack (training, Slicer logic, tests), run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -29,9 +31,8 @@ $(STAMP): pyproject.toml setup.py
 demo-env: $(DEMO_STAMP)
 
 $(DEMO_STAMP): pyproject.toml setup.py
-	test -x $(DEMO)/bin/python || $(PYTHON) -m venv $(DEMO)
-	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
-	$(DEMO)/bin/python -m pip install --quiet -e .
+	test -x $(DEMO)/bin/python || $(PYTHON) -m venv --without-pip $(DEMO)
+	$(PYTHON) -m pip --python $(DEMO)/bin/python install --quiet --no-compile -e .
 	rm -f $(DEMO)/.installed-*
 	touch $@
 

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import postprocess, preprocess, quality
+from .preprocess import argmax_classes
 from .errors import Cancelled, LightSegError, LightSegWarning
 from .stages import INFER, POSTPROCESS
 from .io import check_intensities
@@ -134,7 +135,9 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     done = np.zeros(depth, bool)
     report(0.0, INFER)
 
-    def run(indices: np.ndarray, planned: int) -> None:
+    model_fg = np.zeros((depth,) + prepared.geometry.model_hw, bool)  # what the network found, on its own grid
+
+    def run(indices: np.ndarray, planned: int, box: tuple[slice, slice] | None = None) -> None:
         for i in range(0, len(indices), batch):
             if cancelled():
                 raise Cancelled("cancelled")
@@ -143,9 +146,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             x = prepared.batch_of(idx)
             times["preprocess"] += time.perf_counter() - t
             t = time.perf_counter()
-            logits = runner(x)
+            logits = runner(x) if box is None else _uncrop(runner(x[(Ellipsis,) + box]), x.shape, box)
             times["infer"] += time.perf_counter() - t
             t = time.perf_counter()
+            model_fg[idx] = argmax_classes(logits) > 0
             labels[idx] = prepared.geometry.labels_from_model(logits)
             confidence.add(logits)
             times["resample"] += time.perf_counter() - t
@@ -154,16 +158,19 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
 
     stride = int(card.input.get("z_search", 0))
     if stride > 1 and depth > 2 * stride:
-        # Every stride-th slice first; then only the slices within a stride of one that holds a structure.
-        # A slice never run is background: what the full pass would add there is an isolated false positive
-        # that keeping the largest component removes anyway (benchmarks/ct_engine.py measures the difference).
+        # Every stride-th slice first; then only the slices within a stride of one that holds a structure, and
+        # with a crop margin, only the window around what the first pass found. A slice never run is background:
+        # what the full pass would add there is an isolated false positive that keeping the largest component
+        # removes anyway (benchmarks/ct_engine.py measures the difference).
         coarse = np.arange(0, depth, stride)
         run(coarse, depth)
+        kept = coarse[_kept_slices(labels[coarse], card.postprocessing)]
         near = np.zeros(depth, bool)
-        for z in coarse[_kept_slices(labels[coarse], card.postprocessing)]:
+        for z in kept:
             near[max(0, z - stride):z + stride + 1] = True
         rest = np.flatnonzero(near & ~done)
-        run(rest, len(coarse) + len(rest))
+        box = _search_box(model_fg[kept], card.input.get("crop_search")) if len(kept) else None
+        run(rest, len(coarse) + len(rest), box)
     else:
         run(np.arange(depth), depth)
     report(1.0, INFER)
@@ -189,15 +196,48 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
 LOW_PERCENTILE = {"CT": (-float("inf"), -300.0), "MR": (-300.0, float("inf"))}
 
 
+def _search_box(found: np.ndarray, spec: dict | None) -> tuple[slice, slice] | None:
+    """The in-plane window, on the model grid, for the slices between the first pass's: the box of what that pass
+    found, widened by ``margin`` pixels and snapped outwards to multiples of ``align`` (the network's total
+    downsampling, so the crop's pooling grid is the full image's). None: run whole slices."""
+    if not spec:
+        return None
+    margin, align = int(spec["margin"]), int(spec["align"])
+    h, w = found.shape[1:]
+    rows = np.flatnonzero(found.any(axis=(0, 2)))
+    cols = np.flatnonzero(found.any(axis=(0, 1)))
+    if rows.size == 0:
+        return None
+    window = []
+    for hits, size in ((rows, h), (cols, w)):
+        lo = max(0, (int(hits[0]) - margin) // align * align)
+        hi = min(size, -(-(int(hits[-1]) + 1 + margin) // align) * align)
+        window.append(slice(lo, hi))
+    return None if (window[0].stop - window[0].start) * (window[1].stop - window[1].start) > 0.8 * h * w \
+        else tuple(window)
+
+
+def _uncrop(logits: np.ndarray, shape: tuple, box: tuple[slice, slice]) -> np.ndarray:
+    """A window's logits on the whole model grid: background with certainty outside it."""
+    full = np.zeros((shape[0], logits.shape[1]) + tuple(shape[2:]), np.float32)
+    full[:, 1:] = -BACKGROUND_MARGIN
+    full[(slice(None), slice(None)) + box] = logits
+    return full
+
+
+# Logit margin given to background outside a search window: a softmax probability of 1 - 1e-13.
+BACKGROUND_MARGIN = 30.0
+
+
 def _kept_slices(coarse_labels: np.ndarray, spec: dict) -> np.ndarray:
     """Which slices of the coarse stack hold a structure the post-processing would keep: for a label kept as its
     largest component, only the slices of the coarse stack's largest component (stacked as if adjacent)."""
     keep = np.zeros(coarse_labels.shape[0], bool)
     largest = set(spec.get("largest_component", []))
-    for value in np.unique(coarse_labels):
-        if value == 0:
-            continue
+    for value in range(1, int(coarse_labels.max(initial=0)) + 1):
         mask = coarse_labels == value
+        if not mask.any():
+            continue
         if int(value) in largest:
             mask = mask.astype(np.uint8)
             postprocess.keep_largest_component(mask, 1)

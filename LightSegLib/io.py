@@ -200,7 +200,7 @@ def check_intensities(image: sitk.Image, name) -> None:
     stats.Execute(image)
     if stats.GetMinimum() == stats.GetMaximum():
         raise LightSegError(f"{name} is constant (every voxel is {stats.GetMinimum():g}): nothing to segment")
-    values = looks_like_labelmap(image)
+    values = looks_like_labelmap(image) if stats.GetMinimum() == 0 and stats.GetMaximum() <= 255 else None
     if values is not None:
         shown = ", ".join(map(str, values[:6])) + (f", ... ({len(values)} values)" if len(values) > 6 else "")
         raise LightSegError(f"{name} looks like a labelmap (only the values {shown}), not an image: give the "

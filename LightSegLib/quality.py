@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .postprocess import bounding_box
 from .preprocess import argmax_classes
 
 LOW = "low confidence: check carefully"
@@ -64,19 +65,21 @@ def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_thres
     the label's centroid within the body's box (x 0 = patient's right, 1 = left; y 0 = anterior, 1 = posterior),
     area-weighted over slices. Fractions, not mm: the 2D training sets have no pixel size."""
     mask = labels == value
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
+    where = bounding_box(mask)
+    if where is None:
         return {}
+    zs, ys_box, xs_box = where
+    mask = mask[where]
     weights, xs, ys, fractions = [], [], [], []
-    for z in zs:
-        box = _body_box(volume[z], body_threshold)
-        rows, cols = np.nonzero(mask[z])
+    for z in range(zs.start, zs.stop):
+        rows, cols = np.nonzero(mask[z - zs.start])
+        box = _body_box(volume[z], body_threshold) if rows.size else None
         if box is None:
             continue
         r0, r1, c0, c1, tissue = box
         weights.append(rows.size)
-        ys.append((rows.mean() - r0) / (r1 - r0))
-        xs.append((cols.mean() - c0) / (c1 - c0))
+        ys.append((rows.mean() + ys_box.start - r0) / (r1 - r0))
+        xs.append((cols.mean() + xs_box.start - c0) / (c1 - c0))
         fractions.append(rows.size / tissue)
     if not weights:
         return {}

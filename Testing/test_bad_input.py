@@ -203,6 +203,23 @@ def test_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, suffix):
     assert_refused(segment(CT_SMALL, small_disk / f"label{suffix}"), "No space left on device", small_disk)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_written_nifti_cut_short_is_caught(tmp_path, suffix):
+    """The check after writing reads only the header and the end: a file cut by a full disk at any point fails."""
+    from LightSegLib.validate import nifti_complete
+
+    label = sitk.GetImageFromArray((np.arange(40 * 64 * 64).reshape(40, 64, 64) % 7 == 0).astype(np.uint8))
+    path = tmp_path / f"label{suffix}"
+    sitk.WriteImage(label, str(path), True)
+    whole = path.read_bytes()
+    assert nifti_complete(path)
+    for keep in (len(whole) // 2, len(whole) - 1, 600):
+        path.write_bytes(whole[:keep])
+        assert not nifti_complete(path), keep
+    path.write_bytes(b"")
+    assert not nifti_complete(path)
+
+
 def test_read_only_file_system(tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()

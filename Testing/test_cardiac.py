@@ -56,6 +56,29 @@ def test_cli_json_and_seg_nrrd_inputs_agree(tmp_path, capsys):
     assert from_labelmaps["lv_ef_percent"] == pytest.approx(expected["lv_ef_percent"])
 
 
+def test_seg_nrrd_with_layers_as_slicer_saves_overlapping_segments(tmp_path):
+    """Slicer stores overlapping segments in layers (a 4D NRRD); slicerio writes one here and our reader, without
+    slicerio, gives each segment its cardiac value, matched by name, on the file's geometry."""
+    slicerio = pytest.importorskip("slicerio")
+    from LightSegLib.commands.cardiac_function import read_seg_nrrd_labels
+
+    voxels = np.zeros((2, 10, 12, 14), np.uint8)  # layer, i, j, k
+    voxels[0, 2:5, 3:6, 4:7] = 1
+    voxels[1, 3:8, 3:6, 4:7] = 5
+    ijk = np.array([[0.5, 0, 0, 10], [0, 0.7, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1]])
+    path = tmp_path / "two.seg.nrrd"
+    slicerio.write_segmentation(str(path), {"voxels": voxels, "ijkToLPS": ijk, "encoding": "gzip", "segments": [
+        {"id": "a", "name": "Left ventricle", "labelValue": 1, "layer": 0},
+        {"id": "b", "name": "myocardium", "labelValue": 5, "layer": 1},
+        {"id": "c", "name": "tumour", "labelValue": 2, "layer": 0}]})
+    labels = read_seg_nrrd_labels(path)
+    array = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)  # back to i, j, k
+    assert labels.GetSpacing() == (0.5, 0.7, 2.0) and labels.GetOrigin() == (10.0, 20.0, 30.0)
+    assert set(np.unique(array)) == {0, 2, 3}
+    assert np.array_equal(array == 2, voxels[1] == 5)  # myocardium written last wins where they overlap
+    assert np.array_equal(array == 3, (voxels[0] == 1) & (voxels[1] != 5))
+
+
 def test_absent_structure_and_mismatched_grids():
     ed = np.zeros((4, 10, 10), np.uint8)
     ed[1:3, 2:6, 2:6] = 3

@@ -289,3 +289,39 @@ def test_slice_search_keeps_the_labels_and_skips_slices(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(full.labelmap), sitk.GetArrayFromImage(searched.labelmap))
     assert sitk.GetArrayFromImage(full.labelmap)[:30].max() == 0 and sitk.GetArrayFromImage(full.labelmap)[30:].any()
     assert searched.slices_run < 45  # the 30 liver slices, 4 beside them and every 4th of the rest
+
+
+def test_search_window_runs_later_slices_on_a_crop_and_keeps_the_labels():
+    """With the card's crop_search, slices after the first pass see only the window around what it found: on the
+    bundled CT set in a field of air twice as wide, the labels stay within Dice 0.995 of whole slices."""
+    import SimpleITK as sitk
+
+    from LightSegLib.inference import make_runner, segment_image
+    from LightSegLib.registry import ModelCard, get_segmenter
+
+    base = get_segmenter("liver-ct")
+    assert base.input["crop_search"]["align"] > 1
+    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    voxels = sitk.GetArrayFromImage(sample)
+    z, h, w = voxels.shape
+    wide = np.full((z, 2 * h, 2 * w), -1000, voxels.dtype)
+    wide[:, h:, w:] = voxels
+    image = sitk.GetImageFromArray(wide)
+    image.SetSpacing(sample.GetSpacing())
+    image.SetDirection(sample.GetDirection())
+    runner = make_runner(base, threads=1)
+    shapes = []
+
+    def watched(batch):
+        shapes.append(batch.shape[2:])
+        return runner(batch)
+
+    whole = ModelCard({**base.entry, "input": {k: v for k, v in base.entry["input"].items() if k != "crop_search"}},
+                      base.folder)
+    full = sitk.GetArrayFromImage(segment_image(image, whole, runner).labelmap) > 0
+    searched = sitk.GetArrayFromImage(segment_image(image, base, watched).labelmap) > 0
+    model_hw = tuple(base.input["inplane"]["size"])
+    assert shapes[0] == model_hw and any(s[0] < model_hw[0] and s[1] < model_hw[1] for s in shapes)
+    assert all(s[0] % base.input["crop_search"]["align"] == 0 for s in shapes)
+    assert full.sum() > 1000
+    assert 2 * (full & searched).sum() / (full.sum() + searched.sum()) >= 0.995

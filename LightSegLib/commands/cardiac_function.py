@@ -23,31 +23,39 @@ def read_labels(path):
 
 
 def read_seg_nrrd_labels(path):
-    """A .seg.nrrd back to a labelmap with the cardiac values, matched by segment name."""
+    """A .seg.nrrd back to a labelmap with the cardiac values, matched by segment name. SimpleITK reads Slicer's
+    layers as the components of a vector image and the segments' names and values as header fields."""
     import numpy as np
     import SimpleITK as sitk
-    import slicerio
 
     from ..cardiac import VALUES_BY_NAME as wanted
     from ..errors import LightSegError
 
-    seg = slicerio.read_segmentation(str(path))
-    voxels = seg["voxels"]
-    layers = voxels if voxels.ndim == 4 else voxels[None]
-    out = np.zeros(layers.shape[1:], np.uint8)
-    for segment in seg["segments"]:
-        value = wanted.get(segment["name"].lower())
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise LightSegError(f"not a readable image: {path}") from None
+    if image.GetDimension() != 3:
+        raise LightSegError(f"{path} is {image.GetDimension()}D: a 3D segmentation is needed")
+    fields = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    voxels = sitk.GetArrayViewFromImage(image)
+    layers = voxels[..., None] if image.GetNumberOfComponentsPerPixel() == 1 else voxels
+    out = np.zeros(layers.shape[:3], np.uint8)
+    names = []
+    for i in range(len(fields)):
+        if f"Segment{i}_Name" not in fields:
+            break
+        name = fields[f"Segment{i}_Name"]
+        names.append(name)
+        value = wanted.get(name.lower())
         if value is not None:
-            out[layers[segment.get("layer", 0)] == segment["labelValue"]] = value
-    if not out.any() and not any(s["name"].lower() in wanted for s in seg["segments"]):
+            layer = int(fields.get(f"Segment{i}_Layer", 0))
+            out[layers[..., layer] == int(fields[f"Segment{i}_LabelValue"])] = value
+    if not any(n.lower() in wanted for n in names):
         raise LightSegError(f"{path} has no segments named {', '.join(wanted)}")
-    image = sitk.GetImageFromArray(out.transpose(2, 1, 0))
-    matrix = np.asarray(seg["ijkToLPS"])
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(matrix[:3, 3].tolist())
-    return image
+    labels = sitk.GetImageFromArray(out)
+    labels.CopyInformation(image)
+    return labels
 
 
 def run(args) -> int:
