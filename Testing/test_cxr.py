@@ -100,6 +100,43 @@ def test_ghost_split_of_the_pruned_resnet_loads_as_the_ghost_spec():
 
 
 # ------------------------------------------------------------------ metrics
+def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    """The classifier's fit (SGD, epoch cosine, logit distillation, BN L1) on the shared loop: killed in its second
+    epoch and rerun, it ends with the weights and history rows of a run never stopped."""
+    import torch
+
+    from LightSegLib.train.cxr import DEFAULTS, fit
+
+    rng = np.random.default_rng(0)
+    data = {"x_train": rng.normal(size=(24, 1, 32, 32)).astype(np.float32), "y_train": np.arange(24) % 2,
+            "x_val": rng.normal(size=(8, 1, 32, 32)).astype(np.float32), "y_val": np.arange(8) % 2}
+    data["x_train"][data["y_train"] == 1] += 0.5
+    cfg = dict(DEFAULTS, size=32, epochs=3, batch=8, warmup_epochs=1, kd_weight=0.5, bn_l1=1e-4)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+    teacher = net().eval()
+    straight = net()
+    rows = fit(straight, cfg, data, tmp_path / "straight", {}, teacher=teacher, log=lambda s: None)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+
+    def kill_in_epoch_2(line):
+        if json.loads(line)["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net(), cfg, data, tmp_path / "killed", {}, teacher=teacher, log=kill_in_epoch_2)
+    resumed = net()
+    again = fit(resumed, cfg, data, tmp_path / "killed", {}, teacher=teacher, log=lambda s: None)
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [drop(r) for r in again] == [drop(r) for r in rows]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_threshold_and_calibration_metrics_by_hand():
     from LightSegLib.train.cxr_report import confusion, ece, roc_curve, youden_threshold
 

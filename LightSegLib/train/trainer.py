@@ -144,10 +144,15 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
                log: Callable[[str], None] = print, seed: int = 0, time_budget_min: float | None = None,
                state_path=None, save_every: int = 100, device="cpu", every: int = 0,
                on_every: Callable | None = None, state_extra: Callable | None = None,
-               log_every: int = 50) -> dict:
+               log_every: int = 50, batches: Callable | None = None, loss_fn: Callable | None = None,
+               optimizer: Callable | None = None, schedule: Callable | None = None) -> dict:
     """Train ``net`` for ``iters`` iterations: the segmentation loss (deep supervision) + ``extra_loss(image,
     label, outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters).
     Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "val_dice", "val_dice_mean"}.
+
+    Other tasks swap the parts: ``batches(start)`` yields (image, label) from iteration ``start`` (default: slices
+    of ``train_cases``), ``loss_fn(outputs, label)``, ``optimizer(params)`` and ``schedule(progress, iteration)``
+    (the learning rate; default: the config's warm-up and cosine or poly decay).
 
     ``time_budget_min``: stop there too. ``state_path``: save the resumable state there every ``save_every``
     iterations (and at the end), with what ``state_extra()`` adds, and resume from it when it exists, so an
@@ -172,10 +177,12 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if cuda else None) \
         if world > 1 else net
-    loss_fn = segmentation_loss(tcfg["deep_supervision_weights"])
+    loss_fn = loss_fn or segmentation_loss(tcfg["deep_supervision_weights"])
+    schedule = schedule or (lambda progress, iteration: lr_at(tcfg, progress, iteration))
     params = list(net.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(tcfg["lr"]),
-                            weight_decay=float(tcfg["weight_decay"]))
+    params = [p for p in params if p.requires_grad]
+    opt = optimizer(params) if optimizer is not None else \
+        torch.optim.AdamW(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     budget_s = 60.0 * float(time_budget_min) if time_budget_min else None
     it, spent = 0, 0.0  # spent: training seconds of earlier (resumed) processes
     losses: list[float] = []
@@ -206,16 +213,18 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
 
     result = {}
     if iters > it and not (budget_s and elapsed() >= budget_s):
-        if train_cases is None:
+        if train_cases is None and batches is None:
             raise LightSegError("training needs data")
         model.train()
         if extra_modules is not None:
             extra_modules.train()
         workers = int(cfg["data"].get("num_workers", 0))
         rank = torch.distributed.get_rank() if world > 1 else 0
-        for image, label in batch_iterator(cfg, train_cases, iters, seed=seed + rank, start=it, workers=workers):
+        source = batches(it) if batches is not None else \
+            batch_iterator(cfg, train_cases, iters, seed=seed + rank, start=it, workers=workers)
+        for image, label in source:
             for g in opt.param_groups:
-                g["lr"] = lr_at(tcfg, progress(), it)
+                g["lr"] = schedule(progress(), it)
             image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
