@@ -138,7 +138,7 @@ def speed_markdown(bench: dict | None, model_id: str) -> str:
             f"{f', side by side with {others}' if others else ''}: median {row['latency_median_s']:.2f} s wall "
             f"(min {row['latency_min_s']:.2f}, max {row['latency_max_s']:.2f}), of which the network "
             f"{row.get('network_median_s', float('nan')):.2f} s; peak RSS {row['peak_rss_mb']:.0f} MB. Target: "
-            f"<= 10 s and <= 1.5 GB with 2 threads. Machine: {machine_text(bench)}.")
+            f"<= 5 s and <= 1 GB with 2 threads on an AVX2 laptop CPU. Machine: {machine_text(bench)}.")
 
 
 def machine_text(bench: dict) -> str:
