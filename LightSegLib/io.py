@@ -371,12 +371,22 @@ def write_seg_nrrd(label: sitk.Image, path, labels: list[dict], overwrite: bool 
 
     ITK's NRRD writer with the segment fields as key/value pairs: the same header slicerio writes, without
     pynrrd's transposed copy of the voxels (about 30x faster on a 512x512x300 CT)."""
-    out = sitk.Cast(label, sitk.sitkUInt8) if label.GetPixelID() != sitk.sitkUInt8 else sitk.Image(label)
-    for key in out.GetMetaDataKeys():  # nothing of the input's own header (e.g. NIfTI fields) leaks in
+    # The fields go on a uint8 image with no header of its own (nothing of the input's, e.g. NIfTI fields, leaks
+    # in). The engine's labelmap is one already: it carries them while it is written and loses them after, which
+    # spares a copy of the voxels (copy-on-write: 0.04 s of 0.1 on a 512x512x300 CT).
+    borrowed = label.GetPixelID() == sitk.sitkUInt8 and not label.GetMetaDataKeys()
+    out = label if borrowed else sitk.Cast(label, sitk.sitkUInt8)
+    for key in out.GetMetaDataKeys():
         out.EraseMetaData(key)
-    for key, value in seg_nrrd_fields(seg_nrrd_segments(sitk.GetArrayViewFromImage(out), labels)).items():
+    fields = seg_nrrd_fields(seg_nrrd_segments(sitk.GetArrayViewFromImage(out), labels))
+    for key, value in fields.items():
         out.SetMetaData(key, value)
-    _atomic(Path(path), overwrite, lambda tmp: sitk.WriteImage(out, str(tmp), True, 1), notes)
+    try:
+        _atomic(Path(path), overwrite, lambda tmp: sitk.WriteImage(out, str(tmp), True, 1), notes)
+    finally:
+        if borrowed:
+            for key in fields:
+                out.EraseMetaData(key)
 
 
 def write_output(label: sitk.Image, path, labels: list[dict], overwrite: bool = False,

@@ -100,6 +100,19 @@ def test_seg_nrrd_reads_back_as_slicerio_own_file(oblique_ct, tmp_path, quantise
     assert "descrip" not in a and "descrip" not in ours.read_bytes()[:4096].decode("latin-1")
 
 
+def test_seg_nrrd_leaves_the_callers_labelmap_as_it_was(oblique_ct, tmp_path, quantiser):
+    """The engine's labelmap carries the segment fields only while it is written (no copy of its voxels): after,
+    the caller's image has no new header field, and a second file from it is the same."""
+    card = L.get_model("test-quantiser")
+    label = L.segment(oblique_ct, card)
+    before = sitk.GetArrayFromImage(label)
+    L.write_output(label, tmp_path / "a.seg.nrrd", card.labels)
+    assert label.GetMetaDataKeys() == () and np.array_equal(sitk.GetArrayViewFromImage(label), before)
+    L.write_output(label, tmp_path / "b.seg.nrrd", card.labels)
+    assert (tmp_path / "a.seg.nrrd").read_bytes() == (tmp_path / "b.seg.nrrd").read_bytes()
+    assert "Segment0_Name" in sitk.ReadImage(str(tmp_path / "a.seg.nrrd")).GetMetaDataKeys()
+
+
 def test_ras_nrrd_file_is_read_in_lps_and_output_matches_physically(tmp_path, quantiser):
     """A NRRD written in RAS space: the labelmap must land on the same physical voxels."""
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources/Samples/totalseg_example_ct_sm.nii.gz")))[:12, :40, :50]
