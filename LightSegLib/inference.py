@@ -135,7 +135,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     done = np.zeros(depth, bool)
     report(0.0, INFER)
 
-    model_fg = np.zeros((depth,) + prepared.geometry.model_hw, bool)  # what the network found, on its own grid
+    stride = int(card.input.get("z_search", 0))
+    crop = card.input.get("crop_search") if stride > 1 else None
+    # What the network found, on its own grid: the search window is drawn around it.
+    model_fg = np.zeros((depth,) + prepared.geometry.model_hw, bool) if crop else None
 
     def run(indices: np.ndarray, planned: int, box: tuple[slice, slice] | None = None) -> None:
         for i in range(0, len(indices), batch):
@@ -149,14 +152,14 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             logits = runner(x) if box is None else _uncrop(runner(x[(Ellipsis,) + box]), x.shape, box)
             times["infer"] += time.perf_counter() - t
             t = time.perf_counter()
-            model_fg[idx] = argmax_classes(logits) > 0
+            if model_fg is not None:
+                model_fg[idx] = argmax_classes(logits) > 0
             labels[idx] = prepared.geometry.labels_from_model(logits)
             confidence.add(logits)
             times["resample"] += time.perf_counter() - t
             done[idx] = True
             report(min(1.0, done.sum() / planned), INFER)
 
-    stride = int(card.input.get("z_search", 0))
     if stride > 1 and depth > 2 * stride:
         # Every stride-th slice first; then only the slices within a stride of one that holds a structure, and
         # with a crop margin, only the window around what the first pass found. A slice never run is background:
@@ -169,7 +172,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
         for z in kept:
             near[max(0, z - stride):z + stride + 1] = True
         rest = np.flatnonzero(near & ~done)
-        box = _search_box(model_fg[kept], card.input.get("crop_search")) if len(kept) else None
+        box = _search_box(model_fg[kept], crop) if crop and len(kept) else None
         run(rest, len(coarse) + len(rest), box)
     else:
         run(np.arange(depth), depth)
@@ -196,12 +199,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
 LOW_PERCENTILE = {"CT": (-float("inf"), -300.0), "MR": (-300.0, float("inf"))}
 
 
-def _search_box(found: np.ndarray, spec: dict | None) -> tuple[slice, slice] | None:
+def _search_box(found: np.ndarray, spec: dict) -> tuple[slice, slice] | None:
     """The in-plane window, on the model grid, for the slices between the first pass's: the box of what that pass
     found, widened by ``margin`` pixels and snapped outwards to multiples of ``align`` (the network's total
     downsampling, so the crop's pooling grid is the full image's). None: run whole slices."""
-    if not spec:
-        return None
     margin, align = int(spec["margin"]), int(spec["align"])
     h, w = found.shape[1:]
     rows = np.flatnonzero(found.any(axis=(0, 2)))
