@@ -17,7 +17,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import postprocess, preprocess, quality
-from .preprocess import argmax_classes
 from .errors import Cancelled, LightSegError, LightSegWarning
 from .stages import INFER, POSTPROCESS
 from .io import check_intensities
@@ -153,7 +152,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             times["infer"] += time.perf_counter() - t
             t = time.perf_counter()
             if model_fg is not None:
-                model_fg[idx] = argmax_classes(logits) > 0
+                model_fg[idx] = preprocess.argmax_classes(logits) > 0
             labels[idx] = prepared.geometry.labels_from_model(logits)
             confidence.add(logits)
             times["resample"] += time.perf_counter() - t

@@ -64,8 +64,7 @@ def check_nifti(path) -> None:
     once here for its checksum (about 0.35 s per 90 MB of voxels); an uncompressed integer file is checked by size."""
     path = Path(path)
     with open(path, "rb") as f:
-        compressed = f.read(2) == b"\x1f\x8b"
-    head = _head(path, compressed)
+        compressed, head = _head(f, path)
     header = _nifti_header(head)
     if header is None:
         return
@@ -95,8 +94,8 @@ def nifti_complete(path) -> bool:
     try:
         path = Path(path)
         with open(path, "rb") as f:
-            compressed = f.read(2) == b"\x1f\x8b"
-            header = _nifti_header(_head(path, compressed))
+            compressed, head = _head(f, path)
+            header = _nifti_header(head)
             if header is None:
                 return False
             expected = header[0] + header[1]
@@ -108,15 +107,17 @@ def nifti_complete(path) -> bool:
         return False
 
 
-def _head(path: Path, compressed: bool, size: int = 544) -> bytes:
-    """The first ``size`` bytes of the data, inflating no more than that (a labelmap's 4 MB of gzip hold ~80 MB)."""
-    with open(path, "rb") as f:
-        if not compressed:
-            return f.read(size)
-        try:
-            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(1 << 16), size)
-        except zlib.error as err:
-            raise LightSegError(f"{path} is damaged: its gzip data is corrupt ({err})") from None
+def _head(f, path: Path, size: int = 544) -> tuple[bool, bytes]:
+    """Whether the open file ``f`` is gzip, and the first ``size`` bytes of its data, inflating no more than that
+    (a labelmap's 4 MB of gzip hold ~80 MB)."""
+    compressed = f.read(2) == b"\x1f\x8b"
+    f.seek(0)
+    if not compressed:
+        return False, f.read(size)
+    try:
+        return True, zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(1 << 16), size)
+    except zlib.error as err:
+        raise LightSegError(f"{path} is damaged: its gzip data is corrupt ({err})") from None
 
 
 def is_dicom_file(path: Path) -> bool:

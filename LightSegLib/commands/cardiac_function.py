@@ -25,6 +25,8 @@ def read_labels(path):
 def read_seg_nrrd_labels(path):
     """A .seg.nrrd back to a labelmap with the cardiac values, matched by segment name. SimpleITK reads Slicer's
     layers as the components of a vector image and the segments' names and values as header fields."""
+    import itertools
+
     import numpy as np
     import SimpleITK as sitk
 
@@ -41,17 +43,14 @@ def read_seg_nrrd_labels(path):
     voxels = sitk.GetArrayViewFromImage(image)
     layers = voxels[..., None] if image.GetNumberOfComponentsPerPixel() == 1 else voxels
     out = np.zeros(layers.shape[:3], np.uint8)
-    names = []
-    for i in range(len(fields)):
-        if f"Segment{i}_Name" not in fields:
-            break
-        name = fields[f"Segment{i}_Name"]
-        names.append(name)
-        value = wanted.get(name.lower())
+    named = False
+    for i in itertools.takewhile(lambda i: f"Segment{i}_Name" in fields, itertools.count()):
+        value = wanted.get(fields[f"Segment{i}_Name"].lower())
         if value is not None:
+            named = True
             layer = int(fields.get(f"Segment{i}_Layer", 0))
             out[layers[..., layer] == int(fields[f"Segment{i}_LabelValue"])] = value
-    if not any(n.lower() in wanted for n in names):
+    if not named:
         raise LightSegError(f"{path} has no segments named {', '.join(wanted)}")
     labels = sitk.GetImageFromArray(out)
     labels.CopyInformation(image)
