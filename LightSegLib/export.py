@@ -20,7 +20,8 @@ OPSET = 17
 
 def load_checkpoint(path):
     """(net in eval mode, checkpoint dict). ``best.pt`` loads weights-only; a resumable ``last.pt`` also holds
-    RNG states and needs a full unpickle (only for checkpoints you made yourself)."""
+    RNG states and needs a full unpickle (only for checkpoints you made yourself). A registered model's id
+    loads its ONNX weights (``load_registered``)."""
     import pickle
 
     import torch
@@ -29,6 +30,10 @@ def load_checkpoint(path):
 
     path = Path(path)
     if not path.is_file():
+        from .registry import list_models
+
+        if str(path) in {card.id for card in list_models()}:
+            return load_registered(str(path))
         raise LightSegError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,44 +206,11 @@ def warm_start_from_onnx(net, onnx_path, batches) -> float:
     folded each BatchNorm into the conv before it, so BN is re-inflated from ``batches`` (per-channel mean and
     spread of each conv's output), which keeps the function exact in eval mode and close in train mode.
     Returns the largest logit difference from ONNX Runtime on the first batch."""
-    import onnx
     import onnxruntime as ort
     import torch
-    from onnx import numpy_helper
 
-    graph = onnx.load(str(onnx_path)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    folded = [(inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 else None)
-              for n in graph.node if n.op_type == "Conv"]
     batches = [torch.as_tensor(np.asarray(b), dtype=torch.float32) for b in batches]
-    bn_after = {}
-    for seq in net.modules():
-        kids = list(seq.children())
-        for a, b in zip(kids, kids[1:]):
-            if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d):
-                bn_after[a] = b
-    order = []
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order else None)
-             for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    net.eval()
-    with torch.no_grad():
-        net(batches[0][:1])
-    for h in hooks:
-        h.remove()
-    if len(order) != len(folded) or any(tuple(c.weight.shape) != w.shape for c, (w, _) in zip(order, folded)):
-        raise LightSegError(f"{onnx_path}: its convolutions do not match the architecture being trained")
-    with torch.no_grad():
-        for conv, (w, b) in zip(order, folded):
-            conv.weight.copy_(torch.from_numpy(w.copy()))
-            bias = torch.from_numpy(b.copy()) if b is not None else torch.zeros(w.shape[0])
-            bn = bn_after.get(conv)
-            if bn is None:
-                conv.bias.copy_(bias)
-                continue
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(bias)
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
+    bn_after = load_onnx_weights(net, onnx_path, batches[0][:1])
     # BN is now identity + bias: the net computes the exported function; measure each conv's output on it.
     sums = {c: [0.0, 0.0, 0] for c in bn_after}
 
@@ -269,3 +241,70 @@ def warm_start_from_onnx(net, onnx_path, batches) -> float:
         expected = ref.run(None, {ref.get_inputs()[0].name: x.numpy()})[0]
         got = net(x)
     return float(np.abs(got.numpy() - expected).max())
+
+
+def load_onnx_weights(net, onnx_path, example) -> dict:
+    """Copy an exported model's convolutions into ``net`` with each BatchNorm set to identity + the folded bias:
+    exact in eval mode. ``example``: one input, to find the order the convolutions run in. Returns
+    {conv: the BatchNorm after it}."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    folded = [(inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 else None)
+              for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    bn_after = {}
+    for seq in net.modules():
+        kids = list(seq.children())
+        for a, b in zip(kids, kids[1:]):
+            if isinstance(a, convs) and isinstance(b, torch.nn.BatchNorm2d):
+                bn_after[a] = b
+    order = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order else None)
+             for m in net.modules() if isinstance(m, convs)]
+    net.eval()
+    with torch.no_grad():
+        net(example)
+    for h in hooks:
+        h.remove()
+    if len(order) != len(folded) or any(tuple(c.weight.shape) != w.shape for c, (w, _) in zip(order, folded)):
+        raise LightSegError(f"{onnx_path}: its convolutions do not match the architecture being trained")
+    with torch.no_grad():
+        for conv, (w, b) in zip(order, folded):
+            conv.weight.copy_(torch.from_numpy(w.copy()))
+            bias = torch.from_numpy(b.copy()) if b is not None else torch.zeros(w.shape[0])
+            bn = bn_after.get(conv)
+            if bn is None:
+                conv.bias.copy_(bias)
+                continue
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(bias)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+    return bn_after
+
+
+def load_registered(model_id: str, batches=None):
+    """(net in eval mode, checkpoint dict) rebuilt from a registered model's ONNX file and card, for a model whose
+    training checkpoint is not shipped: a teacher (eval mode only: exact) or, with calibration ``batches`` for
+    its BatchNorms, a net to compress and train further."""
+    import torch
+
+    from .nets import build
+    from .preprocess import Preprocessing
+    from .registry import get_segmenter
+
+    card = get_segmenter(model_id)
+    spec = dict(card.entry["architecture"])
+    net = build(spec)
+    onnx_path = card.verified_path()
+    if batches is None:
+        load_onnx_weights(net, onnx_path, torch.zeros(1, int(spec.get("in_channels", 1)), 64, 64))
+    else:
+        warm_start_from_onnx(net, onnx_path, batches)
+    ckpt = {"model": net.state_dict(), "architecture": spec, "prep": Preprocessing.from_card(card).to_prep(),
+            "metrics": {}, "source": f"registry model {model_id} {card.entry.get('version', '')}".strip()}
+    return net.eval(), ckpt

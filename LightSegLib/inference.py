@@ -151,10 +151,11 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             logits = runner(x) if box is None else _uncrop(runner(x[(Ellipsis,) + box]), x.shape, box)
             times["infer"] += time.perf_counter() - t
             t = time.perf_counter()
+            pred = preprocess.argmax_classes(logits)
             if model_fg is not None:
-                model_fg[idx] = preprocess.argmax_classes(logits) > 0
-            labels[idx] = prepared.geometry.labels_from_model(logits)
-            confidence.add(logits)
+                model_fg[idx] = pred > 0
+            labels[idx] = prepared.geometry.labels_from_model(logits, pred)
+            confidence.add(logits, pred)
             times["resample"] += time.perf_counter() - t
             done[idx] = True
             report(min(1.0, done.sum() / planned), INFER)

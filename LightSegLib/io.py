@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,13 +152,20 @@ def read_image(path, frame: int | None = None, notes: list[str] | None = None, a
     if path.is_dir():
         image = read_dicom_folder(path, notes, allow_gaps)
     else:
-        if suffix_of(path) in (".nii", ".nii.gz"):
-            validate.check_nifti(path)
-        with itk_notes(notes, path):
+        # The NIfTI check inflates the file a second time: it runs beside ITK's read (both release the GIL), and
+        # what it finds wins over ITK's own complaint, since it says why.
+        nifti = suffix_of(path) in (".nii", ".nii.gz")
+        with ThreadPoolExecutor(1) as pool:
+            checked = pool.submit(validate.check_nifti, path) if nifti else None
             try:
-                image = sitk.ReadImage(str(path))
+                with itk_notes(notes, path):
+                    image = sitk.ReadImage(str(path))
             except RuntimeError:
-                raise LightSegError(f"not a readable image: {path}") from None
+                image = None
+            if checked is not None:
+                checked.result()
+        if image is None:
+            raise LightSegError(f"not a readable image: {path}")
     image = as_3d_scalar(image, path, frame)
     check_finite(image, path.name)
     return image

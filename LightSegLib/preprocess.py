@@ -162,17 +162,18 @@ class PlaneGeometry:
             slices = np.pad(slices, widths, constant_values=pad_value)
         return resize_slices(slices, self.model_hw, linear=True)
 
-    def labels_from_model(self, logits: np.ndarray) -> np.ndarray:
+    def labels_from_model(self, logits: np.ndarray, coarse: np.ndarray | None = None) -> np.ndarray:
         """Logits ``[n, K, h', w']`` to uint8 labels ``[n, h, w]`` on the input slices: interpolate the logits
         linearly, then argmax. Only the window around the foreground is interpolated: where all four
-        neighbouring model pixels are background, so is any convex mix of their logits."""
+        neighbouring model pixels are background, so is any convex mix of their logits. ``coarse``: the
+        logits' argmax, where the caller has it already."""
         n = logits.shape[0]
         h, w = self.in_hw
         t, b, l, r = self.pad
+        coarse = argmax_classes(logits) if coarse is None else coarse
         if logits.shape[2:] == (h + t + b, w + l + r):  # same grid (input at the model's spacing): no resampling
-            return argmax_classes(logits[:, :, t:t + h, l:l + w])
+            return np.ascontiguousarray(coarse[:, t:t + h, l:l + w])
         out = np.zeros((n, h, w), np.uint8)
-        coarse = argmax_classes(logits)
         fg_rows = np.flatnonzero(coarse.any(axis=(0, 2)))
         if fg_rows.size == 0:
             return out

@@ -25,14 +25,15 @@ class Confidence:
         self.sum = np.zeros(num_classes)
         self.count = np.zeros(num_classes, np.int64)
 
-    def add(self, logits: np.ndarray) -> None:
+    def add(self, logits: np.ndarray, pred: np.ndarray | None = None) -> None:
+        """``pred``: the logits' argmax, where the caller has it already."""
         if logits.shape[1] == 2:  # one organ: the top probability is a sigmoid of the logit margin
             margin = logits[:, 1] - logits[:, 0]
             fg = margin[margin > 0].astype(np.float64)
             self.sum[1] += float(np.sum(1.0 / (1.0 + np.exp(-fg))))
             self.count[1] += fg.size
             return
-        pred = argmax_classes(logits)
+        pred = argmax_classes(logits) if pred is None else pred
         fg = pred > 0
         if not fg.any():
             return

@@ -240,4 +240,23 @@ def test_fold_drops_the_full_resolution_stage_and_keeps_the_deeper_weights(x):
     with pytest.raises(LightSegError):
         fold_unet(folded, new_spec)  # already folded
     with pytest.raises(LightSegError):
-        fold_unet(build(spec("lfunet")), spec("lfunet"))
+        fold_unet(build(spec("dpunet")), spec("dpunet"))
+
+
+def test_folding_an_lfunet_shifts_every_node_up_one_scale():
+    s = spec("lfunet", widths=[4, 8, 16, 32])
+    net = build(s).eval()
+    folded, new_spec, counts = fold_unet(net, s)
+    assert new_spec["widths"] == [8, 16, 32] and new_spec["fold"] == 2
+    heads = [k for k in folded.state_dict() if k.startswith("heads.")]
+    assert counts == {"exact": len(folded.state_dict()) - len(heads), "partial": 0, "missing": len(heads)}
+    old, new = net.state_dict(), folded.state_dict()
+    for key, value in new.items():
+        if key.startswith("nodes."):
+            node, rest = key.split(".", 2)[1:]
+            scale, column = node.split("_")
+            assert torch.equal(value, old[f"nodes.{int(scale) + 1}_{column}.{rest}"])
+    assert folded.heads[0].out_channels == 3 * 4
+    with torch.no_grad():
+        assert folded(torch.randn(2, 1, 37, 30)).shape == (2, 3, 37, 30)
+    assert [o.shape for o in folded.train()(torch.randn(2, 1, 32, 32))] == [(2, 3, 32, 32)] * 2  # deep supervision

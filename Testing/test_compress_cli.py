@@ -246,6 +246,27 @@ def test_fold_command_writes_a_half_resolution_checkpoint(tmp_path, capsys):
     assert net(torch.zeros(1, 1, 40, 36)).shape == (1, 4, 40, 36)
 
 
+def test_a_registered_model_without_a_checkpoint_loads_from_its_onnx_and_folds(tmp_path, config, capsys):
+    import onnxruntime as ort
+
+    from LightSegLib.export import load_checkpoint
+
+    net, ckpt = load_checkpoint("cardiac-acdc")  # a teacher: eval mode, BatchNorm as identity + folded bias
+    x = torch.rand(2, 1, 48, 40)
+    session = ort.InferenceSession(str(REPO / "Resources" / "Models" / "cardiac-acdc.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(net(x).numpy(), session.run(None, {"image": x.numpy()})[0], atol=1e-4)
+    assert ckpt["prep"]["inplane"] == {"mode": "spacing", "spacing": [1.5, 1.5]}
+    assert main(["fold", "cardiac-acdc", "--out", str(tmp_path / "f.pt")]) != 0
+    assert "give --config" in capsys.readouterr().err
+    out = tmp_path / "folded.pt"
+    assert main(["fold", "cardiac-acdc", "--config", str(config), "--out", str(out)]) == 0
+    folded, fckpt = load_checkpoint(out)
+    assert fckpt["architecture"]["widths"] == [16, 32, 64, 128] and fckpt["prep"] == ckpt["prep"]
+    assert stdout_json(capsys)["copied"]["partial"] == 1  # stage 2 saw 8 channels; the fold gives 4
+
+
 def test_distill_command_trains_a_student(tmp_path, config, capsys):
     from LightSegLib.export import load_checkpoint
 

@@ -15,6 +15,7 @@ SMALL = {
     "unet-ghost": {"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16], "conv": "ghost"},
     "unet-fold": {"name": "unet", "in_channels": 2, "num_classes": 3, "widths": [4, 8, 16], "fold": 2},
     "lfunet": {"name": "lfunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
+    "lfunet-fold": {"name": "lfunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16], "fold": 2},
     "dpunet": {"name": "dpunet", "in_channels": 2, "num_classes": 3, "widths": [6, 9, 12]},
     "tinyunet": {"name": "tinyunet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
 }
@@ -147,7 +148,7 @@ def test_build_rejects_unknown_names_and_arguments():
 
 
 # ------------------------------------------------------------------ ONNX
-@pytest.mark.parametrize("key", ["unet", "lfunet", "dpunet", "tinyunet", "unet-ghost", "unet-fold"])
+@pytest.mark.parametrize("key", ["unet", "lfunet", "dpunet", "tinyunet", "unet-ghost", "unet-fold", "lfunet-fold"])
 def test_onnx_export_parity_dynamic_batch_and_size(key, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -1,4 +1,5 @@
-"""Resolution folding: drop a trained U-Net's full-resolution stage and run the rest at half resolution.
+"""Resolution folding: drop a trained U-Net's (or LFU-Net's) full-resolution stage and run the rest at half
+resolution.
 
 After pruning, a narrow U-Net (4 channels at full resolution) is bound by memory traffic and per-layer overhead
 on its largest maps, not by MACs: its first encoder stage, last decoder stage, last up-convolution and head take
@@ -16,12 +17,14 @@ from .reconstruct import transfer_weights
 
 
 def fold_unet(net: nn.Module, spec: dict, log=print):
-    """``(folded_net, folded_spec, counts)`` for a trained ``unet`` spec: widths[1:], fold 2, weights of the
-    deeper stages shifted into place (encoders i+1 -> i, decoders and up-convolutions kept but the last)."""
+    """``(folded_net, folded_spec, counts)`` for a trained ``unet`` or ``lfunet`` spec: widths[1:], fold 2, the
+    weights of the deeper stages shifted into place. U-Net: encoders i+1 -> i, decoders and up-convolutions kept
+    but the last. LFU-Net: node (i, j) -> (i - 1, j), which has the same inputs (the nested skips of a scale only
+    involve that scale and the one below); the heads are fresh."""
     from ..nets import build
 
-    if spec.get("name") != "unet" or int(spec.get("fold", 1)) != 1:
-        raise LightSegError("folding takes an unfolded 'unet' checkpoint (other families have no such stage)")
+    if spec.get("name") not in ("unet", "lfunet") or int(spec.get("fold", 1)) != 1:
+        raise LightSegError("folding takes an unfolded 'unet' or 'lfunet' (other families have no such stage)")
     widths = [int(w) for w in spec["widths"]]
     if len(widths) < 3:
         raise LightSegError(f"widths {widths}: too shallow to drop a stage")
@@ -31,7 +34,14 @@ def fold_unet(net: nn.Module, spec: dict, log=print):
             " its first convolution is copied in part")
     new_spec = dict(spec, widths=widths[1:], fold=2)
     folded = build(new_spec)
-    last = len(widths) - 2  # index of the dropped (full-resolution) decoder and up-convolution
+    source = _shifted_lfunet(net) if spec["name"] == "lfunet" else _shifted_unet(net, len(widths) - 2)
+    counts = transfer_weights(source, folded)
+    folded.train(net.training)
+    return folded, new_spec, counts
+
+
+def _shifted_unet(net: nn.Module, last: int) -> dict:
+    """``last``: index of the dropped (full-resolution) decoder and up-convolution."""
     source = {}
     for key, value in net.state_dict().items():
         part, index, rest = key.split(".", 2) if key.count(".") >= 2 else (key, None, None)
@@ -39,6 +49,15 @@ def fold_unet(net: nn.Module, spec: dict, log=print):
             source[f"encoders.{int(index) - 1}.{rest}"] = value
         elif part in ("decoders", "ups") and int(index) < last:
             source[key] = value
-    counts = transfer_weights(source, folded)
-    folded.train(net.training)
-    return folded, new_spec, counts
+    return source
+
+
+def _shifted_lfunet(net: nn.Module) -> dict:
+    source = {}
+    for key, value in net.state_dict().items():
+        part, node, rest = key.split(".", 2)
+        if part == "nodes":
+            scale, column = (int(v) for v in node.split("_"))
+            if scale > 0:
+                source[f"nodes.{scale - 1}_{column}.{rest}"] = value
+    return source

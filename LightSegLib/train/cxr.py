@@ -37,13 +37,6 @@ DEFAULTS = {
 }
 
 
-def cpu_has_bf16() -> bool:
-    from ..compress.bench import machine
-
-    isa = machine()["isa"] or {}
-    return bool(isa.get("AVX512-BF16") or isa.get("AMX"))
-
-
 def load_data(cfg: dict, cache_dir: Path) -> dict:
     """Train/val arrays through the inference preprocessing, cached as npz beside the run."""
     from ..data import cxr
@@ -107,7 +100,7 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
     history rows."""
     from ..compress.distill.logits import LogitKD
     from ..compress.prune import bn_l1_penalty
-    from .trainer import train_loop
+    from .trainer import cpu_has_bf16, train_loop
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bf16 = cpu_has_bf16()
@@ -240,6 +233,7 @@ def compress(args) -> None:
     from ..compress.bottleneck_prune import prune_bottlenecks
     from ..compress.ghost_convert import convert_checkpoint_net
     from ..nets.blocks import count_params
+    from .trainer import cpu_has_bf16
 
     teacher, ckpt = load_net(args.baseline)
     ratios = [float(r) for r in args.ratios.split(",")]
