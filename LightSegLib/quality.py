@@ -49,15 +49,32 @@ class Confidence:
         return float(self.sum[value] / self.count[value]) if self.count[value] else None
 
 
-def _body_box(slice_: np.ndarray, threshold: float, step: int = 4):
-    """Rows and columns spanned by tissue (robust to a stray table edge): 1st-99th percentile of tissue pixels,
-    from every ``step``-th pixel (a box needs no more); the tissue area in full-resolution pixels."""
-    rows, cols = np.nonzero(slice_[::step, ::step] > threshold)
-    if rows.size < 50:
-        return None
-    r0, r1 = np.percentile(rows, [1, 99]) * step + (0, step - 1)  # a sample stands for the step after it
-    c0, c1 = np.percentile(cols, [1, 99]) * step + (0, step - 1)
-    return (r0, r1, c0, c1, rows.size * step * step) if r1 > r0 and c1 > c0 else None
+def _percentiles(counts: np.ndarray, q: float) -> np.ndarray:
+    """Per row of ``counts`` (how many samples sit at each index), ``np.percentile`` of the indices, without
+    listing them: the sorted list's k-th element is the first index whose cumulative count exceeds k."""
+    cums = np.cumsum(counts, axis=1)
+    pos = q / 100.0 * (cums[:, -1] - 1)
+    lo = np.floor(pos)
+    at = [(cums > k[:, None]).argmax(axis=1) for k in (lo, np.minimum(lo + 1, cums[:, -1] - 1))]
+    return at[0] + (at[1] - at[0]) * (pos - lo)
+
+
+def _body_boxes(stack: np.ndarray, threshold: float, step: int = 4):
+    """Per slice, the rows and columns spanned by tissue (robust to a stray table edge): 1st-99th percentile of
+    tissue pixels, from every ``step``-th pixel (a box needs no more), and the tissue area in full-resolution
+    pixels. ``valid``: slices with enough tissue for a box."""
+    tissue = stack[:, ::step, ::step] > threshold
+    rows, cols = tissue.sum(axis=2), tissue.sum(axis=1)
+    area = rows.sum(axis=1)
+    enough = area >= 50
+    rows, cols = rows[enough], cols[enough]
+    # a sample stands for the step after it
+    r0, r1 = (_percentiles(rows, q) * step + end for q, end in ((1, 0), (99, step - 1)))
+    c0, c1 = (_percentiles(cols, q) * step + end for q, end in ((1, 0), (99, step - 1)))
+    valid = np.zeros(len(stack), bool)
+    valid[np.flatnonzero(enough)[(r1 > r0) & (c1 > c0)]] = True
+    keep = valid[enough]
+    return valid, r0[keep], r1[keep], c0[keep], c1[keep], area[valid] * step * step
 
 
 def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_threshold: float) -> dict:
@@ -71,20 +88,17 @@ def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_thres
         return {}
     zs, ys_box, xs_box = where
     mask = mask[where]
-    weights, xs, ys, fractions = [], [], [], []
-    for z in range(zs.start, zs.stop):
-        rows, cols = np.nonzero(mask[z - zs.start])
-        box = _body_box(volume[z], body_threshold) if rows.size else None
-        if box is None:
-            continue
-        r0, r1, c0, c1, tissue = box
-        weights.append(rows.size)
-        ys.append((rows.mean() + ys_box.start - r0) / (r1 - r0))
-        xs.append((cols.mean() + xs_box.start - c0) / (c1 - c0))
-        fractions.append(rows.size / tissue)
-    if not weights:
+    size = mask.sum(axis=(1, 2))
+    present = size > 0
+    valid, r0, r1, c0, c1, tissue = _body_boxes(volume[zs][present], body_threshold)
+    if not valid.any():
         return {}
-    return {"area_fraction": round(float(max(fractions)), 4),
+    mask, weights = mask[present][valid], size[present][valid]
+    rows = (mask.sum(axis=2) * np.arange(mask.shape[1])).sum(axis=1) / weights
+    cols = (mask.sum(axis=1) * np.arange(mask.shape[2])).sum(axis=1) / weights
+    ys = (rows + ys_box.start - r0) / (r1 - r0)
+    xs = (cols + xs_box.start - c0) / (c1 - c0)
+    return {"area_fraction": round(float(np.max(weights / tissue)), 4),
             "position": [round(float(np.average(xs, weights=weights)), 3),
                          round(float(np.average(ys, weights=weights)), 3)]}
 

@@ -88,3 +88,12 @@ def test_the_two_class_shortcut_equals_the_softmax():
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     fg = p[:, 1] > p[:, 0]
     assert fast.count[1] == fg.sum() and fast.mean(1) == pytest.approx(p[:, 1][fg].mean(), rel=1e-5)
+
+
+def test_percentiles_from_counts_equal_numpys_on_the_listed_indices():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, (50, 40)) * (rng.random((50, 40)) < 0.6)
+    counts[:, 0] += 1  # no empty row
+    for q in (1, 50, 99):
+        expected = [np.percentile(np.repeat(np.arange(40), row), q) for row in counts]
+        np.testing.assert_allclose(quality._percentiles(counts, q), expected, rtol=0, atol=1e-9)
