@@ -101,13 +101,21 @@ def training_markdown(checkpoint) -> str:
     kd = ckpt.get("distillation")
     if kd and kd.get("student_init"):  # lightseg distill from a checkpoint: how that was made, then the KD
         methods, teacher = " and ".join(kd["methods"]) or "no", Path(kd["teacher"])
+        teacher = teacher if teacher.parent == Path(".") else Path(teacher.parent.name) / teacher.name  # or an id
         return (training_markdown(kd["student_init"]) + f"\n  - Then {methods} knowledge distillation from the "
-                f"teacher ({teacher.parent.name}/{teacher.name}): {kd['iterations']} "
+                f"teacher ({teacher}): {kd['iterations']} "
                 f"iterations in {kd['minutes']:.0f} minutes; validation Dice {kd.get('val_dice_mean', float('nan')):.3f} "
                 f"after (the last iteration is the checkpoint).")
     report = ckpt.get("compression")
     if not report:
         return f"  - Training: {run_line(Path(checkpoint).parent)}."
+    if report.get("method") == "fold":
+        copied = report["copied"]
+        return (f"  - Resolution folding of {report['source']} (`lightseg fold`): its full-resolution stage dropped, "
+                f"the rest run at half resolution as {report['architecture']['name']} "
+                f"{report['architecture']['widths']} ({copied['exact']} weight tensors kept, {copied['partial']} "
+                f"in part, {copied['missing']} new: the sub-pixel heads); {report['params_before']:,} -> "
+                f"{report['params_after']:,} parameters.")
     lines = [f"  - Training: {run_line(Path(report['source']).parent)}."]
     rec = report.get("reconstruct") or {}
     tuned = rec.get("finetune") or {}
