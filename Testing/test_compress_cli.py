@@ -150,6 +150,9 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
         assert machine["isa"]["AVX2"] == ("avx2" in flags) and machine["isa"]["AVX-512"] == ("avx512f" in flags)
         assert set(machine["isa"]) >= {"AVX2", "AVX-512", "AVX512-VNNI", "AVX512-BF16", "AMX"}
         assert machine["cpu"] in cpuinfo
+        if "cpu family" in cpuinfo:  # x86 Linux: the generation behind a generic name such as "AMD EPYC"
+            family = next(ln for ln in cpuinfo.splitlines() if ln.startswith("cpu family")).split(":")[1].strip()
+            assert machine["cpuid"].startswith(f"family {family} model ")
     assert rows[1]["engine_speedup_vs_first"] > 0
     assert rows[0]["file_bytes"] == model.stat().st_size
     assert rows[1]["file_bytes"] == (quantiser / "test-quantiser.int8.onnx").stat().st_size
@@ -171,6 +174,8 @@ def test_bench_table_names_the_machine_and_its_instruction_sets():
     first = format_table({"threads": 2, "machine": machine, "models": [row]}).splitlines()[0]
     assert first == ("machine: Some CPU (4 cores available), has AVX2, AVX-VNNI; no AVX-512, AVX512-VNNI, "
                      "AVX512-BF16, AMX; 2 threads")
+    named = format_table({"threads": 2, "machine": {**machine, "cpuid": "family 25 model 1"}, "models": [row]})
+    assert named.startswith("machine: Some CPU (family 25 model 1, 4 cores available), has AVX2")
 
 
 def test_bench_rejects_an_unknown_model(tmp_path, quantiser, capsys):

@@ -39,22 +39,29 @@ def machine() -> dict:
     """Where a figure was measured: CPU model, the instruction sets that change kernel speed, and cores.
 
     ONNX Runtime picks its kernels by CPUID at run time (the PyPI wheel has no switch to cap them at AVX2), so
-    a figure from an AVX-512 machine is not a laptop figure: the flags travel with every result."""
+    a figure from an AVX-512 machine is not a laptop figure: the flags travel with every result. A cloud VM's
+    model name ("AMD EPYC") hides the generation; the CPUID family and model tell them apart (two such 2-core
+    AVX2 machines differed 1.7x in speed)."""
     import platform
 
-    model, flags = "", None
+    model, flags, ident = "", None, {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
             if key == "model name" and not model:
                 model = value
+            elif key in ("cpu family", "model") and key not in ident:
+                ident[key] = value
             elif key == "flags" and flags is None:
                 flags = set(value.split())
     except OSError:  # not Linux: no flags to read
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model or platform.processor() or platform.machine(), "cpu_count": cores,
+    info = {"cpu": model or platform.processor() or platform.machine(), "cpu_count": cores,
             "isa": None if flags is None else {name: flag in flags for name, flag in ISA_FLAGS.items()}}
+    if len(ident) == 2:
+        info["cpuid"] = f"family {ident['cpu family']} model {ident['model']}"
+    return info
 
 
 def machine_line(info: dict, threads: int | None = None) -> str:
@@ -65,7 +72,9 @@ def machine_line(info: dict, threads: int | None = None) -> str:
         has = [k for k, v in isa.items() if v]
         lacks = [k for k, v in isa.items() if not v]
         text = f"has {', '.join(has)}; no {', '.join(lacks) or 'other'}" if has else f"none of {', '.join(lacks)}"
-    return f"{info['cpu']} ({info['cpu_count']} cores available), {text}" + (f"; {threads} threads" if threads else "")
+    ident = f"{info['cpuid']}, " if info.get("cpuid") else ""
+    return (f"{info['cpu']} ({ident}{info['cpu_count']} cores available), {text}"
+            + (f"; {threads} threads" if threads else ""))
 
 
 def parse_model(text: str) -> tuple[str, bool]:
