@@ -166,7 +166,19 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
         # what the full pass would add there is an isolated false positive that keeping the largest component
         # removes anyway (benchmarks/ct_engine.py measures the difference).
         coarse = np.arange(0, depth, stride)
-        run(coarse, depth)
+        locate = int(crop.get("locate", 0)) if crop else 0
+        if locate > stride and depth > 2 * locate:
+            # A sparser whole-slice pass draws the window the rest of the first pass runs in.
+            sparse = coarse[::locate // stride]
+            run(sparse, depth)
+            found = sparse[_kept_slices(labels[sparse], card.postprocessing)]
+            box = _search_box(model_fg[found], crop) if len(found) else None
+            others = np.setdiff1d(coarse, sparse)
+            run(others, depth, box)
+            if box is not None and _touches_edge(model_fg[others], box):
+                run(others, depth)  # the organ reaches past the window: those slices whole after all
+        else:
+            run(coarse, depth)
         kept = coarse[_kept_slices(labels[coarse], card.postprocessing)]
         near = np.zeros(depth, bool)
         for z in kept:
@@ -216,6 +228,14 @@ def _search_box(found: np.ndarray, spec: dict) -> tuple[slice, slice] | None:
         window.append(slice(lo, hi))
     return None if (window[0].stop - window[0].start) * (window[1].stop - window[1].start) > 0.8 * h * w \
         else tuple(window)
+
+
+def _touches_edge(found: np.ndarray, box: tuple[slice, slice]) -> bool:
+    """Whether what was found inside a window reaches one of its edges that is not the image's."""
+    h, w = found.shape[1:]
+    (r0, r1), (c0, c1) = ((b.start, b.stop) for b in box)
+    return bool((r0 > 0 and found[:, r0].any()) or (r1 < h and found[:, r1 - 1].any())
+                or (c0 > 0 and found[:, :, c0].any()) or (c1 < w and found[:, :, c1 - 1].any()))
 
 
 def _uncrop(logits: np.ndarray, shape: tuple, box: tuple[slice, slice]) -> np.ndarray:

@@ -59,11 +59,15 @@ def _percentiles(counts: np.ndarray, q: float) -> np.ndarray:
     return at[0] + (at[1] - at[0]) * (pos - lo)
 
 
-def _body_boxes(stack: np.ndarray, threshold: float, step: int = 4):
+# Body boxes are drawn from every BOX_STEP-th pixel of each row and column: a box needs no more.
+BOX_STEP = 4
+
+
+def _body_boxes(sample: np.ndarray, threshold: float, step: int = BOX_STEP):
     """Per slice, the rows and columns spanned by tissue (robust to a stray table edge): 1st-99th percentile of
-    tissue pixels, from every ``step``-th pixel (a box needs no more), and the tissue area in full-resolution
+    tissue pixels in ``sample`` (every ``step``-th pixel of the slices), and the tissue area in full-resolution
     pixels. ``valid``: slices with enough tissue for a box."""
-    tissue = stack[:, ::step, ::step] > threshold
+    tissue = sample > threshold
     rows, cols = tissue.sum(axis=2), tissue.sum(axis=1)
     area = rows.sum(axis=1)
     enough = area >= 50
@@ -71,7 +75,7 @@ def _body_boxes(stack: np.ndarray, threshold: float, step: int = 4):
     # a sample stands for the step after it
     r0, r1 = (_percentiles(rows, q) * step + end for q, end in ((1, 0), (99, step - 1)))
     c0, c1 = (_percentiles(cols, q) * step + end for q, end in ((1, 0), (99, step - 1)))
-    valid = np.zeros(len(stack), bool)
+    valid = np.zeros(len(sample), bool)
     valid[np.flatnonzero(enough)[(r1 > r0) & (c1 > c0)]] = True
     keep = valid[enough]
     return valid, r0[keep], r1[keep], c0[keep], c1[keep], area[valid] * step * step
@@ -87,15 +91,19 @@ def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_thres
     if where is None:
         return {}
     zs, ys_box, xs_box = where
-    mask = mask[where]
-    size = mask.sum(axis=(1, 2))
-    present = size > 0
-    valid, r0, r1, c0, c1, tissue = _body_boxes(volume[zs][present], body_threshold)
+    # Per-slice row and column profiles of the label: all the centroid needs, without copying the mask.
+    row_profile = np.count_nonzero(mask[where], axis=2)
+    col_profile = np.count_nonzero(mask[where], axis=1)
+    size = row_profile.sum(axis=1)
+    present = np.flatnonzero(size > 0)
+    sample = volume[zs, ::BOX_STEP, ::BOX_STEP][present]
+    valid, r0, r1, c0, c1, tissue = _body_boxes(sample, body_threshold)
     if not valid.any():
         return {}
-    mask, weights = mask[present][valid], size[present][valid]
-    rows = (mask.sum(axis=2) * np.arange(mask.shape[1])).sum(axis=1) / weights
-    cols = (mask.sum(axis=1) * np.arange(mask.shape[2])).sum(axis=1) / weights
+    chosen = present[valid]
+    weights = size[chosen]
+    rows = (row_profile[chosen] * np.arange(row_profile.shape[1])).sum(axis=1) / weights
+    cols = (col_profile[chosen] * np.arange(col_profile.shape[1])).sum(axis=1) / weights
     ys = (rows + ys_box.start - r0) / (r1 - r0)
     xs = (cols + xs_box.start - c0) / (c1 - c0)
     return {"area_fraction": round(float(np.max(weights / tissue)), 4),

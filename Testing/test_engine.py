@@ -283,8 +283,11 @@ def test_slice_search_keeps_the_labels_and_skips_slices(tmp_path):
     image = sitk.GetImageFromArray(np.concatenate([np.full_like(voxels, -1000), voxels]))
     image.SetSpacing(sample.GetSpacing())
     image.SetDirection(sample.GetDirection())
-    every = ModelCard({**base.entry, "input": {**base.entry["input"], "z_search": 0}}, base.folder)
-    full, searched = segment_image(image, every, threads=1), segment_image(image, base, threads=1)
+    # The slice search alone (the in-plane window has its own tests below).
+    plain = {k: v for k, v in base.entry["input"].items() if k != "crop_search"}
+    every = ModelCard({**base.entry, "input": {**plain, "z_search": 0}}, base.folder)
+    search = ModelCard({**base.entry, "input": plain}, base.folder)
+    full, searched = segment_image(image, every, threads=1), segment_image(image, search, threads=1)
     assert full.slices_run == image.GetDepth()
     assert np.array_equal(sitk.GetArrayFromImage(full.labelmap), sitk.GetArrayFromImage(searched.labelmap))
     assert sitk.GetArrayFromImage(full.labelmap)[:30].max() == 0 and sitk.GetArrayFromImage(full.labelmap)[30:].any()
@@ -325,3 +328,58 @@ def test_search_window_runs_later_slices_on_a_crop_and_keeps_the_labels():
     assert all(s[0] % base.input["crop_search"]["align"] == 0 for s in shapes)
     assert full.sum() > 1000
     assert 2 * (full & searched).sum() / (full.sum() + searched.sum()) >= 0.995
+
+
+def test_locate_pass_runs_only_every_locate_th_slice_whole_and_keeps_the_labels():
+    """With crop_search's `locate`, only every locate-th slice runs whole; the rest of the first pass runs in the
+    window drawn around them: on the bundled CT stacked twice (60 slices, liver in all) in a field of air twice
+    as wide, 4 whole slices instead of 15, and the labels within Dice 0.995 of the first pass run whole."""
+    import SimpleITK as sitk
+
+    from LightSegLib.inference import make_runner, segment_image
+    from LightSegLib.registry import ModelCard, get_segmenter
+
+    base = get_segmenter("liver-ct")
+    crop = base.input["crop_search"]
+    assert crop["locate"] == 4 * base.input["z_search"]
+    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    voxels = np.concatenate([sitk.GetArrayFromImage(sample)] * 2)
+    z, h, w = voxels.shape
+    wide = np.full((z, 2 * h, 2 * w), -1000, voxels.dtype)
+    wide[:, h:, w:] = voxels
+    image = sitk.GetImageFromArray(wide)
+    image.SetSpacing(sample.GetSpacing())
+    image.SetDirection(sample.GetDirection())
+    runner = make_runner(base, threads=1)
+    shapes = []
+
+    def watched(batch):
+        shapes.extend([batch.shape[2:]] * batch.shape[0])
+        return runner(batch)
+
+    no_locate = ModelCard({**base.entry, "input": {**base.entry["input"], "crop_search": {
+        k: v for k, v in crop.items() if k != "locate"}}}, base.folder)
+    before = sitk.GetArrayFromImage(segment_image(image, no_locate, watched).labelmap) > 0
+    model_hw = tuple(base.input["inplane"]["size"])
+    assert shapes.count(model_hw) == len(range(0, z, base.input["z_search"]))
+    shapes.clear()
+    located = sitk.GetArrayFromImage(segment_image(image, base, watched).labelmap) > 0
+    assert shapes.count(model_hw) == len(range(0, z, crop["locate"])) == 4
+    assert before.sum() > 1000
+    assert 2 * (before & located).sum() / (before.sum() + located.sum()) >= 0.995
+
+
+def test_a_window_reached_by_the_organ_is_detected_unless_its_edge_is_the_image_edge():
+    from LightSegLib.inference import _touches_edge
+
+    found = np.zeros((2, 32, 32), bool)
+    box = (slice(8, 24), slice(0, 16))
+    found[1, 12:16, 4:10] = True
+    assert not _touches_edge(found, box)
+    found[1, 12, 0] = True  # column 0 is the image's edge too
+    assert not _touches_edge(found, box)
+    found[0, 23, 10] = True  # the window's last row, inside the image
+    assert _touches_edge(found, box)
+    found[0, 23, 10] = False
+    found[0, 10, 15] = True  # the window's last column
+    assert _touches_edge(found, box)
