@@ -294,6 +294,21 @@ def test_slice_search_keeps_the_labels_and_skips_slices(tmp_path):
     assert searched.slices_run < 45  # the 30 liver slices, 4 beside them and every 4th of the rest
 
 
+def _ct_in_wide_air(copies: int = 1):
+    """The bundled CT (``copies`` times along z) in the corner of a field of air twice as wide and tall."""
+    import SimpleITK as sitk
+
+    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    voxels = np.concatenate([sitk.GetArrayFromImage(sample)] * copies)
+    z, h, w = voxels.shape
+    wide = np.full((z, 2 * h, 2 * w), -1000, voxels.dtype)
+    wide[:, h:, w:] = voxels
+    image = sitk.GetImageFromArray(wide)
+    image.SetSpacing(sample.GetSpacing())
+    image.SetDirection(sample.GetDirection())
+    return image
+
+
 def test_search_window_runs_later_slices_on_a_crop_and_keeps_the_labels():
     """With the card's crop_search, slices after the first pass see only the window around what it found: on the
     bundled CT set in a field of air twice as wide, the labels stay within Dice 0.995 of whole slices."""
@@ -304,14 +319,7 @@ def test_search_window_runs_later_slices_on_a_crop_and_keeps_the_labels():
 
     base = get_segmenter("liver-ct")
     assert base.input["crop_search"]["align"] > 1
-    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
-    voxels = sitk.GetArrayFromImage(sample)
-    z, h, w = voxels.shape
-    wide = np.full((z, 2 * h, 2 * w), -1000, voxels.dtype)
-    wide[:, h:, w:] = voxels
-    image = sitk.GetImageFromArray(wide)
-    image.SetSpacing(sample.GetSpacing())
-    image.SetDirection(sample.GetDirection())
+    image = _ct_in_wide_air()
     runner = make_runner(base, threads=1)
     shapes = []
 
@@ -342,14 +350,8 @@ def test_locate_pass_runs_only_every_locate_th_slice_whole_and_keeps_the_labels(
     base = get_segmenter("liver-ct")
     crop = base.input["crop_search"]
     assert crop["locate"] == 4 * base.input["z_search"]
-    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
-    voxels = np.concatenate([sitk.GetArrayFromImage(sample)] * 2)
-    z, h, w = voxels.shape
-    wide = np.full((z, 2 * h, 2 * w), -1000, voxels.dtype)
-    wide[:, h:, w:] = voxels
-    image = sitk.GetImageFromArray(wide)
-    image.SetSpacing(sample.GetSpacing())
-    image.SetDirection(sample.GetDirection())
+    image = _ct_in_wide_air(copies=2)
+    z = image.GetDepth()
     runner = make_runner(base, threads=1)
     shapes = []
 
