@@ -174,8 +174,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             found = sparse[_kept_slices(labels[sparse], card.postprocessing)]
             box = _search_box(model_fg[found], crop) if len(found) else None
             others = np.setdiff1d(coarse, sparse)
+            before = confidence.snapshot()
             run(others, depth, box)
             if box is not None and _touches_edge(model_fg[others], box):
+                confidence.restore(before)
                 run(others, depth)  # the organ reaches past the window: those slices whole after all
         else:
             run(coarse, depth)

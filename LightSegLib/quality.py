@@ -45,6 +45,13 @@ class Confidence:
         self.sum += np.bincount(cls, weights=top, minlength=self.sum.size)
         self.count += np.bincount(cls, minlength=self.count.size)
 
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.sum.copy(), self.count.copy()
+
+    def restore(self, saved: tuple[np.ndarray, np.ndarray]) -> None:
+        """Forget what was added since ``saved``: slices the engine runs again."""
+        self.sum, self.count = saved[0].copy(), saved[1].copy()
+
     def mean(self, value: int) -> float | None:
         return float(self.sum[value] / self.count[value]) if self.count[value] else None
 

@@ -338,29 +338,43 @@ def test_search_window_runs_later_slices_on_a_crop_and_keeps_the_labels():
     assert 2 * (full & searched).sum() / (full.sum() + searched.sum()) >= 0.995
 
 
-def test_locate_pass_runs_only_every_locate_th_slice_whole_and_keeps_the_labels():
-    """With crop_search's `locate`, only every locate-th slice runs whole; the rest of the first pass runs in the
-    window drawn around them: on the bundled CT stacked twice (60 slices, liver in all) in a field of air twice
-    as wide, 4 whole slices instead of 15, and the labels within Dice 0.995 of the first pass run whole."""
-    import SimpleITK as sitk
+def _shape_recorder(card):
+    """A real runner that notes the in-plane shape of every slice it runs."""
+    from LightSegLib.inference import make_runner
 
-    from LightSegLib.inference import make_runner, segment_image
-    from LightSegLib.registry import ModelCard, get_segmenter
-
-    base = get_segmenter("liver-ct")
-    crop = base.input["crop_search"]
-    assert crop["locate"] == 4 * base.input["z_search"]
-    image = _ct_in_wide_air(copies=2)
-    z = image.GetDepth()
-    runner = make_runner(base, threads=1)
+    runner = make_runner(card, threads=1)
     shapes = []
 
     def watched(batch):
         shapes.extend([batch.shape[2:]] * batch.shape[0])
         return runner(batch)
 
-    no_locate = ModelCard({**base.entry, "input": {**base.entry["input"], "crop_search": {
-        k: v for k, v in crop.items() if k != "locate"}}}, base.folder)
+    return watched, shapes
+
+
+def _without_locate(card):
+    from LightSegLib.registry import ModelCard
+
+    crop = {k: v for k, v in card.input["crop_search"].items() if k != "locate"}
+    return ModelCard({**card.entry, "input": {**card.entry["input"], "crop_search": crop}}, card.folder)
+
+
+def test_locate_pass_runs_only_every_locate_th_slice_whole_and_keeps_the_labels():
+    """With crop_search's `locate`, only every locate-th slice runs whole; the rest of the first pass runs in the
+    window drawn around them: on the bundled CT stacked twice (60 slices, liver in all) in a field of air twice
+    as wide, 4 whole slices instead of 15, and the labels within Dice 0.995 of the first pass run whole."""
+    import SimpleITK as sitk
+
+    from LightSegLib.inference import segment_image
+    from LightSegLib.registry import get_segmenter
+
+    base = get_segmenter("liver-ct")
+    crop = base.input["crop_search"]
+    assert crop["locate"] == 4 * base.input["z_search"]
+    image = _ct_in_wide_air(copies=2)
+    z = image.GetDepth()
+    watched, shapes = _shape_recorder(base)
+    no_locate = _without_locate(base)
     before = sitk.GetArrayFromImage(segment_image(image, no_locate, watched).labelmap) > 0
     model_hw = tuple(base.input["inplane"]["size"])
     assert shapes.count(model_hw) == len(range(0, z, base.input["z_search"]))
@@ -385,3 +399,36 @@ def test_a_window_reached_by_the_organ_is_detected_unless_its_edge_is_the_image_
     found[0, 23, 10] = False
     found[0, 10, 15] = True  # the window's last column
     assert _touches_edge(found, box)
+
+
+def test_locate_window_too_small_for_the_organ_runs_those_slices_whole():
+    """When the organ in the first pass's other slices reaches the window drawn from the locating slices (here the
+    locating slices hold the anatomy at half size), those slices run whole again: same labels as without locate."""
+    import SimpleITK as sitk
+
+    from LightSegLib import preprocess
+    from LightSegLib.inference import segment_image
+    from LightSegLib.registry import get_segmenter
+
+    base = get_segmenter("liver-ct")
+    crop = base.input["crop_search"]
+    sample = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
+    voxels = np.concatenate([sitk.GetArrayFromImage(sample)] * 2)
+    z, h, w = voxels.shape
+    locating = range(0, z, crop["locate"])
+    small = preprocess.resize_slices(voxels[::crop["locate"]].astype(np.float32), (h // 2, w // 2), linear=True)
+    for k, s in enumerate(locating):
+        voxels[s] = -1000
+        voxels[s, h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = small[k]
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing(sample.GetSpacing())
+    image.SetDirection(sample.GetDirection())
+    watched, shapes = _shape_recorder(base)
+    no_locate = _without_locate(base)
+    before = sitk.GetArrayFromImage(segment_image(image, no_locate, watched).labelmap) > 0
+    shapes.clear()
+    located = sitk.GetArrayFromImage(segment_image(image, base, watched).labelmap) > 0
+    first_pass = len(range(0, z, base.input["z_search"]))
+    assert shapes.count(tuple(base.input["inplane"]["size"])) == first_pass  # 4 locating + the other 11 again
+    assert before.sum() > 1000
+    assert 2 * (before & located).sum() / (before.sum() + located.sum()) >= 0.995
