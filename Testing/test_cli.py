@@ -289,3 +289,19 @@ def test_help_lists_every_command():
     assert run.returncode == 0, run.stderr
     listed = run.stdout.split("COMMAND", 1)[1]
     assert all(name in listed for name in COMMANDS), run.stdout
+
+
+def test_models_speed_names_the_instruction_set_it_was_measured_with():
+    from LightSegLib.commands.models import speed_text
+    from LightSegLib.registry import ModelCard, get_model
+
+    card = get_model("liver-ct")
+    speed = {"wall_s": 3.5, "input": "ct.nrrd", "threads": 2}
+
+    def with_isa(machine):
+        return speed_text(ModelCard({**card.entry, "speed": {**speed, "machine": machine}}, card.folder))
+
+    assert with_isa("AMD EPYC (2 cores available), has AVX2; no AVX-512, AMX") == "3.50 s (ct.nrrd, 2 threads, AVX2)"
+    assert with_isa("X (2 cores available), has AVX2, AVX-512, AVX512-VNNI; no AMX").endswith("2 threads, AVX-512)")
+    assert with_isa("X (1 cores available), instruction sets unknown") == "3.50 s (ct.nrrd, 2 threads)"
+    assert "AVX2)" in speed_text(card)  # the shipped figure was measured on an AVX2-only CPU
