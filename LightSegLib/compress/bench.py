@@ -41,7 +41,7 @@ def machine() -> dict:
     ONNX Runtime picks its kernels by CPUID at run time (the PyPI wheel has no switch to cap them at AVX2), so
     a figure from an AVX-512 machine is not a laptop figure: the flags travel with every result. A cloud VM's
     model name ("AMD EPYC") hides the generation; the CPUID family and model tell them apart (two such 2-core
-    AVX2 machines differed 1.7x in speed)."""
+    AVX2 machines differed 1.5-1.8x in speed)."""
     import platform
 
     model, flags, ident = "", None, {}
