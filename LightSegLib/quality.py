@@ -99,8 +99,9 @@ def organ_figures(volume: np.ndarray, labels: np.ndarray, value: int, body_thres
         return {}
     zs, ys_box, xs_box = where
     # Per-slice row and column profiles of the label: all the centroid needs, without copying the mask.
-    row_profile = np.count_nonzero(mask[where], axis=2)
-    col_profile = np.count_nonzero(mask[where], axis=1)
+    sub = mask[where]
+    row_profile = np.count_nonzero(sub, axis=2)
+    col_profile = np.count_nonzero(sub, axis=1)
     size = row_profile.sum(axis=1)
     present = np.flatnonzero(size > 0)
     sample = volume[zs, ::BOX_STEP, ::BOX_STEP][present]

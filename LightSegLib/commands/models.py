@@ -23,8 +23,9 @@ def speed_text(card) -> str:
     speed = card.entry.get("speed")
     if not speed:
         return "-"
-    has = speed.get("machine", "").partition("has ")[2].partition(";")[0].split(", ")
-    isa = next((name for name in ("AVX-512", "AVX2") if name in has), None)
+    from ..compress.bench import widest_isa
+
+    isa = widest_isa(speed.get("machine", ""))
     return f"{speed['wall_s']:.2f} s ({speed['input']}, {speed['threads']} threads{f', {isa}' if isa else ''})"
 
 

@@ -77,6 +77,13 @@ def machine_line(info: dict, threads: int | None = None) -> str:
             + (f"; {threads} threads" if threads else ""))
 
 
+def widest_isa(line: str) -> str | None:
+    """The widest vector instruction set a ``machine_line`` says the CPU has ("AVX-512", "AVX2"), or None: it
+    decides the kernels' speed, so a recorded figure names it."""
+    has = line.partition("has ")[2].partition(";")[0].split(", ")
+    return next((name for name in ("AVX-512", "AVX2") if name in has), None)
+
+
 def parse_model(text: str) -> tuple[str, bool]:
     model, _, variant = text.strip().partition(":")
     if variant not in ("", "int8", "fp32"):
