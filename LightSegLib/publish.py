@@ -89,8 +89,11 @@ def training_markdown(checkpoint) -> str:
     def run_line(run: Path) -> str:
         summary, cfg = json.loads((run / "summary.json").read_text()), load_config(run / "config.toml")
         t, device = cfg["train"], summary.get("device", "cpu")
+        # What the run used (a CPU without native bfloat16 trains in fp32 whatever the config asks); older runs
+        # did not record it.
+        bf16 = summary["precision"] == "bf16" if "precision" in summary else t.get("cpu_bf16")
         where = (f"on one {device} GPU in mixed precision" if device != "cpu" else
-                 f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if t.get('cpu_bf16') else ''}")
+                 f"on {t.get('threads', 1)} CPU thread(s){' in bfloat16' if bf16 else ' in fp32'}")
         start = f", starting from the weights of {t['init_onnx']}" if t.get("init_onnx") else ""
         return (f"{summary['iterations']} iterations of {t['batch_size']} slices in {summary['minutes']:.0f} minutes "
                 f"{where} "

@@ -465,6 +465,8 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     trained = json.loads((teacher / "summary.json").read_text())
     assert lines[0].startswith("  - Training: ") and f"{trained['iterations']} iterations of 2 slices" in lines[0]
     assert trained["device"] == "cpu" and "on 1 CPU thread(s)" in lines[0] and "GPU" not in lines[1]
+    # The precision the run used, not the one its config asked for (no bfloat16 without native support).
+    assert f"thread(s) in {'bfloat16' if trained['precision'] == 'bf16' else 'fp32'} (" in lines[0]
     assert "L1 filter-norm channel pruning (50% of each layer's channels removed" in lines[1]
     assert "1 iterations of fine-tuning" in lines[1]
     distilled = json.loads((kd / "distill.json").read_text())

@@ -157,7 +157,7 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
                optimizer: Callable | None = None, schedule: Callable | None = None) -> dict:
     """Train ``net`` for ``iters`` iterations: the segmentation loss (deep supervision) + ``extra_loss(image,
     label, outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters).
-    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "val_dice", "val_dice_mean"}.
+    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "precision", "val_dice", "val_dice_mean"}.
 
     Other tasks swap the parts: ``batches(start)`` yields (image, label) from iteration ``start`` (default: slices
     of ``train_cases``), ``loss_fn(outputs, label)``, ``optimizer(params)`` and ``schedule(progress, iteration)``
@@ -264,7 +264,8 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
                 save_state()
             if done:
                 break
-    result.update(iterations=it, minutes=round(elapsed() / 60, 2), device=device_name(device))
+    result.update(iterations=it, minutes=round(elapsed() / 60, 2), device=device_name(device),
+                  precision="bf16" if bf16 else "fp32")
     if val_cases:
         v = validate(net, val_cases, int(cfg["model"]["num_classes"]), device, int(cfg["data"]["context_slices"]))
         result.update(val_dice=v["per_class"], val_dice_mean=v["mean"])
@@ -369,7 +370,8 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
                         log_every=0)
     summary = {"epochs": math.ceil(result["iterations"] / ipe), "iterations": result["iterations"],
                "minutes": round(result["minutes"], 1), "best_val_dice_mean": book["best"],
-               "best_epoch": book["best_epoch"], "device": result["device"]}
+               "best_epoch": book["best_epoch"], "device": result["device"],
+               "precision": result["precision"]}
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         log(f"done: {json.dumps(summary)}")
