@@ -183,6 +183,8 @@ class PlaneGeometry:
                                                          ((fg_cols[0], fg_cols[-1]), logits.shape[3], w, l, r)):
             i0, i1, _ = _taps(size_in, size + offset + pad_end)
             touched = np.flatnonzero((i1 >= lo) & (i0 <= hi))
+            if touched.size == 0:  # a model grid finer than the input's skips the foreground's pixels entirely
+                return out
             window.append((max(int(touched[0]), offset), min(int(touched[-1]) + 1, offset + size)))
         (r0, r1), (c0, c1) = window
         if r0 >= r1 or c0 >= c1:

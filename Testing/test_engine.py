@@ -197,6 +197,21 @@ def test_foreground_window_gives_the_same_labels_as_full_interpolation(in_hw, sp
     assert fast.shape == (3,) + in_hw and fast[1].max() == 0 and fast[0].max() > 0
 
 
+def test_foreground_on_model_pixels_no_input_pixel_reads_is_background():
+    """A model grid finer than the input's (a 3 mm CT on a 256-pixel grid) skips some of its rows when the logits
+    are interpolated back: foreground only there is background on the input grid, as full interpolation says."""
+    geometry = preprocess.plane_geometry((61, 61), (1.0, 1.0), {"mode": "fit", "size": [256, 256]})
+    logits = np.zeros((1, 2) + geometry.model_hw, np.float32)
+    logits[:, 0] = 2.0
+    i0, i1, _ = preprocess._taps(256, 61)
+    skipped = np.setdiff1d(np.arange(256), np.concatenate([i0, i1]))
+    assert skipped.size
+    logits[0, 1, skipped[len(skipped) // 2], 100] = 5.0
+    full = preprocess.resize_slices(logits, (61, 61), axes=(2, 3))
+    assert np.argmax(full, axis=1).max() == 0
+    assert geometry.labels_from_model(logits).max() == 0
+
+
 def test_class_argmax_matches_numpy_including_ties():
     scores = np.random.default_rng(0).integers(0, 3, size=(2, 5, 7, 9)).astype(np.float32)  # many ties
     np.testing.assert_array_equal(preprocess.argmax_classes(scores), np.argmax(scores, axis=1))
