@@ -157,7 +157,8 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
                optimizer: Callable | None = None, schedule: Callable | None = None) -> dict:
     """Train ``net`` for ``iters`` iterations: the segmentation loss (deep supervision) + ``extra_loss(image,
     label, outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters).
-    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "precision", "val_dice", "val_dice_mean"}.
+    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "precision", "val_dice",
+    "val_dice_mean"}.
 
     Other tasks swap the parts: ``batches(start)`` yields (image, label) from iteration ``start`` (default: slices
     of ``train_cases``), ``loss_fn(outputs, label)``, ``optimizer(params)`` and ``schedule(progress, iteration)``
