@@ -31,6 +31,12 @@ def figures_markdown(report: dict) -> str:
                      f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
                      f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
                      f" {r['dice_pooled']} pooled |")
+    for key, r in report.items():
+        if isinstance(r, dict) and "slices_marked" in r:
+            lines.append(f"| {key[:-len('_check')]}: held-out volumes of a reviewed organ-free slice list "
+                         f"(configs/data/), 8-bit | {r['volumes']} volumes, {r['slices']} slices, no 3D "
+                         f"post-processing; {r['training_use']} | organ marked on {r['slices_marked']} of "
+                         f"{r['slices']} slices ({r['pixels_marked']} pixels) |")
     for key, label in ((THREE_MM, ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
                         "automatic v1 map")),
                        ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
@@ -136,30 +142,29 @@ def training_markdown(checkpoint) -> str:
     return "\n".join(lines)
 
 
-def speed_markdown(bench: dict | None, model_id: str) -> str:
-    """The card's speed section from a ``lightseg bench --json`` document that includes ``model_id``."""
-    row = next((r for r in (bench or {}).get("models", []) if r["model"] == model_id), None)
-    if row is None:
+def speed_markdown(speed: dict | None, model_id: str) -> str:
+    """The card's speed section from the registry entry's ``speed`` (what ``lightseg bench --record`` stores)."""
+    if not speed:
         return ("Not measured for this model: `python benchmarks/big_ct.py --write-ct ct512.nrrd && lightseg bench "
-                f"--models {model_id} --input ct512.nrrd --repeat 3 --threads 2 --json`, passed to publish as --speed.")
-    others = ", ".join(r["model"] for r in bench["models"] if r is not row)
-    return (f"`lightseg bench --models {','.join(r['model'] for r in bench['models'])} --input {Path(bench['input']).name} "
-            f"--repeat {bench['repeat']} --threads {bench['threads']}` on a 512x512x300 int16 CT made of real slices "
-            f"stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`), each run in its own process"
-            f"{f', side by side with {others}' if others else ''}: median {row['latency_median_s']:.2f} s wall "
-            f"(min {row['latency_min_s']:.2f}, max {row['latency_max_s']:.2f}), of which the network "
-            f"{row.get('network_median_s', float('nan')):.2f} s; peak RSS {row['peak_rss_mb']:.0f} MB. Target: "
-            f"<= 5 s and <= 1 GB with 2 threads on an AVX2 laptop CPU. Machine: {machine_text(bench)}.")
+                f"--models {model_id} --input ct512.nrrd --repeat 3 --threads 2 --record`.")
+    others = speed.get("compared_with") or []
+    spread = (f" (min {speed['wall_min_s']:.2f}, max {speed['wall_max_s']:.2f})" if "wall_min_s" in speed else "")
+    network = f", of which the network {speed['network_s']:.2f} s" if "network_s" in speed else ""
+    joined = ", ".join(others)
+    return (f"`lightseg bench --models {','.join([model_id, *others])} --input {speed['input']} "
+            f"--repeat {speed.get('repeat', '?')} --threads {speed['threads']} --record` on a 512x512x300 int16 CT made "
+            f"of real slices stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`), each run in its own "
+            f"process{f', side by side with {joined}' if others else ''}: median "
+            f"{speed['wall_s']:.2f} s wall{spread}{network}; peak RSS {speed['peak_rss_mb']:.0f} MB. Target: "
+            f"<= 5 s and <= 1 GB with 2 threads on an AVX2 laptop CPU. Machine: {machine_text(speed['machine'], speed['threads'])}.")
 
 
-def machine_text(bench: dict) -> str:
-    """The machine a ``lightseg bench`` document was measured on (older documents predate the record)."""
-    from .compress.bench import machine_line
+def machine_text(line: str, threads: int) -> str:
+    """The machine a speed record names, and what an AVX-512 figure means for an AVX2 laptop."""
+    from .compress.bench import widest_isa
 
-    if "machine" not in bench:
-        return f"not recorded by this bench run ({bench.get('threads')} threads)"
-    text = machine_line(bench["machine"], bench["threads"]) + ", no GPU"
-    if (bench["machine"].get("isa") or {}).get("AVX-512"):
+    text = f"{line}; {threads} threads, no GPU"
+    if widest_isa(line) == "AVX-512":
         text += (" (an AVX-512 figure: ONNX Runtime picks its kernels by CPUID and cannot be held to AVX2, so an "
                  "AVX2 laptop is slower; benchmarks/ct_engine.py compares engines side by side)")
     return text
@@ -199,7 +204,7 @@ def crossval_markdown(cv: dict | None) -> str:
 
 
 def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
-            threads: int = 1, speed: dict | None = None, crossval: dict | None = None, log=print) -> dict:
+            threads: int = 1, crossval: dict | None = None, log=print) -> dict:
     """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
     in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
     from .export import export_checkpoint
@@ -212,8 +217,7 @@ def publish(checkpoint, model_id: str, card_path, config_path, status: str = "pr
     parity = SAMPLES_DIR / "totalseg_example_ct_sm.nii.gz"
     export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
                       parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
-    card_text = {"training": training_markdown(checkpoint), "speed": speed_markdown(speed, model_id),
-                 "crossval": crossval_markdown(crossval)}
+    card_text = {"training": training_markdown(checkpoint), "crossval": crossval_markdown(crossval)}
     report = evaluate_and_card(model_id, card_path, cfg, threads, card_text, crossval)
     log(json.dumps(report, indent=1))
     return report
@@ -254,6 +258,7 @@ def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Pat
     if not template.is_file():
         return
     text = template.read_text().replace("{{figures}}", figures_markdown(report) + int8_markdown(report))
+    text = text.replace("{{speed}}", speed_markdown(entry.get("speed"), model_id))
     for key, value in report["card_text"].items():
         text = text.replace("{{" + key + "}}", value)
     text = text.replace("{{entry}}", json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture",
@@ -261,10 +266,10 @@ def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Pat
     (folder / entry.get("card", f"{model_id}.md")).write_text(text)
 
 
-def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: dict | None = None,
-           crossval: dict | None = None, status: str | None = None) -> None:
-    """Re-render a published model's card from its ``ID.eval.json`` (no checkpoint needed), with a new speed
-    measurement, cross-validation result or registry status when given (a cross-validation can settle whether a
+def recard(model_id: str, card_path, config_path=None, threads: int = 1, crossval: dict | None = None,
+           status: str | None = None) -> None:
+    """Re-render a published model's card from its ``ID.eval.json`` and registry entry (no checkpoint needed),
+    with a new cross-validation result or registry status when given (a cross-validation can settle whether a
     model meets its target); with the training config, re-evaluate the registered model first (new checks)."""
     from .errors import LightSegError
     from .registry import get_model, models_dir, register_model
@@ -278,8 +283,6 @@ def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: 
     text = report["card_text"]
     if status is not None:
         register_model({**get_model(model_id).entry, "status": status}, folder)
-    if speed is not None:
-        text["speed"] = speed_markdown(speed, model_id)
     if crossval is not None:
         text["crossval"] = crossval_markdown(crossval)
         report["crossval"] = crossval
@@ -288,3 +291,19 @@ def recard(model_id: str, card_path, config_path=None, threads: int = 1, speed: 
         return
     path.write_text(json.dumps(report, indent=1) + "\n")
     render_card(model_id, card_path, report, get_model(model_id).entry, folder)
+
+
+def refresh_card(model_id: str, folder: Path) -> bool:
+    """Re-render a published card after its registry entry changed (a new speed record), when its template is
+    in the checkout that holds the models folder (``configs/cards/ID.md.in``). False if there is none."""
+    from .registry import get_model
+
+    template = folder.resolve().parents[1] / "configs" / "cards" / f"{model_id}.json"
+    evaluation = folder / f"{model_id}.eval.json"
+    if not (template.with_suffix(".md.in").is_file() and evaluation.is_file()):
+        return False
+    report = json.loads(evaluation.read_text())
+    if "card_text" not in report:
+        return False
+    render_card(model_id, template, report, get_model(model_id, folder).entry, folder)
+    return True

@@ -480,17 +480,37 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
 def test_card_speed_names_the_machine_and_its_instruction_sets():
     from LightSegLib.publish import speed_markdown
 
-    row = {"model": "liver-ct", "latency_median_s": 5.0, "latency_min_s": 4.9, "latency_max_s": 5.2,
-           "network_median_s": 3.5, "peak_rss_mb": 700.0}
-    bench = {"input": "ct512.nrrd", "repeat": 3, "threads": 2, "models": [row],
-             "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "isa": {"AVX2": True, "AVX-512": True, "AMX": False}}}
-    text = speed_markdown(bench, "liver-ct")
+    speed = {"input": "ct512.nrrd", "wall_s": 5.0, "wall_min_s": 4.9, "wall_max_s": 5.2, "repeat": 3, "threads": 2,
+             "network_s": 3.5, "peak_rss_mb": 700.0, "compared_with": ["pancreas-ct"],
+             "machine": "AMD EPYC (2 cores available), has AVX2, AVX-512; no AMX"}
+    text = speed_markdown(speed, "liver-ct")
+    assert "--models liver-ct,pancreas-ct --input ct512.nrrd --repeat 3 --threads 2 --record" in text
+    assert "median 5.00 s wall (min 4.90, max 5.20), of which the network 3.50 s" in text
     assert "Machine: AMD EPYC (2 cores available), has AVX2, AVX-512; no AMX; 2 threads, no GPU" in text
     assert "cannot be held to AVX2" in text
-    bench["machine"]["isa"]["AVX-512"] = False
-    assert "cannot be held" not in speed_markdown(bench, "liver-ct")
-    del bench["machine"]
-    assert "not recorded by this bench run" in speed_markdown(bench, "liver-ct")
+    speed["machine"] = "AMD EPYC (2 cores available), has AVX2; no AVX-512, AMX"
+    assert "cannot be held" not in speed_markdown(speed, "liver-ct")
+    assert "Not measured" in speed_markdown(None, "liver-ct")
+
+
+def test_bench_record_rerenders_the_card_from_the_same_measurement(tmp_path):
+    """One measurement, one record: the registry's speed and the card's speed section come from the same run."""
+    import shutil
+
+    from LightSegLib.compress.bench import bench, record
+    from LightSegLib.publish import speed_markdown
+    from LightSegLib.registry import get_model
+
+    models = tmp_path / "Resources" / "Models"
+    shutil.copytree(REPO / "Resources" / "Models", models)
+    shutil.copytree(REPO / "configs" / "cards", tmp_path / "configs" / "cards")
+    result = bench(["liver-ct"], REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz", repeat=1,
+                   threads=1, warmup=False)
+    assert record(result, folder=models) == ["liver-ct"]
+    speed = get_model("liver-ct", models).entry["speed"]
+    assert speed["wall_s"] == result["models"][0]["latency_median_s"] and speed["repeat"] == 1
+    card = (models / "liver-ct.md").read_text()
+    assert speed_markdown(speed, "liver-ct") in card and "--input totalseg_example_ct_sm.nii.gz --repeat 1" in card
 
 
 def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
@@ -540,3 +560,4 @@ def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):
     x = torch.rand(1, 1, 48, 80)
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x), source(x), atol=1e-4)
+

@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--plot", metavar="DIR", help="write dice_vs_macs.png and dice_vs_latency.png here")
     p.add_argument("--record", action="store_true",
-                   help="store each model's figures as its registry entry's speed (lightseg models, Slicer)")
+                   help="store each model's figures as its registry entry's speed (lightseg models, Slicer, the model "
+                        "card, re-rendered)")
     p.add_argument("--dice", metavar="FILE", help="JSON {model: mean Dice} overriding the cards' (e.g. int8 Dice)")
     p.set_defaults(func=run)
 
@@ -44,7 +45,7 @@ def run(args) -> int:
     if args.record:
         from ..compress.bench import record
 
-        recorded = record(result)
+        recorded = record(result, log=lambda s: print(s, file=sys.stderr))
         if not args.json:
             print("recorded speed of: " + ", ".join(recorded), file=sys.stderr)
     print(to_json(result) if args.json else format_table(result))

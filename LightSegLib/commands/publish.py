@@ -14,11 +14,11 @@ def register(sub) -> None:
                    help="registry status (default: preview when publishing; kept by --card-only unless given)")
     p.add_argument("--reproduce")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--speed", help="`lightseg bench --json` output that includes this model (the card's speed section)")
     p.add_argument("--crossval", help="crossval.json of benchmarks/ct_crossval.py for this recipe (the card's text)")
     p.add_argument("--card-only", action="store_true",
-                   help="re-render the published card from ID.eval.json with a new --speed / --crossval; with --config, "
-                        "re-evaluate the registered model first (no checkpoint needed)")
+                   help="re-render the published card from ID.eval.json and the registry (after `lightseg bench --record`) "
+                        "or with a new --crossval; with --config, re-evaluate the registered model first (no checkpoint "
+                        "needed)")
     p.set_defaults(func=run)
 
 
@@ -29,13 +29,12 @@ def run(args) -> int:
     from ..errors import LightSegError
     from ..publish import publish, recard
 
-    speed = json.loads(Path(args.speed).read_text()) if args.speed else None
     crossval = json.loads(Path(args.crossval).read_text()) if args.crossval else None
     if args.card_only:
-        recard(args.id, args.card, args.config, args.threads, speed, crossval, args.status)
+        recard(args.id, args.card, args.config, args.threads, crossval, args.status)
     elif not (args.checkpoint and args.config):
         raise LightSegError("publish needs the checkpoint and --config (or --card-only to re-render the card)")
     else:
         publish(args.checkpoint, args.id, args.card, args.config, args.status or "preview", args.reproduce,
-                args.threads, speed, crossval)
+                args.threads, crossval)
     return 0

@@ -198,10 +198,12 @@ def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = 
             "machine": machine(), "models": rows}
 
 
-def record(result: dict, folder=None) -> list[str]:
-    """Store each fp32 model's figures of this run as its registry entry's ``speed`` (shown by ``lightseg models``
-    and in Slicer's model list), with the input, machine and threads, and the models it was timed beside."""
-    from ..registry import get_model, register_model
+def record(result: dict, folder=None, log=print) -> list[str]:
+    """Store each fp32 model's figures of this run as its registry entry's ``speed`` (shown by ``lightseg models``,
+    Slicer's model list and the model card), with the input, machine and threads, and the models it was timed
+    beside; a published card is re-rendered from it, so the card and the registry never hold two measurements."""
+    from ..publish import refresh_card
+    from ..registry import get_model, models_dir, register_model
 
     names = [r["model"] for r in result["models"]]
     done = []
@@ -211,13 +213,16 @@ def record(result: dict, folder=None) -> list[str]:
             continue
         entry = dict(get_model(model, folder).entry)
         entry["speed"] = {"input": Path(result["input"]).name, "wall_s": row["latency_median_s"],
-                          "threads": int(result["threads"]),
+                          "wall_min_s": row["latency_min_s"], "wall_max_s": row["latency_max_s"],
+                          "repeat": int(result["repeat"]), "threads": int(result["threads"]),
                           "machine": machine_line(result["machine"]), "peak_rss_mb": row["peak_rss_mb"],
                           "compared_with": [n for n in names if n != row["model"]]}
         for key, name in (("engine_s", "engine_median_s"), ("network_s", "network_median_s")):
             if name in row:
                 entry["speed"][key] = row[name]
         register_model(entry, folder)
+        if not refresh_card(model, folder or models_dir()):
+            log(f"{model}: no published card to re-render (lightseg publish --card-only re-renders it later)")
         done.append(model)
     return done
 
