@@ -236,6 +236,22 @@ def eval_nih_hu(card, threads: int = 1) -> dict:
     return out
 
 
+def eval_listed_negatives(card, spec: dict, threads: int = 1) -> dict:
+    """The held-out (``check``) volumes of a reviewed organ-free slice list: how many of their slices the model
+    still marks, and how much."""
+    from .data.reader import listed_slices
+
+    held_out = listed_slices(spec, "check")
+    marked = total = pixels = 0
+    for image in held_out.values():
+        pred = engine_predict(card, image.astype(np.int16), postprocess=False, threads=threads) > 0
+        total += len(pred)
+        marked += int(pred.any(axis=(1, 2)).sum())
+        pixels += int(pred.sum())
+    return {"volumes": len(held_out), "slices": total, "slices_marked": marked, "pixels_marked": pixels,
+            "training_use": "never trained on (the list's check volumes)"}
+
+
 def totalseg_class_names(map_name: str) -> dict[int, str]:
     """A TotalSegmentator class map ("total_v1", "total") from the shared copy of its map_to_binary.py."""
     import ast
@@ -247,11 +263,19 @@ def totalseg_class_names(map_name: str) -> dict[int, str]:
     raise KeyError("class_map")
 
 
+def listed_negatives(cfg: dict | None) -> list[dict]:
+    """The config's reviewed organ-free slice lists that hold out volumes to check."""
+    from .data.reader import negative_specs
+
+    return [s for s in negative_specs((cfg or {}).get("data", {})) if "slices" in s and int(s.get("check", 0))]
+
+
 def training_use(cfg: dict | None, image_path) -> dict | None:
     """The ``data.negatives`` entry of ``cfg`` that trained on this volume, if any."""
-    specs = (cfg or {}).get("data", {}).get("negatives") or []
-    for spec in [specs] if isinstance(specs, dict) else specs:
-        if Path(spec["image"]).resolve() == Path(image_path).resolve():
+    from .data.reader import negative_specs
+
+    for spec in negative_specs((cfg or {}).get("data", {})):
+        if "image" in spec and Path(spec["image"]).resolve() == Path(image_path).resolve():
             return spec
     return None
 
@@ -325,6 +349,8 @@ def _checks(card, cfg: dict | None, organ: str, threads: int, splits) -> dict:
             report[f"{s}_8bit"] = eval_npz_split(card, cfg, s, threads)
         if "test" in splits:
             report["test_8bit_noise30"] = eval_npz_split(card, cfg, "test", threads, noise_sd=30.0)
+    for spec in listed_negatives(cfg):
+        report[f"{Path(spec['slices']).name.split('.')[0]}_check"] = eval_listed_negatives(card, spec, threads)
     ts = SHARED / "totalseg_example"
     if organ == "pancreas" and (SHARED / "nih_pancreas").is_dir():
         report["nih_true_hu"] = eval_nih_hu(card, threads)

@@ -561,3 +561,47 @@ def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x), source(x), atol=1e-4)
 
+
+def test_reviewed_slice_list_trains_on_some_volumes_and_holds_the_rest_out():
+    """The LiTS slices above the pancreas: every listed slice is read once, train and check share no volume,
+    all labelled background, in the engine's coding."""
+    from LightSegLib.data import reader
+    from LightSegLib.train.config import load_config, prep_spec
+
+    shared("lits_liver_2d")
+    cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")
+    spec = next(s for s in cfg["data"]["negatives"] if "slices" in s)
+    listed = json.loads((REPO / spec["slices"]).read_text())["slices"]
+    train = reader.listed_slices(spec, "train", base=REPO)
+    check = reader.listed_slices(spec, "check", base=REPO)
+    assert len(check) == spec["check"] and not set(train) & set(check) and set(train) | set(check) == set(listed)
+    assert sum(len(v) for v in {**train, **check}.values()) == sum(len(v) for v in listed.values())
+    cases = reader.slice_list_cases(spec, prep_spec(cfg), base=REPO)
+    assert len(cases) == spec["groups"] and sum(len(c.image) for c in cases) == sum(len(v) for v in train.values())
+    assert all(not c.label.any() for c in cases) and 0.0 <= min(c.image.min() for c in cases)
+    first = next(iter(train.values()))[:1]
+    assert np.allclose(cases[0].image[:1], first / 255.0, atol=1e-6)  # 256x256 slices: window only, no resize
+
+
+def test_held_out_listed_negatives_are_scored_through_the_engine():
+    """The check of a reviewed organ-free list counts what the engine marks on its held-out volumes: on these
+    256x256 slices the engine's fit is the identity, so it must agree with the network run directly."""
+    import onnxruntime as ort
+
+    from LightSegLib.data.reader import listed_slices
+    from LightSegLib.evaluate import eval_listed_negatives, listed_negatives
+    from LightSegLib.registry import get_model
+    from LightSegLib.train.config import load_config
+
+    shared("lits_liver_2d")
+    cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")
+    spec = listed_negatives(cfg)[0]
+    card = get_model("pancreas-ct")
+    report = eval_listed_negatives(card, spec)
+    images = np.concatenate(list(listed_slices(spec, "check").values()))
+    session = ort.InferenceSession(str(card.verified_path()), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"image": images[:, None].astype(np.float32) / 255.0})[0]
+    marked = logits[:, 1] > logits[:, 0]
+    assert report["slices"] == len(images) == 28 and report["volumes"] == spec["check"]
+    assert report["slices_marked"] == int(marked.any(axis=(1, 2)).sum())
+    assert abs(report["pixels_marked"] - int(marked.sum())) <= 0.01 * max(1, int(marked.sum()))

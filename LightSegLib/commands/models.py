@@ -49,10 +49,10 @@ def run(args) -> int:
                      f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size, speed_text(card), card.licence))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     indent = sum(widths) + 2 * len(widths)
-    # The licence in full (its restrictions matter), wrapped under its own column.
+    # The licence in full (its restrictions matter), wrapped under its own column; never inside "BY-NC-SA".
     wrap = max(30, shutil.get_terminal_size((120, 24)).columns - indent)
     for row in rows:
-        lines = textwrap.wrap(row[-1], wrap) or [""]
+        lines = textwrap.wrap(row[-1], wrap, break_on_hyphens=False) or [""]
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + lines[0])
         for line in lines[1:]:
             print(" " * indent + line)

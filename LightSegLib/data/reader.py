@@ -14,7 +14,8 @@ the trainer, its validation and the inference engine all see the same pixels:
 - ``data.negatives``: slices of HU CTs (TotalSegmentator's example, s0009) where their map has no organ (and,
   with ``positives``, the organ's slices), converted like the 2D sets (clip [0, 255] HU, scale, LPS radiological
   view, pad to square and resize), so the 2D models learn that most slices of a real volume hold no liver or
-  pancreas.
+  pancreas; or (``slices``) a reviewed list of another slice set's slices known to hold no organ, e.g. the
+  upper-abdomen LiTS slices above the pancreas, in the 2D sets' own coding.
 
 Splits are drawn once from a seeded permutation of the case ids (``data.holdout``) and named ``train``, ``val``
 and ``test``; ``force_test`` ids (e.g. the NIH patients whose true-HU slices are used for the HU check) always go
@@ -102,6 +103,17 @@ def load_npz_case(path: Path, prep: dict, label_map: dict | None = None, evaluat
 
 
 # ---------------------------------------------------------------- slices of whole HU volumes
+def negative_specs(dcfg: dict) -> list[dict]:
+    """``data.negatives`` as a list (one table or several)."""
+    specs = dcfg.get("negatives") or []
+    return [specs] if isinstance(specs, dict) else list(specs)
+
+
+def _resolve(path, base: Path | None) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() or base is None else base / path
+
+
 def block_slices(depth: int, spec: dict, part: str) -> np.ndarray:
     """File slice indices of ``part`` ("train" or "check") of a volume split along z into alternating blocks of
     ``blocks`` slices (even blocks train, odd blocks check), ``guard`` slices dropped at every block edge so no
@@ -124,12 +136,8 @@ def volume_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Case]
     ``blocks`` trains on half the volume (``block_slices``) and leaves the rest for checking."""
     import SimpleITK as sitk
 
-    def resolve(p):
-        p = Path(p)
-        return p if p.is_absolute() or base is None else (base / p)
-
-    image = sitk.ReadImage(str(resolve(spec["image"])))
-    seg = sitk.ReadImage(str(resolve(spec["label"])))
+    image = sitk.ReadImage(str(_resolve(spec["image"], base)))
+    seg = sitk.ReadImage(str(_resolve(spec["label"], base)))
     orientation = preprocess.orientation_for(image.GetDirection(), "LPS")
     raw = sitk.GetArrayFromImage(image)
     volume = orientation.apply(raw)
@@ -152,6 +160,37 @@ def volume_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Case]
     cases = []
     for g, idx in enumerate(np.array_split(keep, groups)):
         case = slices_to_case(f"{stem}_slices{g}", volume[idx], organ[idx].astype(np.uint8), prep, spacing[1:])
+        case.native_label = None  # training only
+        cases.append(case)
+    return cases
+
+
+def listed_slices(spec: dict, part: str = "train", base: Path | None = None) -> dict[str, np.ndarray]:
+    """The slices of an npz slice folder (``dataset``) named in a reviewed list (``slices``: a JSON file whose
+    ``slices`` maps file stem -> ``slice_index`` values), per file. ``part`` "check": the ``check`` files of a
+    seeded draw by volume, never trained on; "train": the others."""
+    listed = json.loads(_resolve(spec["slices"], base).read_text())["slices"]
+    parts = split_ids(list(listed), {"seed": int(spec.get("seed", 0)), "test": int(spec.get("check", 0))})
+    files = _npz_files(_resolve(spec["dataset"], base))
+    out = {}
+    for n in parts["test" if part == "check" else "train"]:
+        with np.load(files[n]) as f:
+            out[n] = f["image"][np.isin(f["slice_index"], listed[n])]
+    return out
+
+
+def slice_list_cases(spec: dict, prep: dict, base: Path | None = None) -> list[Case]:
+    """The training part of a reviewed organ-free slice list (``listed_slices``), labelled 0, in ``groups``
+    cases."""
+    images = list(listed_slices(spec, "train", base).values())
+    if not images:
+        return []
+    image = np.concatenate(images)
+    groups = max(1, min(int(spec.get("groups", 8)), len(image)))
+    stem = Path(spec["slices"]).name.split(".")[0]
+    cases = []
+    for g, idx in enumerate(np.array_split(np.arange(len(image)), groups)):
+        case = slices_to_case(f"{stem}_{g}", image[idx], np.zeros_like(image[idx], np.uint8), prep)
         case.native_label = None  # training only
         cases.append(case)
     return cases
@@ -251,10 +290,10 @@ def load_split(cfg: dict, split: str, prep: dict | None = None, limit: int | Non
             case = load_npz_case(files[n], prep, dcfg.get("label_map"), evaluation=not training)
             if case is not None:
                 cases.append(case)
-    if training and dcfg.get("negatives"):
-        specs = dcfg["negatives"]
-        for spec in [specs] if isinstance(specs, dict) else specs:
-            cases += volume_cases(spec, prep, base=Path(dcfg.get("negatives_base", ".")))
+    if training:
+        base = Path(dcfg.get("negatives_base", "."))
+        for spec in negative_specs(dcfg):
+            cases += slice_list_cases(spec, prep, base=base) if "slices" in spec else volume_cases(spec, prep, base)
     return cases
 
 
