@@ -152,6 +152,26 @@ def test_intensity_shift_and_histogram_shift_come_from_the_config():
     assert np.array_equal(sample({"intensity_prob": 0.0}), ramp)  # off by default
 
 
+def test_coarse_scan_augmentation_softens_edges_and_leaves_the_label():
+    """augment.lowres_prob: the crop shrunk and enlarged back, as a 3 mm CT resized up to the model grid; the label
+    stays sharp (it is what the network should still find); off by default."""
+    from LightSegLib.data.augment import build_transform
+
+    off = {k: 0.0 for k in ("affine_prob", "elastic_prob", "blur_prob", "noise_prob", "intensity_prob", "gamma_prob")}
+    square = np.zeros((1, 64, 64), np.float32)
+    square[:, 16:48, 16:48] = 1.0
+    label = (square > 0).astype(np.uint8)
+
+    def sample(cfg):
+        out = build_transform([64, 64], {**off, **cfg})({"image": square.copy(), "label": label.copy()})
+        return np.asarray(out["image"]), np.asarray(out["label"])
+
+    edge = lambda img: float(np.abs(np.diff(img, axis=-1)).max())  # noqa: E731 - the sharpest step
+    coarse = [sample({"lowres_prob": 1.0, "lowres_zoom": [0.3, 0.3]}) for _ in range(3)]
+    assert all(edge(img) < 0.9 and np.array_equal(lab, label) for img, lab in coarse)
+    assert np.array_equal(sample({})[0], square) and edge(square) == 1.0
+
+
 def test_deep_supervision_loss_weights():
     from monai.losses import DiceCELoss
 

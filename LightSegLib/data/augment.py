@@ -12,7 +12,8 @@ import math
 def build_transform(patch, cfg: dict):
     from monai.transforms import (CenterSpatialCropd, Compose, Rand2DElasticd, RandAdjustContrastd, RandAffined,
                                   RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd,
-                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+                                  RandScaleIntensityd, RandShiftIntensityd, RandSimulateLowResolutiond,
+                                  SpatialPadd)
 
     keys = ["image", "label"]
     patch = [int(p) for p in patch]
@@ -25,9 +26,12 @@ def build_transform(patch, cfg: dict):
     if cfg.get("elastic_prob", 0.0) > 0:
         t.append(Rand2DElasticd(keys, spacing=(24, 24), magnitude_range=(1.0, 3.0), prob=float(cfg["elastic_prob"]),
                                 mode=("bilinear", "nearest"), padding_mode="zeros"))
+    t += [CenterSpatialCropd(keys, roi_size=patch), SpatialPadd(keys, spatial_size=patch)]
+    if cfg.get("lowres_prob", 0.0) > 0:  # a coarse scan (3 mm pixels) resized up to the model grid: soft edges
+        t.append(RandSimulateLowResolutiond("image", prob=float(cfg["lowres_prob"]),
+                                            zoom_range=tuple(cfg.get("lowres_zoom", (0.4, 0.9))),
+                                            downsample_mode="nearest", upsample_mode="bilinear"))
     t += [
-        CenterSpatialCropd(keys, roi_size=patch),
-        SpatialPadd(keys, spatial_size=patch),
         RandGaussianNoised("image", prob=float(cfg.get("noise_prob", 0.15)), std=float(cfg.get("noise_std", 0.03))),
         RandGaussianSmoothd("image", prob=float(cfg.get("blur_prob", 0.1)), sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0)),
         RandScaleIntensityd("image", factors=0.2, prob=float(cfg.get("intensity_prob", 0.3))),

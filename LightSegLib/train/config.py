@@ -24,7 +24,7 @@ DEFAULTS = {
     },
     "augment": {"affine_prob": 0.5, "rotate_deg": 30.0, "scale": 0.15, "elastic_prob": 0.1, "noise_prob": 0.15,
                 "noise_std": 0.03, "blur_prob": 0.1, "intensity_prob": 0.3, "intensity_shift": 0.1, "gamma_prob": 0.3,
-                "histogram_shift_prob": 0.0, "flip_prob": 0.0},
+                "histogram_shift_prob": 0.0, "flip_prob": 0.0, "lowres_prob": 0.0, "lowres_zoom": [0.4, 0.9]},
     "train": {
         "seed": 0,
         "batch_size": 16,
