@@ -150,13 +150,14 @@ def speed_markdown(speed: dict | None, model_id: str) -> str:
     others = speed.get("compared_with") or []
     spread = (f" (min {speed['wall_min_s']:.2f}, max {speed['wall_max_s']:.2f})" if "wall_min_s" in speed else "")
     network = f", of which the network {speed['network_s']:.2f} s" if "network_s" in speed else ""
-    joined = ", ".join(others)
+    beside = f", side by side with {', '.join(others)}" if others else ""
+    what = ("a 512x512x300 int16 CT made of real slices stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`)"
+            if speed["input"] == "ct512.nrrd" else speed["input"])
     return (f"`lightseg bench --models {','.join([model_id, *others])} --input {speed['input']} "
-            f"--repeat {speed.get('repeat', '?')} --threads {speed['threads']} --record` on a 512x512x300 int16 CT made "
-            f"of real slices stacked (`python benchmarks/big_ct.py --write-ct ct512.nrrd`), each run in its own "
-            f"process{f', side by side with {joined}' if others else ''}: median "
-            f"{speed['wall_s']:.2f} s wall{spread}{network}; peak RSS {speed['peak_rss_mb']:.0f} MB. Target: "
-            f"<= 5 s and <= 1 GB with 2 threads on an AVX2 laptop CPU. Machine: {machine_text(speed['machine'], speed['threads'])}.")
+            f"--repeat {speed.get('repeat', '?')} --threads {speed['threads']} --record` on {what}, each run in its "
+            f"own process{beside}: median {speed['wall_s']:.2f} s wall{spread}{network}; peak RSS "
+            f"{speed['peak_rss_mb']:.0f} MB. Target: <= 5 s and <= 1 GB with 2 threads on an AVX2 laptop CPU. "
+            f"Machine: {machine_text(speed['machine'], speed['threads'])}.")
 
 
 def machine_text(line: str, threads: int) -> str:

@@ -16,9 +16,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--crossval", help="crossval.json of benchmarks/ct_crossval.py for this recipe (the card's text)")
     p.add_argument("--card-only", action="store_true",
-                   help="re-render the published card from ID.eval.json and the registry (after `lightseg bench --record`) "
-                        "or with a new --crossval; with --config, re-evaluate the registered model first (no checkpoint "
-                        "needed)")
+                   help="re-render the published card from ID.eval.json and the registry (after `lightseg bench "
+                        "--record`) or with a new --crossval; with --config, re-evaluate the registered model first (no "
+                        "checkpoint needed)")
     p.set_defaults(func=run)
 
 
