@@ -41,10 +41,13 @@ cv_args=(--config $TEACHER_CFG --folds 3 --epochs 77 --prune="--importance l1 --
 crossval() { mkdir -p $CV_RUN; echo "logs: $CV_RUN/fold{0,1,2}.log"
     for k in 0 1 2; do python benchmarks/ct_crossval.py "${cv_args[@]}" --fold $k >> $CV_RUN/fold$k.log 2>&1 & done
     wait; python benchmarks/ct_crossval.py "${cv_args[@]}"; }
-# 0.3.0: the distilled net, exported where the negatives config's train.init_onnx reads it, trained further.
-negatives() { done_or $NEG_RUN/summary.json || { [ -f $INIT_ONNX ] || lightseg export $RUN/kd/best.pt --out $INIT_ONNX; } \
-    && python -m LightSegLib.train.ct train --config configs/pancreas_lits_negatives.toml --out $NEG_RUN \
-    --threads $THREADS; }
+# 0.3.0: the distilled net trained further. The negatives config's train.init_onnx reads the committed 0.2.0 file;
+# a distillation run made here (newer than that file) is exported over it first.
+negatives() { done_or $NEG_RUN/summary.json || {
+    if [ -f $RUN/kd/best.pt ] && [ $RUN/kd/best.pt -nt $INIT_ONNX ]; then
+        lightseg export $RUN/kd/best.pt --out $INIT_ONNX; fi
+    python -m LightSegLib.train.ct train --config configs/pancreas_lits_negatives.toml --out $NEG_RUN \
+        --threads $THREADS; }; }
 publish() { python -m LightSegLib.train.ct publish $NEG_RUN/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
     --config configs/pancreas_lits_negatives.toml --threads $THREADS \
     --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
