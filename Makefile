@@ -14,9 +14,16 @@ SETUP  := $(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 STAMP  := $(VENV)/.installed-$(SETUP)
 DEMO_STAMP := $(DEMO)/.installed-$(SETUP)
 
-.PHONY: demo test env demo-env clean
+# Debian packages the tests use (cmake evaluates the extension's file list); installed when missing.
+SYSTEM_PACKAGES := cmake
 
-env: $(STAMP)
+.PHONY: demo test env demo-env system clean
+
+env: system $(STAMP)
+
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 # torch is pinned: a looser requirement pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml setup.py

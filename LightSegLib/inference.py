@@ -54,39 +54,27 @@ class OnnxRunner:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-class TorchRunner:
-    """PyTorch eager, for checking ONNX parity and for researchers' checkpoints (needs the training extras)."""
-
-    def __init__(self, card: ModelCard, threads: int):
-        try:
-            import torch
-        except ImportError:
-            raise LightSegError("the torch backend needs PyTorch: pip install 'LightSegLib[train]'") from None
-        from .nets import build
-
-        if "torch_file" not in card.entry or "architecture" not in card.entry:
-            raise LightSegError(f"model '{card.id}' has no torch weights; use the onnx backend")
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.net = build(card.architecture)
-        state = torch.load(card.verified_path("torch_file"), map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state.get("model", state))
-        self.net.eval()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.net(self.torch.from_numpy(batch)).numpy()
-
-
 def make_runner(card: ModelCard, backend: str = "onnx", threads: int | None = None, int8: bool = False):
     threads = threads or default_threads()
     if backend == "onnx":
         if int8 and not card.has_int8():
             raise LightSegError(f"model '{card.id}' has no int8 version")
         return OnnxRunner(card.verified_path("int8_file" if int8 else "file"), threads)
-    if backend == "torch":
-        return TorchRunner(card, threads)
-    raise LightSegError(f"unknown backend '{backend}' (use onnx or torch)")
+    plugin = _plugin_backends().get(backend)
+    if plugin is None:
+        known = ", ".join(["onnx", *_plugin_backends()])
+        hint = (" (the torch backend needs the training install: pip install 'lightseglib[train]')"
+                if backend == "torch" else "")
+        raise LightSegError(f"unknown backend '{backend}' (use {known}){hint}")
+    return plugin.load()(card, threads)
+
+
+def _plugin_backends() -> dict:
+    """Backends other installed parts offer (entry point group ``lightseglib.backends``): the workshop's torch
+    backend registers there, so the engine runs it without the runtime importing the workshop."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="lightseglib.backends")}
 
 
 @dataclass

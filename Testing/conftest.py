@@ -11,6 +11,48 @@ REPO = TESTING.parent
 SHARED_DATA = Path(os.environ.get("LIGHTSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# Local copies of the inference dependencies as wheels (`make env` fills it): fresh environments install from it.
+WHEELHOUSE = Path(os.environ.get("LIGHTSEG_WHEELHOUSE", REPO / ".venv" / "wheelhouse"))
+# Nothing of this tree or of the test's environment may leak into a fresh environment.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LIGHTSEG_MODELS_DIR")}
+
+
+def pip(python: Path, *args: str) -> None:
+    """``pip`` of a fresh environment, offline, from the wheelhouse."""
+    import subprocess
+
+    if not any(WHEELHOUSE.glob("onnxruntime-*.whl")):
+        pytest.skip(f"needs the inference dependencies as wheels in {WHEELHOUSE} (`make env` downloads them)")
+    subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", *args,
+                    "--no-index", "--find-links", str(WHEELHOUSE)], check=True, env=CLEAN_ENV,
+                   cwd=WHEELHOUSE)  # `python -m` puts the working directory on sys.path: not the source tree
+
+
+def inference_python(folder: Path) -> Path:
+    """A fresh virtual environment with only the plain install's dependencies (pyproject's ``dependencies``), not
+    LightSegLib itself: its python."""
+    import tomllib
+    import venv
+
+    venv.EnvBuilder(with_pip=True).create(folder)
+    python = folder / "bin" / "python"
+    pip(python, "install", *tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    return python
+
+
+def extension_files() -> list[str]:
+    """The files the extension installs beside the module, as CMake itself evaluates LightSegLibFiles.cmake."""
+    import shutil
+    import subprocess
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("needs cmake (Debian package cmake; `make env` installs it) to evaluate the extension's file list")
+    run = subprocess.run([cmake, f"-DLIGHTSEG_SOURCE_ROOT={REPO}", "-P", str(REPO / "Testing" / "extension_files.cmake")],
+                         capture_output=True, text=True, check=True)
+    return [line.removeprefix("-- ").strip() for line in (run.stdout + run.stderr).splitlines() if line.startswith("-- ")]
+
+
 def shared(relative: str) -> Path:
     """A file of ../shared/data, or skip with the reason (a user's clone does not have it)."""
     path = SHARED_DATA / relative

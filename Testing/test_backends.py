@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch", reason="the torch backend needs the trainin
 
 @pytest.fixture
 def unet_registry(tmp_path, monkeypatch):
-    from LightSegLib.export import export_onnx
-    from LightSegLib.nets import build
+    from LightSegLib.lab.export import export_onnx
+    from LightSegLib.lab.nets import build
     from LightSegLib.registry import register_model, sha256_of
     from model_fixtures import TERMINOLOGY
 

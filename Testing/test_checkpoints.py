@@ -18,9 +18,9 @@ LABEL = REPO / "Resources" / "Samples" / "acdc_patient002_ED_label.nii.gz"
 def test_committed_baseline_segments_the_sample(name, family):
     import torch
 
-    from LightSegLib.data.msd import load_case
-    from LightSegLib.export import load_checkpoint
-    from LightSegLib.train.evaluate_core import predict_case
+    from LightSegLib.lab.data.msd import load_case
+    from LightSegLib.lab.export import load_checkpoint
+    from LightSegLib.lab.train.evaluate_core import predict_case
 
     torch.set_num_threads(1)
     net, ckpt = load_checkpoint(CHECKPOINTS / f"{name}.pt")

@@ -4,12 +4,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from LightSegLib.compress import prune as P  # noqa: E402
-from LightSegLib.compress.fold import fold_unet  # noqa: E402
-from LightSegLib.compress.ghost_convert import convert_checkpoint_net, ghostify  # noqa: E402
-from LightSegLib.compress.reconstruct import reconstruct  # noqa: E402
-from LightSegLib.nets import build  # noqa: E402
-from LightSegLib.nets.ghost import GhostModule  # noqa: E402
+from LightSegLib.lab.compress import prune as P  # noqa: E402
+from LightSegLib.lab.compress.fold import fold_unet  # noqa: E402
+from LightSegLib.lab.compress.ghost_convert import convert_checkpoint_net, ghostify  # noqa: E402
+from LightSegLib.lab.compress.reconstruct import reconstruct  # noqa: E402
+from LightSegLib.lab.nets import build  # noqa: E402
+from LightSegLib.lab.nets.ghost import GhostModule  # noqa: E402
 
 torch.set_num_threads(1)
 WIDTHS = [8, 16, 32, 64]
@@ -188,7 +188,7 @@ def test_ghost_module_reproduces_primary_channels_of_the_original_conv():
 
 
 def test_macs_and_params_drop_after_pruning(x):
-    from LightSegLib.export import count_macs
+    from LightSegLib.lab.export import count_macs
 
     net = build(spec("unet"))
     macs0, params0 = count_macs(net, x[:1].shape), P.count_params(net)
@@ -218,7 +218,7 @@ def test_pruning_leaves_bn_running_statistics_of_kept_channels_alone(x):
 
 def test_fold_drops_the_full_resolution_stage_and_keeps_the_deeper_weights(x):
     from LightSegLib.errors import LightSegError
-    from LightSegLib.export import count_macs
+    from LightSegLib.lab.export import count_macs
 
     s = spec("unet", widths=[4, 8, 16, 32])
     net = build(s).eval()

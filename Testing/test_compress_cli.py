@@ -58,8 +58,8 @@ threads = 1
 
 
 def teacher_checkpoint(path, widths=(4, 8, 16), seed=0):
-    from LightSegLib.compress.finetune import save_checkpoint
-    from LightSegLib.nets import build
+    from LightSegLib.lab.compress.finetune import save_checkpoint
+    from LightSegLib.lab.nets import build
 
     torch.manual_seed(seed)
     spec = {"name": "unet", "in_channels": 1, "num_classes": 4, "widths": list(widths)}
@@ -73,9 +73,9 @@ def stdout_json(capsys):
 
 
 def test_int8_model_runs_and_agrees_with_fp32(tmp_path, acdc):
-    from LightSegLib.compress.quantize import agreement, preprocessed_slices, quantize_model
-    from LightSegLib.export import export_onnx
-    from LightSegLib.nets import build
+    from LightSegLib.lab.compress.quantize import agreement, preprocessed_slices, quantize_model
+    from LightSegLib.lab.export import export_onnx
+    from LightSegLib.lab.nets import build
 
     torch.manual_seed(0)
     net = build({"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16]})
@@ -163,7 +163,7 @@ def test_quantize_registers_int8_and_bench_reports_the_documented_keys(tmp_path,
 
 
 def test_bench_table_names_the_machine_and_its_instruction_sets():
-    from LightSegLib.compress.bench import format_table
+    from LightSegLib.lab.bench import format_table
 
     row = {"model": "m", "params": 10, "macs": 10**9, "file_bytes": 10**6, "latency_median_s": 1.0,
            "latency_min_s": 0.9, "latency_max_s": 1.1, "peak_rss_mb": 100.0, "speedup_vs_first": 1.0,
@@ -186,8 +186,8 @@ def test_bench_rejects_an_unknown_model(tmp_path, quantiser, capsys):
 
 
 def test_prune_command_writes_an_exportable_narrow_checkpoint(tmp_path, config, capsys):
-    from LightSegLib.export import load_checkpoint
-    from LightSegLib.nets.blocks import count_params
+    from LightSegLib.lab.export import load_checkpoint
+    from LightSegLib.lab.nets.blocks import count_params
 
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     out = tmp_path / "pruned" / "best.pt"
@@ -225,7 +225,7 @@ def test_prune_fine_tuning_resumes_from_its_state_file(tmp_path, config, capsys)
 
 
 def test_ghost_command_converts_and_saves(tmp_path, capsys):
-    from LightSegLib.export import load_checkpoint
+    from LightSegLib.lab.export import load_checkpoint
 
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     out = tmp_path / "ghost.pt"
@@ -237,8 +237,8 @@ def test_ghost_command_converts_and_saves(tmp_path, capsys):
 
 
 def test_fold_command_writes_a_half_resolution_checkpoint(tmp_path, capsys):
-    from LightSegLib.export import load_checkpoint
-    from LightSegLib.nets.blocks import count_params
+    from LightSegLib.lab.export import load_checkpoint
+    from LightSegLib.lab.nets.blocks import count_params
 
     src = teacher_checkpoint(tmp_path / "teacher.pt")
     out = tmp_path / "folded.pt"
@@ -254,7 +254,7 @@ def test_fold_command_writes_a_half_resolution_checkpoint(tmp_path, capsys):
 def test_a_registered_model_without_a_checkpoint_loads_from_its_onnx_and_folds(tmp_path, config, capsys):
     import onnxruntime as ort
 
-    from LightSegLib.export import load_checkpoint
+    from LightSegLib.lab.export import load_checkpoint
 
     net, ckpt = load_checkpoint("cardiac-acdc")  # a teacher: eval mode, BatchNorm as identity + folded bias
     x = torch.rand(2, 1, 48, 40)
@@ -273,7 +273,7 @@ def test_a_registered_model_without_a_checkpoint_loads_from_its_onnx_and_folds(t
 
 
 def test_distill_command_trains_a_student(tmp_path, config, capsys):
-    from LightSegLib.export import load_checkpoint
+    from LightSegLib.lab.export import load_checkpoint
 
     teacher = teacher_checkpoint(tmp_path / "teacher.pt", widths=(8, 16, 32))
     student = '{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16]}'
@@ -290,7 +290,7 @@ def test_distill_command_trains_a_student(tmp_path, config, capsys):
 
 def test_fine_tuning_data_follow_the_checkpoint_preprocessing(config, capsys):
     """A pruned net or a teacher must see the pixels it was trained on, whatever the --config says."""
-    from LightSegLib.commands._compress_common import apply_prep, resolve_config
+    from LightSegLib.lab.commands._compress_common import apply_prep, resolve_config
 
     cfg = resolve_config(config, None, 1)
     prep = dict(PREP, inplane={"mode": "spacing", "spacing": [3.0, 3.0]}, context_slices=1)
@@ -336,10 +336,10 @@ def test_prune_reports_bad_ratios_as_user_errors(tmp_path, capsys, extra, messag
 def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, config):
     """Hours-long CPU distillations get killed: a run resumed from its state file ends with the weights of an
     uninterrupted run (same batches, optimiser moments and schedule)."""
-    from LightSegLib.commands._compress_common import resolve_config
-    from LightSegLib.compress.finetune import load_data
-    from LightSegLib.train.trainer import train_loop
-    from LightSegLib.nets import build
+    from LightSegLib.lab.commands._compress_common import resolve_config
+    from LightSegLib.lab.compress.finetune import load_data
+    from LightSegLib.lab.train.trainer import train_loop
+    from LightSegLib.lab.nets import build
 
     cfg = resolve_config(config, None, 1)
     train_cases, _ = load_data(cfg, val=False)
@@ -372,10 +372,10 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
 
 
 def test_a_time_budget_stops_a_long_distillation(tmp_path, config):
-    from LightSegLib.commands._compress_common import resolve_config
-    from LightSegLib.compress.finetune import load_data
-    from LightSegLib.train.trainer import train_loop
-    from LightSegLib.nets import build
+    from LightSegLib.lab.commands._compress_common import resolve_config
+    from LightSegLib.lab.compress.finetune import load_data
+    from LightSegLib.lab.train.trainer import train_loop
+    from LightSegLib.lab.nets import build
 
     cfg = resolve_config(config, None, 1)
     train_cases, _ = load_data(cfg, val=False)

@@ -4,10 +4,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from LightSegLib.compress.distill import FeatureCapture, FeatureKD, GraphKD, LogitKD, MAVKD  # noqa: E402
-from LightSegLib.compress.distill.gcn_spatial import edge_strength, keypoints, knn_adjacency  # noqa: E402
-from LightSegLib.compress.distill.runner import Distiller, default_layers  # noqa: E402
-from LightSegLib.nets import build  # noqa: E402
+from LightSegLib.lab.compress.distill import FeatureCapture, FeatureKD, GraphKD, LogitKD, MAVKD  # noqa: E402
+from LightSegLib.lab.compress.distill.gcn_spatial import edge_strength, keypoints, knn_adjacency  # noqa: E402
+from LightSegLib.lab.compress.distill.runner import Distiller, default_layers  # noqa: E402
+from LightSegLib.lab.nets import build  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -62,8 +62,8 @@ def tiny_config(path: Path, base: str) -> Path:
 
 def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     from LightSegLib.cli import main
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
     run = tmp_path / "run"
@@ -100,7 +100,7 @@ def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
 
 
 def test_label_map_values():
-    from LightSegLib.data.reader import apply_label_map
+    from LightSegLib.lab.data.reader import apply_label_map
 
     lab = np.array([[0, 1, 2, 3]], np.uint8)
     assert apply_label_map(lab, {"1": 1, "2": 1}).tolist() == [[0, 1, 1, 0]]
@@ -108,7 +108,7 @@ def test_label_map_values():
 
 
 def test_split_by_case_is_deterministic_and_disjoint():
-    from LightSegLib.data.reader import split_ids
+    from LightSegLib.lab.data.reader import split_ids
 
     ids = [f"P{i:03d}" for i in range(50)]
     holdout = {"seed": 0, "test": 10, "val": 5, "force_test": ["P001", "P002"]}
@@ -127,8 +127,8 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     """8-bit slices: window [0, 255] on the stored values = the value / 255, then the card's fit geometry;
     the pancreas evaluation reader drops the zoomed crop_margin slices."""
     from LightSegLib import preprocess
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     lits = shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
@@ -155,8 +155,8 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
 
 def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     from LightSegLib import preprocess
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("totalseg_example")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
@@ -182,7 +182,7 @@ def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
 @pytest.mark.parametrize("name,format_", [("liver_lits2d.toml", "lits_npz"), ("pancreas_nih2d.toml", "nih_npz"),
                                           ("liver_msd.toml", "msd"), ("pancreas_msd.toml", "msd")])
 def test_shipped_configs_load(name, format_):
-    from LightSegLib.train.config import load_config
+    from LightSegLib.lab.train.config import load_config
 
     cfg = load_config(REPO / "configs" / name)
     d = cfg["data"]
@@ -195,7 +195,7 @@ def test_shipped_configs_load(name, format_):
 def test_a_variant_config_states_only_what_differs(tmp_path):
     """The pancreas teacher extends the student's config: same data, split and schedule, wider and longer."""
     from LightSegLib.errors import LightSegError
-    from LightSegLib.train.config import load_config
+    from LightSegLib.lab.train.config import load_config
 
     student = load_config(REPO / "configs" / "pancreas_nih2d.toml")
     teacher = load_config(REPO / "configs" / "pancreas_nih2d_teacher.toml")
@@ -213,7 +213,7 @@ def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
     np.flip(axis=1) to be in the 8-bit slices' radiological view. One HU slice of PANCREAS_0001 is also in
     nih_pancreas_2d: converted with the model's window it must match that copy (JPEG noise aside), labels too."""
     from LightSegLib import preprocess
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     hu_file = shared("nih_pancreas") / "PANCREAS_0001.npz"
     bit8_file = shared("nih_pancreas_2d") / "PANCREAS_0001.npz"
@@ -298,8 +298,8 @@ def test_noise_check_is_repeatable_and_costs_dice():
     liver model Dice on real held-out slices (if it did not, the noise would not have reached the engine)."""
     shared("lits_liver_2d")
     from LightSegLib.registry import get_model
-    from LightSegLib.train.config import load_config
-    from LightSegLib.evaluate import eval_npz_split
+    from LightSegLib.lab.train.config import load_config
+    from LightSegLib.lab.evaluate import eval_npz_split
 
     card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
     cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
@@ -328,7 +328,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     import shutil
 
     from LightSegLib.registry import get_model
-    from LightSegLib.publish import recard
+    from LightSegLib.lab.publish import recard
 
     models = REPO / "Resources" / "Models"
     for name in ("models.json", f"{model_id}.onnx", f"{model_id}.eval.json", f"{model_id}.md"):
@@ -355,7 +355,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
 def test_crossval_sentence_names_the_recipe_it_ran():
     """A cross-validation of the full recipe (epochs + pruning stage) must not be described as 'training stage
     alone', and its command must be the one that reruns it."""
-    from LightSegLib.publish import crossval_markdown
+    from LightSegLib.lab.publish import crossval_markdown
 
     cv = {"config": "configs/x.toml", "folds": 3, "minutes_per_fold": None, "epochs_per_fold": 87,
           "prune": "--importance l1 --ratio 0.3", "cases": 82, "fold_means": [0.95, 0.93, 0.94],
@@ -437,7 +437,7 @@ def test_crossval_compare_pairs_cases_across_folds():
 
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
-    from LightSegLib.evaluate import totalseg_class_names
+    from LightSegLib.lab.evaluate import totalseg_class_names
 
     v1, v2 = totalseg_class_names("total_v1"), totalseg_class_names("total")
     assert (v1[5], v1[10], v1[9]) == ("liver", "pancreas", "portal_vein_and_splenic_vein")
@@ -448,7 +448,7 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     """The CPRUN chain of pancreas-ct (train a teacher, prune-ct + reconstruct, lightseg distill from the rebuilt
     net): the card's 'how it was made' lines follow the distilled checkpoint back to the teacher's run."""
     from LightSegLib.cli import main
-    from LightSegLib.publish import training_markdown
+    from LightSegLib.lab.publish import training_markdown
 
     cfg = str(tiny_config(tmp_path / "liver.toml", "liver_msd.toml"))
     data = str(tiny_msd_liver)
@@ -478,7 +478,7 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
 
 
 def test_card_speed_names_the_machine_and_its_instruction_sets():
-    from LightSegLib.publish import speed_markdown
+    from LightSegLib.lab.publish import speed_markdown
 
     speed = {"input": "ct512.nrrd", "wall_s": 5.0, "wall_min_s": 4.9, "wall_max_s": 5.2, "repeat": 3, "threads": 2,
              "network_s": 3.5, "peak_rss_mb": 700.0, "compared_with": ["pancreas-ct"],
@@ -497,8 +497,8 @@ def test_bench_record_rerenders_the_card_from_the_same_measurement(tmp_path):
     """One measurement, one record: the registry's speed and the card's speed section come from the same run."""
     import shutil
 
-    from LightSegLib.compress.bench import bench, record
-    from LightSegLib.publish import speed_markdown
+    from LightSegLib.lab.bench import bench, record
+    from LightSegLib.lab.publish import speed_markdown
     from LightSegLib.registry import get_model
 
     models = tmp_path / "Resources" / "Models"
@@ -514,7 +514,7 @@ def test_bench_record_rerenders_the_card_from_the_same_measurement(tmp_path):
 
 
 def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
-    from LightSegLib.data.reader import block_slices
+    from LightSegLib.lab.data.reader import block_slices
 
     spec = {"blocks": 16, "guard": 2}
     train, check = block_slices(185, spec, "train"), block_slices(185, spec, "check")
@@ -525,8 +525,8 @@ def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
 
 
 def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("totalseg_s0009")
     cfg = load_config(REPO / "configs" / "pancreas_wholevol_teacher.toml")
@@ -540,8 +540,8 @@ def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
 def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):
     import torch
 
-    from LightSegLib.export import export_onnx, warm_start_from_onnx
-    from LightSegLib.nets import build
+    from LightSegLib.lab.export import export_onnx, warm_start_from_onnx
+    from LightSegLib.lab.nets import build
 
     spec = {"name": "lfunet", "in_channels": 1, "num_classes": 2, "widths": [4, 8, 8, 16, 16]}
     torch.manual_seed(0)
@@ -565,8 +565,8 @@ def test_warm_start_from_an_exported_model_reproduces_it(tmp_path):
 def test_reviewed_slice_list_trains_on_some_volumes_and_holds_the_rest_out():
     """The LiTS slices above the pancreas: every listed slice is read once, train and check share no volume,
     all labelled background, in the engine's coding."""
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config, prep_spec
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")
@@ -588,10 +588,10 @@ def test_held_out_listed_negatives_are_scored_through_the_engine():
     256x256 slices the engine's fit is the identity, so it must agree with the network run directly."""
     import onnxruntime as ort
 
-    from LightSegLib.data.reader import listed_slices
-    from LightSegLib.evaluate import eval_listed_negatives, listed_negatives
+    from LightSegLib.lab.data.reader import listed_slices
+    from LightSegLib.lab.evaluate import eval_listed_negatives, listed_negatives
     from LightSegLib.registry import get_model
-    from LightSegLib.train.config import load_config
+    from LightSegLib.lab.train.config import load_config
 
     shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")

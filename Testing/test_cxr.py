@@ -26,8 +26,8 @@ def lightseg(*args, cwd=None):
 # ------------------------------------------------------------------ nets and compression
 def test_resnet50_params_by_hand_and_cam_is_exact():
     torch = pytest.importorskip("torch")
-    from LightSegLib.nets import build
-    from LightSegLib.nets.blocks import count_params
+    from LightSegLib.lab.nets import build
+    from LightSegLib.lab.nets.blocks import count_params
 
     # torchvision's ResNet50 has 25,557,032 parameters (3 channels in, 1000 classes); here 1 channel in
     # (conv1 7x7x64: -2*3136) and 2 classes (fc 2048*2+2 instead of 2048*1000+1000).
@@ -44,7 +44,7 @@ def test_resnet50_params_by_hand_and_cam_is_exact():
 
 def _trained_like_resnet(seed=0):
     torch = pytest.importorskip("torch")
-    from LightSegLib.nets import build
+    from LightSegLib.lab.nets import build
 
     torch.manual_seed(seed)
     net = build({"name": "resnet50", "in_channels": 1, "num_classes": 2})
@@ -59,8 +59,8 @@ def _trained_like_resnet(seed=0):
 
 def test_bottleneck_pruning_keeps_the_largest_bn_scales_and_removes_channels_for_real():
     torch = pytest.importorskip("torch")
-    from LightSegLib.compress.bottleneck_prune import prune_bottlenecks
-    from LightSegLib.nets.blocks import count_params
+    from LightSegLib.lab.compress.bottleneck_prune import prune_bottlenecks
+    from LightSegLib.lab.nets.blocks import count_params
 
     net = _trained_like_resnet()
     same, spec0 = prune_bottlenecks(net, [0, 0, 0, 0])
@@ -80,11 +80,11 @@ def test_bottleneck_pruning_keeps_the_largest_bn_scales_and_removes_channels_for
 
 def test_ghost_split_of_the_pruned_resnet_loads_as_the_ghost_spec():
     torch = pytest.importorskip("torch")
-    from LightSegLib.compress.bottleneck_prune import prune_bottlenecks
-    from LightSegLib.compress.ghost_convert import convert_checkpoint_net
-    from LightSegLib.nets import build
-    from LightSegLib.nets.blocks import count_params
-    from LightSegLib.nets.ghost import GhostModule
+    from LightSegLib.lab.compress.bottleneck_prune import prune_bottlenecks
+    from LightSegLib.lab.compress.ghost_convert import convert_checkpoint_net
+    from LightSegLib.lab.nets import build
+    from LightSegLib.lab.nets.blocks import count_params
+    from LightSegLib.lab.nets.ghost import GhostModule
 
     pruned, spec = prune_bottlenecks(_trained_like_resnet(), [0.4, 0.5, 0.65, 0.8])
     ghost, ghost_spec, converted = convert_checkpoint_net(pruned, spec)
@@ -105,7 +105,7 @@ def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_t
     epoch and rerun, it ends with the weights and history rows of a run never stopped."""
     import torch
 
-    from LightSegLib.train.cxr import DEFAULTS, fit
+    from LightSegLib.lab.train.cxr import DEFAULTS, fit
 
     rng = np.random.default_rng(0)
     data = {"x_train": rng.normal(size=(24, 1, 32, 32)).astype(np.float32), "y_train": np.arange(24) % 2,
@@ -138,7 +138,7 @@ def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_t
 
 
 def test_threshold_and_calibration_metrics_by_hand():
-    from LightSegLib.train.cxr_report import confusion, ece, roc_curve, youden_threshold
+    from LightSegLib.lab.train.cxr_report import confusion, ece, roc_curve, youden_threshold
 
     prob = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9])
     y = np.array([0, 0, 1, 1, 0, 1])
@@ -207,7 +207,7 @@ def test_read_radiograph_png_dicom_and_refusals(tmp_path):
 
 
 def test_patient_split_keeps_each_child_on_one_side():
-    from LightSegLib.data.cxr import patient_of, split
+    from LightSegLib.lab.data.cxr import patient_of, split
 
     names = [Path("PNEUMONIA/person1000_bacteria_2931.jpeg"), Path("PNEUMONIA/person1000_bacteria_2932.jpeg"),
              Path("NORMAL/IM-0115-0001.jpeg"), Path("NORMAL/NORMAL2-IM-0587-0001-0002.jpeg"),

@@ -223,8 +223,8 @@ def test_inference_path_imports_no_training_packages(tmp_path):
     loaded = segment_path_modules(tmp_path)
     heavy = sorted(n for n in loaded if n.split(".")[0] in ("torch", "monai", "scipy", "torch_pruning", "matplotlib"))
     assert not heavy, f"imported by `lightseg segment`: {heavy}"
-    ours = sorted(n for n in loaded if n.startswith(("LightSegLib.train", "LightSegLib.compress", "LightSegLib.data",
-                                                      "LightSegLib.nets", "LightSegLib.export", "LightSegLib.commands.")))
+    ours = sorted(n for n in loaded if n.startswith(("LightSegLib.lab.train", "LightSegLib.lab.compress", "LightSegLib.lab.data",
+                                                      "LightSegLib.lab.nets", "LightSegLib.lab.export", "LightSegLib.commands.")))
     assert ours == ["LightSegLib.commands.segment"], ours
 
 
@@ -266,7 +266,7 @@ def test_one_preprocessing_contract_round_trips_card_checkpoint_and_config(model
     without loss, and training data is what inference feeds the network."""
     import SimpleITK as sitk
 
-    from LightSegLib.data.msd import load_case
+    from LightSegLib.lab.data.msd import load_case
     from LightSegLib.preprocess import Preprocessing
     from LightSegLib.registry import get_model
 

@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from LightSegLib.errors import LightSegError  # noqa: E402
-from LightSegLib.nets import build  # noqa: E402
-from LightSegLib.nets.blocks import count_params  # noqa: E402
+from LightSegLib.lab.nets import build  # noqa: E402
+from LightSegLib.lab.nets.blocks import count_params  # noqa: E402
 
 SMALL = {
     "unet": {"name": "unet", "in_channels": 1, "num_classes": 3, "widths": [4, 8, 16]},
@@ -53,7 +53,7 @@ def test_lfunet_deep_supervision_only_in_training():
 
 def net_features(net, x):
     """X(0, depth) of the nested grid, recomputed independently of forward()."""
-    from LightSegLib.nets.blocks import pad_to_multiple
+    from LightSegLib.lab.nets.blocks import pad_to_multiple
 
     x, _, _ = pad_to_multiple(x, net.multiple)
     g = {}
@@ -97,7 +97,7 @@ def test_lfunet_params_by_hand():
 
 @pytest.mark.parametrize("cin,cout,expected", [(4, 8, 4 * 4 * 9 + 4 * 9), (4, 7, 4 * 4 * 9 + 4 * 9), (6, 3, 6 * 2 * 9 + 2 * 9)])
 def test_ghost_module_params_and_channels(cin, cout, expected):
-    from LightSegLib.nets.ghost import GhostModule
+    from LightSegLib.lab.nets.ghost import GhostModule
 
     g = GhostModule(cin, cout)  # primary: ceil(cout / 2) channels by a full 3x3; cheap: one depthwise 3x3 each
     assert count_params(g) == expected
@@ -111,7 +111,7 @@ def test_ghost_unet_is_cheaper_than_unet():
 
 
 def test_dpc_block_params_by_hand():
-    from LightSegLib.nets.dpunet import DPCBlock, split_channels
+    from LightSegLib.lab.nets.dpunet import DPCBlock, split_channels
 
     assert split_channels(7, 3) == [3, 2, 2]
     # 3 dilated branches 4 -> 2 each, BN(6), 3x3 6 -> 6, BN(6), 1x1 projection 4 -> 6 + BN(6)
@@ -120,7 +120,7 @@ def test_dpc_block_params_by_hand():
 
 
 def test_cmrf_block_params_by_hand():
-    from LightSegLib.nets.tinyunet import CMRFBlock
+    from LightSegLib.lab.nets.tinyunet import CMRFBlock
 
     # 1x1 4 -> 4 (+BN), 3 depthwise 3x3 on 4 channels (+BN each), 1x1 fuse 16 -> 8 (+BN), 1x1 projection 4 -> 8 (+BN)
     expected = (conv(4, 4, 1) + bn(4)) + 3 * (4 * 9 + bn(4)) + (conv(16, 8, 1) + bn(8)) + (conv(4, 8, 1) + bn(8))
@@ -128,7 +128,7 @@ def test_cmrf_block_params_by_hand():
 
 
 def test_unet_macs_by_hand():
-    from LightSegLib.export import count_macs
+    from LightSegLib.lab.export import count_macs
 
     net = build({"name": "unet", "in_channels": 1, "num_classes": 2, "widths": [4, 8]})
     full, half = 16 * 16, 8 * 8
@@ -152,7 +152,7 @@ def test_build_rejects_unknown_names_and_arguments():
 def test_onnx_export_parity_dynamic_batch_and_size(key, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from LightSegLib.export import OPSET, export_onnx
+    from LightSegLib.lab.export import OPSET, export_onnx
 
     spec = SMALL[key]
     net = build(spec).eval()

@@ -2,7 +2,6 @@
 virtual environment with no extras, must carry the registry and the models and segment a bundled sample."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,20 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPO
+from conftest import CLEAN_ENV, REPO, WHEELHOUSE, pip
 
-WHEELHOUSE = Path(os.environ.get("LIGHTSEG_WHEELHOUSE", REPO / ".venv" / "wheelhouse"))
 SAMPLE = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
-
-
-# Nothing of this tree or of the test's environment may leak into the fresh one.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LIGHTSEG_MODELS_DIR")}
-
-
-def _pip(python: Path, *args: str) -> None:
-    subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", *args,
-                    "--no-index", "--find-links", str(WHEELHOUSE)], check=True, env=CLEAN_ENV,
-                   cwd=WHEELHOUSE)  # `python -m` puts the working directory on sys.path: not the source tree
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +26,7 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source") / "LightSeg"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "runs", "demo-output",
                                                                 "__pycache__", "*.egg-info", ".pytest_cache"))
-    _pip(Path(sys.executable), "wheel", "--no-deps", "--wheel-dir", str(dist), str(source))
+    pip(Path(sys.executable), "wheel", "--no-deps", "--wheel-dir", str(dist), str(source))
     (found,) = dist.glob("lightseglib-*.whl")
     return found
 
@@ -58,12 +46,19 @@ def test_wheel_carries_registry_models_and_samples(wheel):
     assert not any(n.endswith(".pt") for n in names), "torch checkpoints do not belong in the wheel"
 
 
-@pytest.mark.slow
-def test_wheel_segments_in_a_fresh_environment(wheel, tmp_path):
-    env_dir = tmp_path / "env"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh environment with the wheel installed the plain way (no extras): its folder."""
+    env_dir = tmp_path_factory.mktemp("installed") / "env"
     venv.EnvBuilder(with_pip=True).create(env_dir)
+    pip(env_dir / "bin" / "python", "install", str(wheel))
+    return env_dir
+
+
+@pytest.mark.slow
+def test_wheel_segments_in_a_fresh_environment(installed, tmp_path):
+    env_dir = installed
     python = env_dir / "bin" / "python"
-    _pip(python, "install", str(wheel))
     out = tmp_path / "ed.nii.gz"
     # Run from outside the source tree, so only the installed package can be imported.
     run = subprocess.run([str(env_dir / "bin" / "lightseg"), "segment", str(SAMPLE), str(out), "--model",
@@ -79,3 +74,25 @@ def test_wheel_segments_in_a_fresh_environment(wheel, tmp_path):
 
     expected = segment_image(read_image(SAMPLE), get_model("cardiac-acdc"), threads=2).labelmap
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(expected))
+
+
+@pytest.mark.slow
+def test_a_plain_install_says_which_commands_need_the_training_install(installed, tmp_path):
+    """The wheel carries the workshop's code but not torch: `--help` marks its commands, and running one refuses in
+    one line before anything is written."""
+    lightseg = str(installed / "bin" / "lightseg")
+    shown = subprocess.run([lightseg, "--help"], cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line for line in shown.stdout.split("COMMAND", 1)[1].splitlines()
+             if line.startswith("    ") and line.split()}
+    assert "[needs" not in lines["segment"] and "[needs" not in lines["models"], shown.stdout
+    for name in ("train", "prune", "publish", "export", "distill", "quantize", "bench"):
+        assert "[needs pip install 'lightseglib[train]']" in lines[name], shown.stdout
+    out = tmp_path / "run"
+    train = subprocess.run([lightseg, "train", "--config", "x.toml", "--out", str(out)], cwd=tmp_path, env=CLEAN_ENV,
+                           capture_output=True, text=True)
+    assert train.returncode == 2, train.stderr
+    assert train.stderr.splitlines() == [
+        "lightseg: error: 'lightseg train' needs the training install (torch, monai, torch_pruning, onnx missing): "
+        "pip install 'lightseglib[train]'"], train.stderr
+    assert not out.exists()

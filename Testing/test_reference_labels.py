@@ -27,7 +27,7 @@ SAMPLE_OF = {"MR": ["acdc_patient002_ED.nii.gz", "acdc_patient002_ES.nii.gz"], "
 
 def int8_kernels() -> str:
     """The integer kernel family ONNX Runtime uses on this CPU (best first, as its dispatch picks)."""
-    from LightSegLib.compress.bench import machine
+    from LightSegLib.machine import machine
 
     isa = machine()["isa"] or {}
     for flag, name in (("AMX", "amx"), ("AVX512-VNNI", "avx512-vnni"), ("AVX-VNNI", "avx-vnni"),

@@ -454,28 +454,17 @@ def test_parameter_node_is_one_scene_singleton(mrml):
     assert mrml.scene.GetNodesByClass("vtkMRMLScriptedModuleNode").GetNumberOfItems() == 1
 
 
-def cmake_files(text: str, name: str) -> list[str]:
-    import re
-    body = re.search(rf"set\(\s*{name}\s+(.*?)\)", text, re.S).group(1)
-    return [item for item in re.sub(r"#.*", "", body).split() if not item.startswith("$")]
-
-
 @pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
 def test_extension_layout_runs_without_pip(tmp_path):
-    """What LightSeg/CMakeLists.txt installs beside the module (qt-scripted-modules/) is enough for the logic to
-    find LightSegLib and its models there and for `lightseg segment` to run, with no torch imported."""
+    """What the extension installs beside the module (qt-scripted-modules/, LightSeg/LightSegLibFiles.cmake as CMake
+    evaluates it) is enough for the logic to find LightSegLib and its models there and for `lightseg segment` to
+    run, with no torch imported."""
     import shutil
 
-    text = (REPO / "LightSeg" / "CMakeLists.txt").read_text()
+    from conftest import extension_files
+
     install = tmp_path / "qt-scripted-modules"
-    listed = cmake_files(text, "LIGHTSEGLIB_PYTHON_SCRIPTS") + [
-        str(p.relative_to(REPO)) for p in (REPO / "LightSegLib" / "commands").glob("*.py")]  # the file(GLOB)
-    listed += cmake_files(text, "LIGHTSEGLIB_RESOURCES") + [  # the models file(GLOB), less the reference teacher
-        str(p.relative_to(REPO)) for pattern in ("*.json", "models.json.sha256", "*.onnx", "*.md")
-        for p in (REPO / "Resources" / "Models").glob(pattern) if not p.name.endswith("-teacher.onnx")]
-    assert 'EXCLUDE REGEX "-teacher\\\\.onnx$"' in text  # the filter this list mirrors
-    for relative in listed:
-        assert (REPO / relative).is_file(), f"listed but absent: {relative}"
+    for relative in extension_files():
         (install / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / relative, install / relative)
     shutil.copytree(REPO / "LightSeg" / "LightSegLogic", install / "LightSegLogic",

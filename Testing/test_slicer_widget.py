@@ -190,9 +190,12 @@ def test_module_metadata_lists_licences_and_citations(module, monkeypatch):
     monkeypatch.setattr(module.module.slicer, "app", slicer_util.app, raising=False)
     info = module.module.LightSeg(types.SimpleNamespace())
     assert started == [("startupCompleted()", module.module.registerSampleData)]
+    from conftest import extension_files
+
+    shipped = extension_files()
     for _, fileName in module.module.SAMPLE_DATA:  # the Sample Data entries point at shipped files
         assert (module.module.SAMPLES_DIR / fileName).is_file()
-        assert f"Resources/Samples/{fileName}" in (REPO / "LightSeg" / "CMakeLists.txt").read_text()
+        assert f"Resources/Samples/{fileName}" in shipped
     assert info.parent.title == "LightSeg" and info.parent.categories == ["Segmentation"]
     for text in ("Apache-2.0", "CPRUN", "TinyUnet", "CPGResNet50", "LFU-Net", "DPU-Net"):
         assert text in info.parent.helpText, text

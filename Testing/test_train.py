@@ -101,7 +101,7 @@ def test_time_budget_stops_the_run(tiny_acdc, tmp_path):
 
 
 def test_schedules():
-    from LightSegLib.train.trainer import lr_at
+    from LightSegLib.lab.train.trainer import lr_at
 
     poly = {"lr": 1.0, "schedule": "poly", "poly_power": 0.9, "warmup_iters": 10}
     assert lr_at(poly, 0.0, 4) == pytest.approx(0.5)  # warm-up: linear in iterations
@@ -115,7 +115,7 @@ def test_schedules():
 def test_noise_augmentation_strength_comes_from_the_config():
     """augment.noise_std is the largest standard deviation MONAI draws (0.15 is about 38 HU in the [0, 255] HU
     window); the default keeps the earlier 0.03."""
-    from LightSegLib.data.augment import build_transform
+    from LightSegLib.lab.data.augment import build_transform
 
     off = {k: 0.0 for k in ("affine_prob", "elastic_prob", "blur_prob", "intensity_prob", "gamma_prob")}
 
@@ -132,7 +132,7 @@ def test_intensity_shift_and_histogram_shift_come_from_the_config():
     """augment.intensity_shift is the largest offset MONAI adds (default 0.1, as before); histogram_shift_prob adds a
     random monotone remapping that keeps the window's ends, so an organ can get darker relative to its neighbours
     (a fatty or unenhanced liver)."""
-    from LightSegLib.data.augment import build_transform
+    from LightSegLib.lab.data.augment import build_transform
 
     off = {k: 0.0 for k in ("affine_prob", "elastic_prob", "blur_prob", "noise_prob", "gamma_prob")}
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
@@ -155,7 +155,7 @@ def test_intensity_shift_and_histogram_shift_come_from_the_config():
 def test_coarse_scan_augmentation_softens_edges_and_leaves_the_label():
     """augment.lowres_prob: the crop shrunk and enlarged back, as a 3 mm CT resized up to the model grid; the label
     stays sharp (it is what the network should still find); off by default."""
-    from LightSegLib.data.augment import build_transform
+    from LightSegLib.lab.data.augment import build_transform
 
     off = {k: 0.0 for k in ("affine_prob", "elastic_prob", "blur_prob", "noise_prob", "intensity_prob", "gamma_prob")}
     square = np.zeros((1, 64, 64), np.float32)
@@ -175,7 +175,7 @@ def test_coarse_scan_augmentation_softens_edges_and_leaves_the_label():
 def test_deep_supervision_loss_weights():
     from monai.losses import DiceCELoss
 
-    from LightSegLib.train.trainer import segmentation_loss
+    from LightSegLib.lab.train.trainer import segmentation_loss
 
     torch.manual_seed(0)
     target = torch.randint(0, 2, (2, 1, 16, 16))
@@ -204,7 +204,7 @@ def test_export_registers_a_model_the_engine_runs(tiny_acdc, tmp_path):
     pytest.importorskip("onnxruntime")
     import SimpleITK as sitk
 
-    from LightSegLib.export import export_checkpoint
+    from LightSegLib.lab.export import export_checkpoint
     from LightSegLib.inference import segment_image
     from LightSegLib.registry import get_model
 
@@ -232,10 +232,10 @@ def test_export_registers_a_model_the_engine_runs(tiny_acdc, tmp_path):
 def test_evaluate_checkpoint_matches_independent_dice(tiny_acdc, tmp_path):
     import SimpleITK as sitk
 
-    from LightSegLib.data.msd import load_case, read_split
-    from LightSegLib.evaluate import evaluate
-    from LightSegLib.export import load_checkpoint
-    from LightSegLib.train.evaluate_core import predict_case
+    from LightSegLib.lab.data.msd import load_case, read_split
+    from LightSegLib.lab.evaluate import evaluate
+    from LightSegLib.lab.export import load_checkpoint
+    from LightSegLib.lab.train.evaluate_core import predict_case
 
     cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1)
     run = tmp_path / "run"
@@ -262,7 +262,7 @@ def test_evaluate_checkpoint_matches_independent_dice(tiny_acdc, tmp_path):
 
 
 def test_npz_slice_folders_split_by_file_and_preprocess():
-    from LightSegLib.data.reader import load_split, split_names
+    from LightSegLib.lab.data.reader import load_split, split_names
 
     root = shared("nih_pancreas_2d")
     dcfg = {"dataset": str(root)}
@@ -283,7 +283,7 @@ def test_npz_slice_folders_split_by_file_and_preprocess():
 def test_evaluate_int8_variant_uses_the_int8_file(tiny_acdc, tmp_path):
     """``ID:int8`` evaluates the registered int8 file through the engine, like ``lightseg bench`` names it."""
     from LightSegLib.errors import LightSegError
-    from LightSegLib.evaluate import evaluate
+    from LightSegLib.lab.evaluate import evaluate
 
     fp32 = evaluate("cardiac-acdc", tiny_acdc, "validation", tmp_path / "fp32", threads=1, log=lambda *a: None)
     int8 = evaluate("cardiac-acdc:int8", tiny_acdc, "validation", tmp_path / "int8", threads=1, log=lambda *a: None)
@@ -302,7 +302,7 @@ def test_cpu_bf16_training_stays_finite(tiny_acdc, tmp_path, name, monkeypatch):
     CPU lacks native bf16 (it would be switched off there), so the path is tested on every machine."""
     import torch
 
-    from LightSegLib.train import trainer
+    from LightSegLib.lab.train import trainer
 
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
     cfg = write_config(tmp_path / "c.toml", tiny_acdc, epochs=1, cpu_bf16=True)
@@ -320,7 +320,7 @@ def test_cpu_bf16_is_switched_off_where_the_cpu_has_no_bf16_instructions(tiny_ac
     """bfloat16 autocast ran 26x slower than fp32 on an AVX2-only CPU: a config asking for it trains in fp32 there."""
     import torch
 
-    from LightSegLib.train import trainer
+    from LightSegLib.lab.train import trainer
 
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
     autocasts = []

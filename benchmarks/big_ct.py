@@ -38,7 +38,7 @@ def make_ct(path: Path) -> None:
 
 
 def main() -> int:
-    from LightSegLib.compress.bench import time_once
+    from LightSegLib.lab.bench import time_once
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)

@@ -87,7 +87,7 @@ def export_all(runs: Path, models: Path, data: str, env: dict) -> list[tuple[str
 
 
 def evaluate_all(names, runs: Path, data: str) -> dict:
-    from LightSegLib.evaluate import evaluate
+    from LightSegLib.lab.evaluate import evaluate
 
     out = {}
     for name, _ in names:
@@ -226,13 +226,13 @@ def main() -> int:
         return 0
     bench_file = runs / "cc_bench.json"
     if not bench_file.is_file():
-        from LightSegLib.compress.bench import bench
+        from LightSegLib.lab.bench import bench
 
         result = bench([n for n, _ in names], SAMPLE, repeat=args.repeat, threads=args.threads,
                        log=lambda s: print(s, flush=True))
         bench_file.write_text(json.dumps(result, indent=1))
     result = json.loads(bench_file.read_text())
-    from LightSegLib.compress.bench import format_table, plot
+    from LightSegLib.lab.bench import format_table, plot
 
     print(format_table(result))
     labels = dict(names)  # the plots label points with the readable names

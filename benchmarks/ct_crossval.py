@@ -69,10 +69,10 @@ def run_fold(args, k: int) -> dict:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
 
-    from LightSegLib.export import export_checkpoint
+    from LightSegLib.lab.export import export_checkpoint
     from LightSegLib.registry import get_model
-    from LightSegLib.train.config import load_config
-    from LightSegLib.evaluate import eval_npz_split
+    from LightSegLib.lab.train.config import load_config
+    from LightSegLib.lab.evaluate import eval_npz_split
 
     models = Path(args.out) / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> int:
-    from LightSegLib.compress.bench import machine, machine_line, time_once
+    from LightSegLib.lab.bench import time_once
+    from LightSegLib.machine import machine, machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="git ref of the engine to compare with")

@@ -21,7 +21,7 @@ final() {
     $PY -m LightSegLib.cli train --config $CFG --out "$OUT/final" --epochs "$EPOCHS" --time-budget "$MINUTES" \
       --threads 1 $resume || return 1
   fi
-  [ -f "$OUT/final/pruned.pt" ] || $PY -m LightSegLib.train.ct prune-ct --config $CFG "$OUT/final/best.pt" $PRUNE \
+  [ -f "$OUT/final/pruned.pt" ] || $PY -m LightSegLib.cli prune-ct --config $CFG "$OUT/final/best.pt" $PRUNE \
     --threads 1 --out "$OUT/final/pruned.pt" --resume
 }
 

@@ -25,9 +25,9 @@ CV=${CV:-$([ -f $CV_RUN/crossval.json ] && echo $CV_RUN/crossval.json || echo ru
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
-teacher() { done_or $RUN/summary.json || python -m LightSegLib.train.ct train --config $TEACHER_CFG --out $RUN \
+teacher() { done_or $RUN/summary.json || lightseg train --config $TEACHER_CFG --out $RUN \
     --threads $THREADS; }
-prune()   { done_or $RUN/cprun.pt || python -m LightSegLib.train.ct prune-ct --config $TEACHER_CFG $RUN/best.pt \
+prune()   { done_or $RUN/cprun.pt || lightseg prune-ct --config $TEACHER_CFG $RUN/best.pt \
     --importance l1 --ratio 0.5 --threads $THREADS --out $RUN/cprun.pt; }
 distill() { done_or $RUN/kd/best.pt || lightseg distill --teacher $RUN/best.pt --student $RUN/cprun.pt \
     --config $TEACHER_CFG --methods logit,feature --lr 1e-3 --iters 1000000 --time-budget $KD_MIN --threads $THREADS \
@@ -46,9 +46,9 @@ crossval() { mkdir -p $CV_RUN; echo "logs: $CV_RUN/fold{0,1,2}.log"
 negatives() { done_or $NEG_RUN/summary.json || {
     if [ -f $RUN/kd/best.pt ] && [ $RUN/kd/best.pt -nt $INIT_ONNX ]; then
         lightseg export $RUN/kd/best.pt --out $INIT_ONNX; fi
-    python -m LightSegLib.train.ct train --config configs/pancreas_lits_negatives.toml --out $NEG_RUN \
+    lightseg train --config configs/pancreas_lits_negatives.toml --out $NEG_RUN \
         --threads $THREADS; }; }
-publish() { python -m LightSegLib.train.ct publish $NEG_RUN/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
+publish() { lightseg publish $NEG_RUN/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
     --config configs/pancreas_lits_negatives.toml --threads $THREADS \
     --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
     $([ -f $CV ] && echo --crossval $CV); }

@@ -22,7 +22,7 @@ from LightSegLib import postprocess, preprocess  # noqa: E402
 from LightSegLib.inference import make_runner, segment_image  # noqa: E402
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.registry import get_model  # noqa: E402
-from LightSegLib.evaluate import SHARED  # noqa: E402
+from LightSegLib.lab.evaluate import SHARED  # noqa: E402
 from LightSegLib.metrics import dice  # noqa: E402
 
 TS = SHARED / "totalseg_example"

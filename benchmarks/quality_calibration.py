@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from LightSegLib import quality  # noqa: E402
 from LightSegLib.inference import segment_image  # noqa: E402
 from LightSegLib.registry import ModelCard, get_model, list_models  # noqa: E402
-from LightSegLib.evaluate import SHARED  # noqa: E402
+from LightSegLib.lab.evaluate import SHARED  # noqa: E402
 from LightSegLib.metrics import dice  # noqa: E402
 
 CONFIGS = {"liver-ct": "configs/liver_lits2d_intensity.toml", "pancreas-ct": "configs/pancreas_nih2d.toml"}
@@ -55,8 +55,8 @@ def _rows(card, result, truth_by_value: dict, group: str, case: str) -> list[dic
 
 def slice_cases(card, split: str, threads: int) -> list[dict]:
     """The card's 8-bit slice split, one case per patient / volume, no 3D post-processing (as the card's figures)."""
-    from LightSegLib.data import reader
-    from LightSegLib.train.config import load_config
+    from LightSegLib.lab.data import reader
+    from LightSegLib.lab.train.config import load_config
 
     cfg = load_config(REPO / CONFIGS[card.id])["data"]
     flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)

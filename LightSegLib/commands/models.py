@@ -23,7 +23,7 @@ def speed_text(card) -> str:
     speed = card.entry.get("speed")
     if not speed:
         return "-"
-    from ..compress.bench import widest_isa
+    from ..machine import widest_isa
 
     isa = widest_isa(speed.get("machine", ""))
     return f"{speed['wall_s']:.2f} s ({speed['input']}, {speed['threads']} threads{f', {isa}' if isa else ''})"

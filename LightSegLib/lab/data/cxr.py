@@ -1,0 +1,55 @@
+"""Kermany paediatric chest X-rays (``ROOT/{NORMAL,PNEUMONIA}/*.jpeg``): listing, a split by patient, loading.
+
+Why split by patient: one child has several images (``person1000_bacteria_2931`` and ``..._2932``), and an image
+of the same child on both sides of a split makes validation figures optimistic. Patient numbers repeat across the
+two classes, so the key carries the class too.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import LightSegError
+
+CLASSES = ("NORMAL", "PNEUMONIA")
+_PATIENT = [re.compile(r"^(person\d+)_"), re.compile(r"^((?:NORMAL2-)?IM-\d+)-")]
+
+
+def patient_of(path: Path) -> str:
+    for pattern in _PATIENT:
+        m = pattern.match(path.name)
+        if m:
+            return f"{path.parent.name}:{m.group(1)}"
+    return f"{path.parent.name}:{path.stem}"
+
+
+def list_images(root) -> list[tuple[Path, int]]:
+    root = Path(root)
+    items = [(p, label) for label, cls in enumerate(CLASSES)
+             for p in sorted((root / cls).glob("*.jp*g")) + sorted((root / cls).glob("*.png"))]
+    if not items:
+        raise LightSegError(f"no images under {root}/NORMAL or {root}/PNEUMONIA")
+    return items
+
+
+def split(items, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[tuple[Path, int]]]:
+    """Deterministic by patient: a patient's hash decides its side, so adding images never moves a patient."""
+    out = {"train": [], "val": []}
+    for path, label in items:
+        digest = hashlib.sha256(f"{seed}:{patient_of(path)}".encode()).digest()
+        side = "val" if int.from_bytes(digest[:4], "big") / 2 ** 32 < val_fraction else "train"
+        out[side].append((path, label))
+    return out
+
+
+def load(items, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, size, size) float32 network inputs and (N,) int64 labels, through the inference preprocessing."""
+    from ...cxr_prep import prepare
+    from ...classify import read_radiograph
+
+    x = np.concatenate([prepare(read_radiograph(p), size) for p, _ in items])
+    y = np.array([label for _, label in items], dtype=np.int64)
+    return x, y
