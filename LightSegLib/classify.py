@@ -6,6 +6,7 @@ probability of its ``positive`` label above which that label is given.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +51,25 @@ def read_radiograph(path) -> np.ndarray:
         raise LightSegError(f"{path}: no such file")
     if _truncated_jpeg(path):
         raise LightSegError(f"{path}: damaged image file (a JPEG without its end marker: cut short)")
+    from .io import itk_notes
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    said: list[str] = []
     try:
-        reader.ReadImageInformation()
-        size = reader.GetSize()
-        if len(size) > 2 and any(s > 1 for s in size[2:]):  # refused before its voxels are read
-            raise LightSegError(f"{path}: a {len(size)}D volume of size {'x'.join(map(str, size))}; "
-                                "a classifier takes one 2D radiograph")
-        image = reader.Execute()
+        with itk_notes(said, path):
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+            if len(size) > 2 and any(s > 1 for s in size[2:]):  # refused before its voxels are read
+                raise LightSegError(f"{path}: a {len(size)}D volume of size {'x'.join(map(str, size))}; "
+                                    "a classifier takes one 2D radiograph")
+            check_size(size[:2], path)
+            image = reader.Execute()
     except RuntimeError:
         raise LightSegError(f"{path}: not a readable image (PNG, JPEG or DICOM)") from None
+    damage = [m for m in said if DAMAGE.search(m)]
+    if damage:  # the codec filled what it could not decode: the pixels look plausible and are not the film
+        raise LightSegError(f"{path}: damaged image file ({damage[0].removeprefix('reader/writer said: ')})")
     modality = (_dicom_tag(reader, "0008|0060") or "").upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         raise LightSegError(f"{path}: a DICOM {modality} image, not a projection radiograph")
@@ -71,6 +80,23 @@ def read_radiograph(path) -> np.ndarray:
     if reader.HasMetaDataKey("0028|0004"):  # a DICOM file, whatever its name
         array = _dicom_display(reader, array)
     return check_radiograph(array, path)
+
+
+# What a codec says about a file it could only partly decode (libjpeg, libpng, GDCM).
+DAMAGE = re.compile(r"corrupt|premature|truncat|damaged|invalid|bad huffman|crc error|extraneous|error", re.I)
+# A chest radiograph has hundreds of pixels a side; the model reads 160. Smaller is a thumbnail or an icon; larger
+# than 100 megapixels is no radiograph and would take gigabytes to read.
+MIN_SIDE, MAX_PIXELS = 128, 100_000_000
+
+
+def check_size(size, name) -> None:
+    width, height = (int(s) for s in size)
+    if min(width, height) < MIN_SIDE:
+        raise LightSegError(f"{name}: {width} x {height} pixels is too small for a chest radiograph "
+                            f"(at least {MIN_SIDE} x {MIN_SIDE})")
+    if width * height > MAX_PIXELS:
+        raise LightSegError(f"{name}: {width} x {height} pixels is too large for a radiograph "
+                            f"(at most {MAX_PIXELS // 1_000_000} megapixels)")
 
 
 def check_radiograph(array: np.ndarray, name) -> np.ndarray:

@@ -53,7 +53,7 @@ def _register_unavailable(sub, name: str, missing: list[str]) -> None:
 
 # The library's errors name its own arguments; on the command line the same advice names the flags.
 API_TO_FLAGS = {"overwrite=True": "--overwrite", "allow_gaps=True": "--allow-gaps", "frame=N": "--frame N",
-                "frame=": "--frame "}
+                "frame=": "--frame ", "hu_offset=": "--hu-offset "}
 
 
 def cli_wording(message: str) -> str:

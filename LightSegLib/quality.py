@@ -172,6 +172,16 @@ def assess(card, volume: np.ndarray, labels: np.ndarray, counts: dict[int, int],
     return {"flag": bool(reasons), "calibrated": bool(checks), "reasons": reasons, "labels": per_label}
 
 
+def mark_outside(assessed: dict, reasons: list[str]) -> dict:
+    """Flag a result whose input or output lies outside the model's world (``domain``): whatever the confidence
+    says, such a result is never "quality ok"."""
+    if reasons:
+        assessed["flag"] = True
+        assessed["outside"] = list(reasons)
+        assessed["reasons"] = [f"outside what the model knows: {r}" for r in reasons] + assessed["reasons"]
+    return assessed
+
+
 def summary(quality: dict | None) -> str:
     """One phrase for a summary line: "quality ok" or "low confidence: check carefully (...)"."""
     if not quality:

@@ -170,3 +170,130 @@ def check_dicom_slices(slices: list[dict], name: str, allow_gaps: bool) -> list[
         notes.append(f"instance numbers {min(numbers)}-{max(numbers)} skip some values although the slice "
                      "positions are evenly spaced")
     return notes
+
+
+def _qform_matrix(b: float, c: float, d: float, qfac: float, pixdim, offset) -> np.ndarray:
+    """The NIfTI-1 qform as a 4x4 voxel-to-RAS matrix (the standard's quaternion formula)."""
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([pixdim[0], pixdim[1], pixdim[2] * qfac])
+    matrix[:3, 3] = offset
+    return matrix
+
+
+def _describe(matrix: np.ndarray) -> str:
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    return (f"spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm, origin "
+            f"({', '.join(f'{o:.1f}' for o in matrix[:3, 3])})")
+
+
+def check_nifti_geometry(path, used=None) -> None:
+    """Refuse a NIfTI whose header geometry cannot be trusted, in plain words: a voxel size that is zero or not a
+    number (SimpleITK quietly takes 1 mm), a qform and an sform that place the voxels differently (which one a
+    reader uses decides every volume in mL), or an sform that is not a rotation times a scale (sheared).
+    ``used``: the (spacing, origin, direction) SimpleITK read, to say which transform it took."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        _, head = _head(f, path)
+    order = next((o for o in "<>" if len(head) >= 348 and struct.unpack(o + "i", head[:4])[0] == 348), None)
+    if order is None or not head[344:348].startswith(b"n+1"):
+        return  # NIfTI-2 or a .hdr/.img pair: SimpleITK's own reading applies
+    ndim = struct.unpack(order + "h", head[40:42])[0]
+    pixdim = struct.unpack(order + "8f", head[76:108])
+    axes = "xyz"
+    for axis in range(min(max(ndim, 1), 3)):
+        size = pixdim[axis + 1]
+        if not np.isfinite(size) or size == 0:
+            raise LightSegError(f"{path.name}: its header gives no voxel size along {axes[axis]} (pixdim[{axis + 1}] "
+                                f"= {size:g}): distances and volumes would be guesses; fix the header's spacing")
+    qcode, scode = struct.unpack(order + "2h", head[252:256])
+    b, c, d, *qoffset = struct.unpack(order + "6f", head[256:280])
+    srow = np.array(struct.unpack(order + "12f", head[280:328]), dtype=np.float64).reshape(3, 4)
+    if scode > 0:
+        if not np.all(np.isfinite(srow)):
+            raise LightSegError(f"{path.name}: its sform holds values that are not numbers")
+        columns = srow[:, :3] / np.maximum(np.linalg.norm(srow[:, :3], axis=0), 1e-12)
+        skew = np.abs(columns.T @ columns - np.eye(3)).max()
+        if skew > 1e-3:
+            raise LightSegError(f"{path.name}: its sform is sheared (axes {np.degrees(np.arccos(1 - skew)):.1f} "
+                                "degrees from perpendicular): no reader places these voxels as the scanner did")
+    if qcode > 0 and scode > 0:
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        qform = _qform_matrix(b, c, d, qfac, [abs(p) for p in pixdim[1:4]], qoffset)
+        sform = np.vstack([srow, [0, 0, 0, 1]])
+        scale = max(1.0, float(np.abs(sform[:3, :3]).max()))
+        if np.abs(qform[:3, :3] - sform[:3, :3]).max() > 1e-3 * scale or np.abs(qform[:3, 3] - sform[:3, 3]).max() > 0.1:
+            which = ""
+            if used is not None:
+                spacing, origin, direction = used
+                read = np.eye(4)
+                read[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
+                read[:3, 3] = origin
+                read[:2] *= -1  # ITK's LPS to NIfTI's RAS
+                near = {name: np.abs(m - read).max() for name, m in (("qform", qform), ("sform", sform))}
+                which = f"; SimpleITK would use the {min(near, key=near.get)}"
+            raise LightSegError(f"{path.name}: its two transforms disagree: the qform (code {qcode}) gives "
+                                f"{_describe(qform)}, the sform (code {scode}) {_describe(sform)}{which}; "
+                                "fix the header so both say where the voxels are")
+
+
+def check_geometry(spacing, direction, name) -> None:
+    """Any format: a voxel size that is zero, negative or not a number, or axes that are not perpendicular unit
+    vectors, make every distance and volume a guess."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise LightSegError(f"{name}: voxel size ({', '.join(f'{s:g}' for s in spacing)}) mm is not usable (zero, "
+                            "negative or not a number): fix the header's spacing")
+    matrix = np.asarray(direction, dtype=np.float64).reshape(len(spacing), len(spacing))
+    if not np.all(np.isfinite(matrix)) or np.abs(matrix.T @ matrix - np.eye(len(spacing))).max() > 1e-3:
+        raise LightSegError(f"{name}: its direction matrix is not a rotation (axes not perpendicular unit vectors): "
+                            "no reader places these voxels as the scanner did")
+
+
+NRRD_BYTES = {"uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1, "signed char": 1, "int8": 1, "int8_t": 1,
+              "short": 2, "short int": 2, "signed short": 2, "int16": 2, "int16_t": 2, "ushort": 2,
+              "unsigned short": 2, "uint16": 2, "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4, "int32_t": 4,
+              "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4, "longlong": 8, "long long": 8,
+              "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8, "uint64": 8, "uint64_t": 8,
+              "float": 4, "double": 8}
+
+
+def nrrd_shortfall(path) -> str | None:
+    """Why a raw NRRD (attached, or a ``.nhdr`` with its data file) cannot be read, when its data is shorter than
+    its header implies: which file, and how many bytes are missing. None when that is not the reason."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if not head.startswith(b"NRRD"):
+        return None
+    text, _, attached = head.partition(b"\n\n")
+    fields = {}
+    for line in text.decode(errors="replace").splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    if fields.get("encoding", "raw") != "raw" or fields.get("type", "").lower() not in NRRD_BYTES:
+        return None
+    try:
+        sizes = [int(v) for v in fields["sizes"].split()]
+    except (KeyError, ValueError):
+        return None
+    expected = int(np.prod(sizes, dtype=np.int64)) * NRRD_BYTES[fields["type"].lower()]
+    data_file = fields.get("data file") or fields.get("datafile")
+    if data_file:
+        data = (path.parent / data_file)
+        if not data.is_file():
+            return f"its data file {data.name} is missing"
+        held, where = data.stat().st_size - int(fields.get("byte skip", "0") or 0), data.name
+    else:
+        held, where = path.stat().st_size - (len(text) + 2), path.name
+    if held >= expected:
+        return None
+    return (f"{where} holds {max(held, 0):,} bytes of image data, the header implies {expected:,} "
+            f"({expected - max(held, 0):,} missing: the file was cut short)")

@@ -46,9 +46,10 @@ def test_segment_writes_labelmap_and_summary(quantiser, volume, tmp_path):
     out = tmp_path / "out.nii.gz"
     proc = run_cli("segment", "--model", "test-quantiser", "--threads", "1", volume, out)
     assert proc.returncode == 0, proc.stderr
-    assert "preview" in proc.stderr
     line = proc.stdout.strip().splitlines()[-1]
     assert "vol.nrrd ->" in line and "infer" in line and "level 1" in line
+    assert line.endswith("| preview model: read its card before trusting the result"), line
+    assert "preview" not in proc.stderr  # said once, in the summary line: an error stays one line
     expected = expected_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(volume))))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), expected)
 
@@ -72,8 +73,9 @@ def test_jsonl_progress_for_programs(quantiser, volume, tmp_path):
     stages = [m["stage"] for m in messages if "stage" in m]
     assert stages[0] == "read" and "infer" in stages and stages[-1] == "write"
     assert messages[-1]["done"] is True and messages[-1]["output"] == str(out)
-    q = messages[-1]["summary"]["quality"]  # the analytic test model has no calibrated thresholds
-    assert q["flag"] is False and q["calibrated"] is False and "level 1" in q["labels"]
+    q = messages[-1]["summary"]["quality"]  # the analytic test model has no calibrated thresholds, but its test
+    assert q["calibrated"] is False and "level 1" in q["labels"]  # volume has no air: not a CT it knows
+    assert q["flag"] is True and any(r.startswith("intensities not like CT") for r in q["outside"]), q
     assert out.is_file()
 
 
@@ -88,7 +90,8 @@ def test_jsonl_carries_notes_and_errors_in_the_one_stream(quantiser, volume, tmp
     messages = [json.loads(line) for line in proc.stdout.splitlines()]
     notes = [m["note"] for m in messages if "note" in m]
     errors = [m["error"] for m in messages if "error" in m]
-    assert any("preview model" in n for n in notes), messages
+    assert any(m.get("summary", {}).get("status") == "preview" for m in messages), messages
+    assert len(notes) == len(set(notes)), notes  # each note once
     assert any("bad.nii.gz" in e for e in errors) and any("1 of 2 inputs failed" in e for e in errors)
     assert sum(1 for m in messages if m.get("done")) == 1  # the good input still segmented
 

@@ -38,6 +38,9 @@ def register(sub) -> None:
                         help="leave inputs whose output exists alone (resume an interrupted batch)")
     parser.add_argument("--allow-gaps", action="store_true",
                         help="accept a DICOM series with missing or unevenly spaced slices (with a note)")
+    parser.add_argument("--hu-offset", type=float, default=None, metavar="HU",
+                        help="add this to a CT's values first: -1024 for a CT stored as HU + 1024 without its "
+                             "rescale (refused without it)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for several inputs")
     parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="output type in folder mode")
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
@@ -89,14 +92,18 @@ def with_frames(pairs: list[tuple[Path, Path]], frame, outputs: "Outputs") -> li
 
 
 class Outputs:
-    """Checks each output before any work starts; with ``--skip-existing`` an existing one is set aside."""
+    """Checks each output before any work starts; with ``--skip-existing`` an existing one is set aside. An output
+    that is one of the inputs (the same path, a link to it, a file inside an input DICOM folder) is refused
+    whatever the flags: nothing of the user's is ever overwritten."""
 
     def __init__(self, overwrite: bool, skip_existing: bool):
         self.overwrite, self.skip_existing, self.skipped = overwrite, skip_existing, []
+        self.inputs: list[Path] = []
 
     def claim(self, source: Path, target: Path) -> Path | None:
-        from ..io import check_output
+        from ..io import check_output, refuse_input_as_output
 
+        refuse_input_as_output(target, self.inputs)
         if self.skip_existing and not self.overwrite and target.exists():
             self.skipped.append((source, target))
             return None
@@ -121,6 +128,7 @@ def plan(paths: list[str], fmt: str, outputs: Outputs) -> list[tuple[Path, Path]
     for path in inputs:
         if not path.exists():
             raise LightSegError(f"input not found: {path}")
+    outputs.inputs = list(inputs)
     volumes_in_folder = (len(inputs) == 1 and inputs[0].is_dir() and not dicom_files(inputs[0])
                          and sorted(p for p in inputs[0].iterdir() if is_volume_file(p)))
     if len(inputs) == 1 and not volumes_in_folder and not output.is_dir() and not paths[-1].endswith(("/", os.sep)):
@@ -194,8 +202,8 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
         key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
         if key not in _RUNNERS:  # one model session per process, reused across a batch; made after the read, so
             _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)  # a bad input fails fast
-        result = segment_image(image, card, _RUNNERS[key], progress=reporter)
-        notes += result.notes
+        result = segment_image(image, card, _RUNNERS[key], progress=reporter, hu_offset=args.hu_offset)
+        notes += [note for note in result.notes if note not in notes]
         t = time.perf_counter()
         reporter(1.0, WRITE)
         write_output(result.labelmap, target, card.labels, overwrite=args.overwrite, notes=notes)
@@ -205,8 +213,8 @@ def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     if not any(result.voxels.values()):
         notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")
     return {"input": str(source), "frame": frame, "output": str(target), "model": card.id, "seconds": seconds,
-            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes + result.notes,
-            "quality": result.quality}
+            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes,
+            "quality": result.quality, "status": card.status}
 
 
 def summary_line(info: dict) -> str:
@@ -214,8 +222,9 @@ def summary_line(info: dict) -> str:
     voxels = ", ".join(f"{name} {n:,}" for name, n in info["voxels"].items())
     from ..quality import summary
 
+    preview = " | preview model: read its card before trusting the result" if info.get("status") == "preview" else ""
     return (f"{Path(info['input']).name} -> {info['output']} | {info['total_seconds']:.2f} s ({stages}) | "
-            f"voxels: {voxels} | {summary(info['quality'])}")
+            f"voxels: {voxels} | {summary(info['quality'])}{preview}")
 
 
 def _job(card, source: Path, frame, target: Path, args) -> dict:
@@ -245,8 +254,6 @@ def run(args) -> int:
     pairs = with_frames(plan(args.paths, args.format, outputs), args.frame, outputs)
     for source, target in outputs.skipped:
         say("note", f"{source.name}: skipped, {target} exists (--skip-existing)", args)
-    if card.status == "preview" and pairs:
-        say("note", f"'{card.id}' is a preview model; read its card before trusting the result", args)
     if len(pairs) > 1 and args.jobs > 1:
         if args.threads is None:
             from ..inference import default_threads
