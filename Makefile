@@ -45,7 +45,7 @@ $(DEMO_STAMP): pyproject.toml setup.py
 
 demo: demo-env
 	$(DEMO)/bin/lightseg models
-	$(DEMO)/bin/lightseg demo --out demo-output --threads 2
+	$(DEMO)/bin/lightseg demo --out demo-output --threads 2  # an existing demo-output is kept: it writes demo-output-2, ...
 
 test: env
 	$(BIN)/python -m pytest -q -p no:cacheprovider Testing

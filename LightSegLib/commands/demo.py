@@ -23,6 +23,19 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
+def fresh_folder(wanted: Path) -> Path:
+    """The folder asked for, or when it already holds files the first free ``NAME-2``, ``NAME-3``...: a second
+    demo never replaces the first one's files, and says where it wrote."""
+    out, n = wanted, 1
+    while out.exists() and (not out.is_dir() or any(out.iterdir())):
+        n += 1
+        out = wanted.with_name(f"{wanted.name}-{n}")
+    if out != wanted:
+        print(f"{wanted} exists: writing to {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run(args) -> int:
     from ..inference import make_runner, segment_image
     from ..io import read_image, write_output
@@ -31,8 +44,7 @@ def run(args) -> int:
     from ..quality import summary
     from ..registry import list_models
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_folder(Path(args.out))
     cards = [c for c in list_models() if c.task not in ("test", "classification")]
     for card in [c for c in cards if c.status == "reference" and not c.path().is_file()]:
         # The Slicer extension leaves the reference teacher's weights out (they measure compression only).
