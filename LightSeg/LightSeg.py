@@ -19,6 +19,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # importable once LightSegLogic has found it (installed beside it, or the source tree)
+from LightSegLib import model_text
 from LightSegLib.registry import SAMPLES_DIR  # the self-test's sample and manual reference
 
 #: Bundled samples offered in the Sample Data module (category "LightSeg"): (name, file) in Resources/Samples.
@@ -228,8 +229,8 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             cards = []
         self.cards = {card.id: card for card in cards}
         for card in cards:
-            self.ui.modelSelector.addItem(LightSegLogic.modelLabel(card), card.id)
-            self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1, LightSegLogic.modelDescription(card),
+            self.ui.modelSelector.addItem(model_text.selector_label(card), card.id)
+            self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1, model_text.description(card),
                                               qt.Qt.ToolTipRole)
         if not cards:
             self.ui.modelSelector.addItem("No models registered", "")
@@ -242,7 +243,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = self.job is not None and not self.job.finished
         if card is not None:
             info = (f"Task: {card.task}, modality: {card.modality}, licence: {card.licence}. "
-                    f"{LightSegLogic.modelFacts(card)}."
+                    f"{model_text.summary(card)}."
                     + (" <b>Preview model</b>: still being validated." if card.status == "preview" else ""))
             if card.entry.get("description"):
                 info += f"<br>{card.entry['description']}"

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from . import validate
 from .errors import LightSegError, LightSegWarning
+from .segments import named_segments, terminology_string
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -315,44 +316,18 @@ def write_labelmap(label: sitk.Image, path, overwrite: bool = False, notes: list
     _atomic(Path(path), overwrite, lambda tmp: sitk.WriteImage(label, str(tmp), True), notes)
 
 
-def ijk_to_lps(image: sitk.Image) -> np.ndarray:
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    matrix[:3, 3] = image.GetOrigin()
-    return matrix
-
-
 def seg_nrrd_segments(label_array: np.ndarray, labels: list[dict]) -> list[dict]:
-    """Segment records (slicerio form) for a labelmap ``[z, y, x]``: name, colour, terminology, extent."""
+    """The card's named segments (slicerio form) for a labelmap ``[z, y, x]``, each with its layer and extent."""
     from .postprocess import bounding_box
 
     segments = []
-    for item in sorted(labels, key=lambda it: it["value"]):
-        box = bounding_box(label_array == item["value"])
+    for segment in named_segments(labels):
+        box = bounding_box(label_array == segment["labelValue"])
         # extent in i, j, k order (array axes are k, j, i), inclusive
         extent = ([v for axis in reversed(box) for v in (axis.start, axis.stop - 1)] if box
                   else [0, -1, 0, -1, 0, -1])
-        segments.append({
-            "id": f"Segment_{item['value']}",
-            "name": item["name"],
-            "color": [round(c / 255.0, 6) for c in item["color"]],
-            "labelValue": int(item["value"]),
-            "layer": 0,
-            "extent": [int(v) for v in extent],
-            "terminology": item["terminology"],
-        })
+        segments.append({**segment, "layer": 0, "extent": [int(v) for v in extent]})
     return segments
-
-
-def terminology_string(terminology: dict) -> str:
-    """Slicer's TerminologyEntry tag string from a card's terminology dict, spelled as slicerio spells it (the
-    ``.seg.nrrd`` header and the Slicer module both write it; slicerio is not needed inside Slicer)."""
-    def code(key):
-        return "^".join(terminology.get(key) or ["", "", ""])
-
-    return "~".join([terminology.get("contextName", "Segmentation category and type - DICOM master list"),
-                     code("category"), code("type"), code("typeModifier"),
-                     terminology.get("anatomicContextName", ""), code("anatomicRegion"), code("anatomicRegionModifier")])
 
 
 def seg_nrrd_fields(segments: list[dict]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import slicerio
 import LightSegLib as L
 from conftest import REPO, shared
 from LightSegLib.errors import LightSegError
-from LightSegLib.io import ijk_to_lps, seg_nrrd_segments
+from LightSegLib.io import seg_nrrd_segments
 from model_fixtures import expected_labels
 
 
@@ -30,6 +30,14 @@ def oblique_ct():
     image.SetOrigin((-12.25, 30.5, -101.75))
     image.SetDirection(rotation((1, 2, 3), 37).ravel().tolist())
     return image
+
+
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """The grid as slicerio states it: voxel index to LPS millimetres."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image, tol=1e-5):

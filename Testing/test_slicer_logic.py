@@ -22,9 +22,10 @@ vtk = pytest.importorskip("vtk")
 sys.path.insert(0, str(REPO / "LightSeg"))
 import LightSegLogic
 from LightSegLogic import LightSegLogic as Logic
-from LightSegLogic import OutputExistsError, ProcessRunner
+from LightSegLogic import OutputExistsError, ProcessRunner, measures
 
-from LightSegLib.io import terminology_string
+from LightSegLib import model_text
+from LightSegLib.segments import terminology_string
 
 
 @pytest.fixture
@@ -315,14 +316,14 @@ def test_a_child_that_dies_mid_run_leaves_the_scene_as_it_was(mrml, quantiser):
 
 def test_missing_onnxruntime_asks_the_injected_installer(mrml, quantiser, monkeypatch):
     volume = load_volume(mrml, CT_SAMPLE, "CT")
-    monkeypatch.setattr(LightSegLogic.logic, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})
+    monkeypatch.setattr(LightSegLogic.install, "REQUIRED_PACKAGES", {"lightseg_not_installed_pkg": "lightseg-pkg"})
     with pytest.raises(LightSegLogic.MissingDependencyError, match="lightseg-pkg"):
         Logic().startSegmentation(volume, "test-quantiser")
     asked = []
     with pytest.raises(LightSegLogic.MissingDependencyError, match="did not succeed"):
         Logic(installer=asked.append).startSegmentation(volume, "test-quantiser")
     assert asked == [["lightseg-pkg"]]
-    monkeypatch.setattr(LightSegLogic.logic, "REQUIRED_PACKAGES", {"onnxruntime": "onnxruntime"})
+    monkeypatch.setattr(LightSegLogic.install, "REQUIRED_PACKAGES", {"onnxruntime": "onnxruntime"})
     assert LightSegLogic.missingPackages() == []
 
 
@@ -348,18 +349,18 @@ def test_model_list_hides_reference_models_and_marks_previews(quantiser):
     ids = [card.id for card in Logic.models()]
     assert ids == ["test-quantiser"]
     assert "test-reference" in [card.id for card in Logic.models(includeReference=True)]
-    text = Logic.modelDescription(Logic.models()[0])
+    text = model_text.description(Logic.models()[0])
     assert "[preview]" in text and "Apache-2.0" in text and "CT" in text and "M parameters" in text
     entry = dict(read_registry(quantiser)["models"][0], metrics={"val_dice_mean": 0.912}, macs=2_500_000_000)
     register_model(entry, quantiser)
     size = (quantiser / entry["file"]).stat().st_size / 1e6
-    assert Logic.modelFacts(Logic.models()[0]) == (f"0.00 M parameters, {size:.2f} MB, 2.50 GMAC per slice, "
+    assert model_text.summary(Logic.models()[0]) == (f"0.00 M parameters, {size:.2f} MB, 2.50 GMAC per slice, "
                                                    "validation Dice 0.912")
     entry["speed"] = {"input": "ct.nii.gz", "wall_s": 1.234, "threads": 2, "machine": "Some CPU, has AVX2"}
     register_model(entry, quantiser)
     card = Logic.models()[0]
-    assert Logic.modelFacts(card).endswith(", 1.23 s per volume (ct.nii.gz, 2 threads on Some CPU, has AVX2)")
-    assert Logic.modelLabel(card) == f"{card.title} [preview] (CT, {size:.2f} MB, 1.2 s/volume)"
+    assert model_text.summary(card).endswith(", a volume in 1.23 s (ct.nii.gz, 2 threads, AVX2)")
+    assert model_text.selector_label(card) == f"{card.title} [preview] (CT, {size:.2f} MB, 1.2 s/volume)"
 
 
 def cine_sequence(mrml, frames):
@@ -407,11 +408,11 @@ def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monk
     expected = [expected_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(p))), 0, 1) for p in frames]
     ed, es = result.GetNthDataNode(0), result.GetNthDataNode(1)
     for frame_seg, truth in zip((ed, es), expected):
-        np.testing.assert_array_equal(logic.cardiacLabelArray(frame_seg, proxy), truth)
+        np.testing.assert_array_equal(measures.cardiacLabelArray(mrml.scene, frame_seg, proxy), truth)
 
     # the browser shows frame 1 (ES): its proxy segmentation follows
     browser.SetSelectedItemNumber(1)
-    np.testing.assert_array_equal(logic.cardiacLabelArray(seg_proxy, proxy), expected[1])
+    np.testing.assert_array_equal(measures.cardiacLabelArray(mrml.scene, seg_proxy, proxy), expected[1])
 
     # Dice against the bundled manual labels (what the self-test in Slicer reports), computed independently
     manual = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / "acdc_patient002_ED_label.nii.gz")))
@@ -550,7 +551,7 @@ def test_label_values_need_not_be_one_to_n(mrml, tmp_path, monkeypatch):
     for value, segment_id in zip(values, ids):
         np.testing.assert_array_equal(segment_mask(node, segment_id, volume), expected == value, err_msg=str(value))
     names = {f"level {v}": v for v in values}
-    np.testing.assert_array_equal(logic.labelArray(node, volume, names), expected)
+    np.testing.assert_array_equal(measures.labelArray(mrml.scene, node, volume, names), expected)
 
 
 def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser, tmp_path):
@@ -583,7 +584,7 @@ def test_seg_nrrd_from_the_cli_loads_in_slicer_with_its_segments(mrml, quantiser
 def test_low_confidence_result_says_check_carefully(mrml, monkeypatch):
     """The engine's quality flag reaches the panel: pancreas-ct on the CT sample (a known failure: Dice 0.003,
     its prediction on the splenic vein) says "check carefully" and why; liver-ct on the same volume does not."""
-    from LightSegLogic.logic import SEGMENTATION_QUALITY_ATTRIBUTE
+    from LightSegLogic.results import SEGMENTATION_QUALITY_ATTRIBUTE
 
     monkeypatch.delenv("LIGHTSEG_MODELS_DIR", raising=False)
     volume = load_volume(mrml, CT_SAMPLE, "ct")

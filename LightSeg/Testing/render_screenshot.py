@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
     import slicer.util
-    from LightSegLogic import LightSegLogic
+    from LightSegLogic import LightSegLogic, measures
 
-    _, logics = scene_with_logics()
+    scene, logics = scene_with_logics()
     samples = REPO / "Resources" / "Samples"
     ed = logics["volumes"].AddArchetypeVolume(str(samples / "acdc_patient002_ED.nii.gz"), "cine ED")
     es = logics["volumes"].AddArchetypeVolume(str(samples / "acdc_patient002_ES.nii.gz"), "cine ES")
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     card = next(c for c in card if c.id == args.model)
 
     volume = slicer.util.arrayFromVolume(ed)
-    labels = logic.cardiacLabelArray(ed_seg, ed)
+    labels = measures.cardiacLabelArray(scene, ed_seg, ed)
     k = int(np.argmax((labels == 2).sum(axis=(1, 2))))  # the slice with most myocardium: mid-ventricular
     spacing = ed.GetSpacing()
     colours = np.zeros((256, 4))

@@ -5,6 +5,8 @@ import json
 import shutil
 import textwrap
 
+from ..model_text import size_text, speed_text
+
 
 def register(sub) -> None:
     parser = sub.add_parser("models", help="list the registered models")
@@ -15,18 +17,6 @@ def register(sub) -> None:
 def describe(card) -> dict:
     path = card.path()
     return {**card.entry, "file_bytes": path.stat().st_size if path.is_file() else None}
-
-
-def speed_text(card) -> str:
-    """``0.42 s (sample.nii.gz, 2 threads, AVX2)``: the recorded end-to-end time, and on what it was measured (the
-    widest vector instruction set decides the kernels' speed: an AVX-512 figure is not a laptop's)."""
-    speed = card.entry.get("speed")
-    if not speed:
-        return "-"
-    from ..machine import widest_isa
-
-    isa = widest_isa(speed.get("machine", ""))
-    return f"{speed['wall_s']:.2f} s ({speed['input']}, {speed['threads']} threads{f', {isa}' if isa else ''})"
 
 
 def run(args) -> int:
@@ -41,12 +31,8 @@ def run(args) -> int:
         return 0
     rows = [("id", "version", "status", "task", "modality", "params", "MACs/slice", "file", "s/volume", "licence")]
     for card in cards:
-        info = describe(card)
-        size = f"{info['file_bytes'] / 1e6:.2f} MB" if info["file_bytes"] else "missing"
-        if card.has_int8() and card.path("int8_file").is_file():
-            size += f" (int8 {card.path('int8_file').stat().st_size / 1e6:.2f} MB)"
         rows.append((card.id, card.entry.get("version", "-"), card.status, card.task, card.modality,
-                     f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size, speed_text(card), card.licence))
+                     f"{card.params:,}", f"{card.macs / 1e6:.0f} M", size_text(card), speed_text(card), card.licence))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     indent = sum(widths) + 2 * len(widths)
     # The licence in full (its restrictions matter), wrapped under its own column; never inside "BY-NC-SA".
