@@ -16,11 +16,12 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import postprocess, preprocess, quality
+from . import domain, postprocess, preprocess, quality
 from .errors import Cancelled, LightSegError, LightSegWarning
 from .stages import INFER, POSTPROCESS
 from .io import check_intensities
 from .registry import ModelCard, get_segmenter
+from .slice_plan import SlicePlan
 
 Progress = Callable[[float, str], None]
 
@@ -97,9 +98,10 @@ def _cancel_check(cancel) -> Callable[[], bool]:
 
 def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, backend: str = "onnx",
                   threads: int | None = None, int8: bool = False, progress: Progress | None = None,
-                  cancel=None) -> Result:
+                  cancel=None, hu_offset: float | None = None) -> Result:
     """Segment a 3D SimpleITK image with a model card or id; the labelmap has the image's exact size, spacing,
-    origin and direction."""
+    origin and direction. ``hu_offset`` is added to a CT's values first (one stored as HU + 1024 without its
+    rescale needs -1024: such an input is refused without it)."""
     card = card if isinstance(card, ModelCard) else get_segmenter(card)
     report = progress or (lambda fraction, stage: None)
     cancelled = _cancel_check(cancel)
@@ -108,13 +110,19 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     if image.GetDimension() != 3:
         raise LightSegError(f"a 3D volume is needed, got {image.GetDimension()}D")
     check_intensities(image, "input")
+    if hu_offset:  # a CT stored as HU + offset without its rescale: the offset the user states
+        whole = float(hu_offset).is_integer() and "int" in image.GetPixelIDTypeAsString()
+        image = sitk.ShiftScale(sitk.Cast(image, sitk.sitkInt32 if whole else sitk.sitkFloat32), shift=float(hu_offset))
     runner = runner or make_runner(card, backend, threads, int8)
     seconds["load"] = time.perf_counter() - t0
 
     prepared = preprocess.Preprocessing.from_card(card).prepare(image)
     volume, depth = prepared.volume, prepared.depth
     batch = int(card.input.get("batch_slices", 8))
-    notes = _plausibility_notes(card, image, volume, prepared.stats)
+    sample = domain.sample_of(volume)
+    domain.check_coding(card, sample)
+    outside = domain.input_reasons(card, image.GetSpacing(), image.GetSize(), sample)
+    notes = _plausibility_notes(card, sample)
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     confidence = quality.Confidence(card.num_classes)
@@ -122,16 +130,19 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     done = np.zeros(depth, bool)
     report(0.0, INFER)
 
-    stride = int(card.input.get("z_search", 0))
-    crop = card.input.get("crop_search") if stride > 1 else None
-    # What the network found, on its own grid: the search window is drawn around it.
-    model_fg = np.zeros((depth,) + prepared.geometry.model_hw, bool) if crop else None
-
-    def run(indices: np.ndarray, planned: int, box: tuple[slice, slice] | None = None) -> None:
-        for i in range(0, len(indices), batch):
+    plan = SlicePlan.from_card(card)
+    # What the network found, on its own grid: the plan draws its windows around it.
+    model_fg = np.zeros((depth,) + prepared.geometry.model_hw, bool) if plan.uses_windows else None
+    before = confidence.snapshot()
+    for step in plan.passes(depth, labels, model_fg):
+        if step.redo:
+            confidence.restore(before)
+        before = confidence.snapshot()
+        box = step.window
+        for i in range(0, len(step.slices), batch):
             if cancelled():
                 raise Cancelled("cancelled")
-            idx = indices[i:i + batch]
+            idx = step.slices[i:i + batch]
             t = time.perf_counter()
             x = prepared.batch_of(idx)
             times["preprocess"] += time.perf_counter() - t
@@ -146,38 +157,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
             confidence.add(logits, pred)
             times["resample"] += time.perf_counter() - t
             done[idx] = True
-            report(min(1.0, done.sum() / planned), INFER)
-
-    if stride > 1 and depth > 2 * stride:
-        # Every stride-th slice first; then only the slices within a stride of one that holds a structure, and
-        # with a crop margin, only the window around what the first pass found. A slice never run is background:
-        # what the full pass would add there is an isolated false positive that keeping the largest component
-        # removes anyway (benchmarks/ct_engine.py measures the difference).
-        coarse = np.arange(0, depth, stride)
-        locate = int(crop.get("locate", 0)) if crop else 0
-        if locate > stride and depth > 2 * locate:
-            # A sparser whole-slice pass draws the window the rest of the first pass runs in.
-            sparse = coarse[::locate // stride]
-            run(sparse, depth)
-            found = sparse[_kept_slices(labels[sparse], card.postprocessing)]
-            box = _search_box(model_fg[found], crop) if len(found) else None
-            others = np.setdiff1d(coarse, sparse)
-            before = confidence.snapshot()
-            run(others, depth, box)
-            if box is not None and _touches_edge(model_fg[others], box):
-                confidence.restore(before)
-                run(others, depth)  # the organ reaches past the window: those slices whole after all
-        else:
-            run(coarse, depth)
-        kept = coarse[_kept_slices(labels[coarse], card.postprocessing)]
-        near = np.zeros(depth, bool)
-        for z in kept:
-            near[max(0, z - stride):z + stride + 1] = True
-        rest = np.flatnonzero(near & ~done)
-        box = _search_box(model_fg[kept], crop) if crop and len(kept) else None
-        run(rest, len(coarse) + len(rest), box)
-    else:
-        run(np.arange(depth), depth)
+            report(min(1.0, done.sum() / step.planned), INFER)
     report(1.0, INFER)
     seconds.update(times)
 
@@ -192,40 +172,10 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     out.CopyInformation(image)
     counts = postprocess.voxel_counts(labels, names)
     assessed = quality.assess(card, volume, prepared.orientation.apply(labels), counts, removed, confidence)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    quality.mark_outside(assessed, outside + domain.organ_reasons({names[v]: n for v, n in counts.items()}, voxel_ml))
     seconds["postprocess"] = time.perf_counter() - t
     return Result(out, seconds, {names[v]: n for v, n in counts.items()}, notes, assessed, int(done.sum()))
-
-
-# The 1st-percentile intensity an input of each modality has (CT: the air around the body, in HU; MR: about 0,
-# never far below). Keyed by the card's modality.
-LOW_PERCENTILE = {"CT": (-float("inf"), -300.0), "MR": (-300.0, float("inf"))}
-
-
-def _search_box(found: np.ndarray, spec: dict) -> tuple[slice, slice] | None:
-    """The in-plane window, on the model grid, for the slices between the first pass's: the box of what that pass
-    found, widened by ``margin`` pixels and snapped outwards to multiples of ``align`` (the network's total
-    downsampling, so the crop's pooling grid is the full image's). None: run whole slices."""
-    margin, align = int(spec["margin"]), int(spec["align"])
-    h, w = found.shape[1:]
-    rows = np.flatnonzero(found.any(axis=(0, 2)))
-    cols = np.flatnonzero(found.any(axis=(0, 1)))
-    if rows.size == 0:
-        return None
-    window = []
-    for hits, size in ((rows, h), (cols, w)):
-        lo = max(0, (int(hits[0]) - margin) // align * align)
-        hi = min(size, -(-(int(hits[-1]) + 1 + margin) // align) * align)
-        window.append(slice(lo, hi))
-    return None if (window[0].stop - window[0].start) * (window[1].stop - window[1].start) > 0.8 * h * w \
-        else tuple(window)
-
-
-def _touches_edge(found: np.ndarray, box: tuple[slice, slice]) -> bool:
-    """Whether what was found inside a window reaches one of its edges that is not the image's."""
-    h, w = found.shape[1:]
-    (r0, r1), (c0, c1) = ((b.start, b.stop) for b in box)
-    return bool((r0 > 0 and found[:, r0].any()) or (r1 < h and found[:, r1 - 1].any())
-                or (c0 > 0 and found[:, :, c0].any()) or (c1 < w and found[:, :, c1 - 1].any()))
 
 
 def _uncrop(logits: np.ndarray, shape: tuple, box: tuple[slice, slice]) -> np.ndarray:
@@ -240,28 +190,11 @@ def _uncrop(logits: np.ndarray, shape: tuple, box: tuple[slice, slice]) -> np.nd
 BACKGROUND_MARGIN = 30.0
 
 
-def _kept_slices(coarse_labels: np.ndarray, spec: dict) -> np.ndarray:
-    """Which slices of the coarse stack hold a structure the post-processing would keep: for a label kept as its
-    largest component, only the slices of the coarse stack's largest component (stacked as if adjacent)."""
-    keep = np.zeros(coarse_labels.shape[0], bool)
-    largest = set(spec.get("largest_component", []))
-    for value in range(1, int(coarse_labels.max(initial=0)) + 1):
-        mask = coarse_labels == value
-        if not mask.any():
-            continue
-        if int(value) in largest:
-            mask = mask.astype(np.uint8)
-            postprocess.keep_largest_component(mask, 1)
-        keep |= mask.any(axis=(1, 2))
-    return keep
-
-
-def _plausibility_notes(card: ModelCard, image: sitk.Image, volume: np.ndarray, stats: dict) -> list[str]:
+def _plausibility_notes(card: ModelCard, sample: np.ndarray) -> list[str]:
     """Warnings for inputs that read fine but may not be what the model was made for."""
-    expected = LOW_PERCENTILE.get(card.modality)
+    expected = domain.LOW_PERCENTILE.get(card.modality)
     if expected is None:
         return []
-    sample = volume[::2, ::4, ::4]
     low, high = (float(v) for v in np.percentile(sample, [1, 99]))
     lo, hi = expected
     if lo <= low <= hi:

@@ -405,7 +405,7 @@ def test_locate_pass_runs_only_every_locate_th_slice_whole_and_keeps_the_labels(
 
 
 def test_a_window_reached_by_the_organ_is_detected_unless_its_edge_is_the_image_edge():
-    from LightSegLib.inference import _touches_edge
+    from LightSegLib.slice_plan import _touches_edge
 
     found = np.zeros((2, 32, 32), bool)
     box = (slice(8, 24), slice(0, 16))
@@ -451,3 +451,21 @@ def test_locate_window_too_small_for_the_organ_runs_those_slices_whole():
     assert shapes.count(tuple(base.input["inplane"]["size"])) == first_pass  # 4 locating + the other 11 again
     assert before.sum() > 1000
     assert 2 * (before & located).sum() / (before.sum() + located.sum()) >= 0.995
+
+
+def test_slice_plan_runs_every_stride_th_slice_then_only_those_near_a_kept_structure():
+    """The plan alone, fed what an engine would write: a structure on coarse slice 20 of 40 (stride 4) brings in
+    slices 16-24 that the first pass skipped, and nothing else; a card without z_search runs every slice once."""
+    from LightSegLib.slice_plan import SlicePlan
+
+    labels = np.zeros((40, 8, 8), np.uint8)
+    plan = SlicePlan(4, None, {"largest_component": [1]})
+    passes = plan.passes(40, labels, None)
+    first = next(passes)
+    assert first.slices.tolist() == list(range(0, 40, 4)) and first.window is None
+    labels[20, 2:4, 2:4] = 1
+    second = next(passes)
+    assert second.slices.tolist() == [17, 18, 19, 21, 22, 23] and second.planned == 10 + 6
+    assert next(passes, None) is None
+    whole = list(SlicePlan(0, None, {}).passes(40, labels, None))
+    assert len(whole) == 1 and whole[0].slices.tolist() == list(range(40))

@@ -330,3 +330,31 @@ def test_cpu_bf16_is_switched_off_where_the_cpu_has_no_bf16_instructions(tiny_ac
     assert lightseg("train", "--config", cfg, "--out", tmp_path / "run") == 0
     assert "cpu_bf16 off" in capsys.readouterr().out
     assert autocasts and not any(autocasts)
+
+
+def test_train_loop_runs_its_hooks_in_order_on_the_run_state(tiny_acdc, tmp_path):
+    """Hooks run after every iteration in the order given, see the run's counters, and ``Every`` fires on its
+    interval and on the last iteration; the resumable state a ``ResumableState`` hook writes holds the counters."""
+    from LightSegLib.lab.data.reader import load_split
+    from LightSegLib.lab.nets import build
+    from LightSegLib.lab.train.config import load_config
+    from LightSegLib.lab.train.trainer import Every, Hook, ResumableState, train_loop
+
+    cfg = load_config(write_config(tmp_path / "c.toml", tiny_acdc))
+    seen = []
+
+    class Note(Hook):
+        def after(self, run, last):
+            seen.append(("note", run.iteration, last, len(run.losses)))
+
+    state = tmp_path / "state.pt"
+    hooks = [Note(), Every(3, lambda it, losses, last, elapsed: seen.append(("every", it, last))),
+             ResumableState(state, every=2, log=lambda s: None)]
+    result = train_loop(build(dict(cfg["model"])), cfg, 4, hooks=hooks,
+                        train_cases=load_split(cfg, cfg["data"]["train_split"]), log=lambda s: None)
+    assert result["iterations"] == 4
+    assert seen == [("note", 1, False, 1), ("note", 2, False, 2), ("note", 3, False, 3), ("every", 3, False),
+                    ("note", 4, True, 4), ("every", 4, True)]
+    saved = torch.load(state, map_location="cpu", weights_only=False)
+    assert saved["iteration"] == 4 and len(saved["losses"]) == 4 and saved["extra"] is None
+    assert set(saved) == {"model", "optimizer", "iteration", "seconds", "losses", "extra"}

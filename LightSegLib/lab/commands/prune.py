@@ -53,127 +53,41 @@ def add_arguments(p):
 
 def run(args) -> int:
     import json
-    import re
-    from pathlib import Path
 
     import torch
 
-    from ..compress import prune as P
-    from ..compress.finetune import load_data, save_checkpoint
-    from ..train.trainer import train_loop
+    from ..compress.pipeline import FineTuner, PruneSettings, run_stages
     from ...errors import LightSegError
-    from ..export import count_macs, load_checkpoint
-    from ..nets import build
-    from ._compress_common import apply_prep, example_input, resolve_config, resolve_device, set_threads
+    from ..export import load_checkpoint
+    from ._compress_common import (apply_prep, example_input, load_data, resolve_config, resolve_device,
+                                   save_checkpoint, set_threads)
 
+    try:
+        stage_ratios = [float(r) for r in args.stage_ratios.split(",")] if args.stage_ratios else None
+    except ValueError:
+        raise LightSegError(f"--stage-ratios: expected numbers like 0.3,0.5,0.7, got {args.stage_ratios!r}") from None
+    settings = PruneSettings(
+        importance=args.importance, ratio=args.ratio, stage_ratios=stage_ratios, global_pruning=args.global_pruning,
+        steps=args.steps, finetune_iters=args.finetune_iters, sparsity_iters=args.sparsity_iters,
+        sparsity=args.sparsity, taylor_batches=args.taylor_batches, reconstruct=not args.no_reconstruct,
+        reconstruct_iters=args.reconstruct_iters, compare_scratch=args.compare_scratch, ghost=args.ghost)
     set_threads(args.threads)
-    device = resolve_device(args.device)
     net, ckpt = load_checkpoint(args.checkpoint)
     spec, prep = dict(ckpt["architecture"]), ckpt.get("prep")
     cfg = apply_prep(resolve_config(args.config, args.data, args.threads, spec), prep, args.checkpoint)
-    needs_data = (args.finetune_iters or args.sparsity_iters or args.reconstruct_iters
-                  or args.importance == "taylor")
     train_cases = val_cases = None
-    if needs_data:
+    if settings.needs_data():
         train_cases, val_cases = load_data(cfg)
         print(f"data: {len(train_cases)} training, {len(val_cases)} validation volumes")
-    hw = (1, int(spec.get("in_channels", 1)), 256, 256)
-    x = example_input(spec)
-    report = {"source": str(args.checkpoint), "params_before": P.count_params(net),
-              "macs_before": count_macs(net, hw)}
-
-    out = Path(args.out)
-    if not args.resume:
-        for old in out.parent.glob(f"{out.stem}.*.state.pt"):
-            old.unlink()
-
-    def state_for(label: str) -> Path:
-        """One file per training stage: pruning is deterministic, so a rerun rebuilds the same nets to resume."""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out.parent / f"{out.stem}.{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.state.pt"
-
-    def tune(model, iters, label):
-        if iters <= 0:
-            return None
-        print(f"{label}: {iters} iterations")
-        return train_loop(model, cfg, iters, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
-                          device=device, state_path=state_for(label))
-
-    if args.ghost:
-        from ..compress.ghost_convert import convert_checkpoint_net
-
-        net, new_spec, n = convert_checkpoint_net(net, spec)
-        if new_spec is None:
-            raise LightSegError(f"{spec.get('name')} has no Ghost variant to save as a checkpoint")
-        print(f"Ghost conversion: {n} convolutions replaced")
-        report.update(method="ghost", converted=n, finetune=tune(net, args.finetune_iters, "fine-tune"))
-        spec = new_spec
+    tune = FineTuner(cfg, train_cases, val_cases, args.lr, resolve_device(args.device), args.out, args.resume)
+    pruned = run_stages(net, spec, example_input(spec), settings, tune)
+    report = {"source": str(args.checkpoint), **pruned.report}
+    if pruned.module_only:
+        tune.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"module": pruned.net, "architecture": pruned.spec, "prep": prep, "pruning": report},
+                   str(args.out))
     else:
-        if args.sparsity_iters:
-            print(f"sparsity training (L1 on BN gammas, weight {args.sparsity})")
-            report["sparsity"] = train_loop(net, cfg, args.sparsity_iters, train_cases=train_cases,
-                                            val_cases=val_cases, lr=args.lr,
-                                            penalty=lambda m: P.bn_l1_penalty(m, args.sparsity), device=device,
-                                            state_path=state_for("sparsity"))
-        stage_ratios = None
-        if args.stage_ratios:
-            try:
-                stage_ratios = [float(r) for r in args.stage_ratios.split(",")]
-            except ValueError:
-                raise LightSegError(f"--stage-ratios: expected numbers like 0.3,0.5,0.7, got {args.stage_ratios!r}") \
-                    from None
-        batches = None
-        if args.importance == "taylor":
-            from ..train.trainer import batch_iterator
-
-            def batches():
-                return list(batch_iterator(cfg, train_cases, args.taylor_batches, augment=False))
-        tunes = []
-        P.prune(net, x, importance=args.importance, ratio=args.ratio, stage_ratios=stage_ratios,
-                global_pruning=args.global_pruning, steps=args.steps, batches=batches,
-                fine_tune=(lambda m, s: tunes.append(tune(m, args.finetune_iters, f"fine-tune after step {s + 1}")))
-                if args.finetune_iters else None, log=print)
-        report.update(method="prune", importance=args.importance, ratio=args.ratio, stage_ratios=stage_ratios,
-                      global_pruning=args.global_pruning, steps=args.steps, finetune=tunes,
-                      widths=P.widths(net.eval(), x))
-        if args.no_reconstruct:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"module": net, "architecture": spec, "prep": prep, "pruning": report}, str(out))
-            report.update(params_after=P.count_params(net), macs_after=count_macs(net, hw), out=str(out))
-            print(json.dumps(report, default=str))
-            return 0
-        from ..compress.reconstruct import reconstruct
-
-        net, spec, counts = reconstruct(net.eval(), spec, x)
-        print(f"CPRUN reconstruction: widths {spec['widths']}, tensors copied {counts}")
-        report["reconstruct"] = {"widths": spec["widths"], "copied": counts,
-                                 "finetune": tune(net, args.reconstruct_iters, "fine-tune reconstructed net")}
-        if args.compare_scratch and args.reconstruct_iters:
-            scratch = build(spec)
-            report["scratch"] = tune(scratch, args.reconstruct_iters, "same narrow net from scratch")
-    report.update(params_after=P.count_params(net), macs_after=count_macs(net, hw), architecture=spec)
-    metrics = {}
-    last = _last_training(report)
-    if last and "val_dice" in last:
-        metrics = {"val_dice": last["val_dice"], "val_dice_mean": last["val_dice_mean"],
-                   "split": cfg["data"]["val_split"]}
-    save_checkpoint(args.out, net, spec, prep, metrics, compression=report)
+        save_checkpoint(args.out, pruned.net, pruned.spec, prep, pruned.metrics(cfg), compression=report)
     report["out"] = str(args.out)
     print(json.dumps(report, default=str))
     return 0
-
-
-def _last_training(report: dict) -> dict | None:
-    """The last training result that produced the saved weights (reconstruction fine-tune, else the last
-    step's fine-tune, else the Ghost fine-tune): its validation Dice becomes the checkpoint's metrics. None
-    when the saved net was never validated (a pruned net's Dice is then unknown, and none is claimed)."""
-    recon = report.get("reconstruct") or {}
-    if recon.get("finetune"):
-        return recon["finetune"]
-    copied = recon.get("copied") or {}
-    if copied.get("partial") or copied.get("missing"):
-        return None  # the rebuilt net is not the validated pruned net
-    tuned = report.get("finetune")
-    if isinstance(tuned, list):
-        return tuned[-1] if tuned and tuned[-1] else None
-    return tuned or None

@@ -1,9 +1,11 @@
 """The trainer: one loop for every segmentation training run (training from scratch, fine-tuning a pruned net,
 sparsity training, distillation), DiceCE with MONAI's deep supervision, AdamW with a poly/cosine schedule.
 
-``train_loop`` is the loop; callers plug in through its arguments (an extra loss and extra trainable modules for
-distillation, a penalty for sparsity, ``on_every`` for per-epoch validation and checkpoints). ``train`` is
-``lightseg train``: data, net, the loop, best-by-validation-Dice.
+``train_loop`` is the loop; a task swaps its parts through a ``Recipe`` (an extra loss and extra trainable modules
+for distillation, a penalty for sparsity, its own batches, loss, optimiser or schedule) and adds what happens
+around the steps as hooks (``Every`` for validation and checkpoints, ``ResumableState``, ``LogLoss``,
+``TimeBudget``), which read the ``RunState``. ``train`` is ``lightseg train``: data, net, the loop,
+best-by-validation-Dice (``EpochValidation``).
 
 Runs to a wall-clock budget when asked: the LR schedule follows ``progress = max(iterations done / planned,
 time used / budget)``, so a budget-limited run still anneals its learning rate properly instead of stopping at
@@ -20,6 +22,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +30,8 @@ import numpy as np
 
 from ...errors import LightSegError
 from . import distributed
-from .config import prep_spec, to_toml
+from ..data.reader import prep_spec
+from .config import to_toml
 
 
 def seed_everything(seed: int) -> None:
@@ -148,34 +152,149 @@ def batch_iterator(cfg: dict, cases, iters: int, seed: int = 0, augment: bool = 
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
-def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None, extra_modules=None,
-               train_cases=None, val_cases=None, lr: float | None = None, penalty: Callable | None = None,
-               log: Callable[[str], None] = print, seed: int = 0, time_budget_min: float | None = None,
-               state_path=None, save_every: int = 100, device="cpu", every: int = 0,
-               on_every: Callable | None = None, state_extra: Callable | None = None,
-               log_every: int = 50, batches: Callable | None = None, loss_fn: Callable | None = None,
-               optimizer: Callable | None = None, schedule: Callable | None = None) -> dict:
-    """Train ``net`` for ``iters`` iterations: the segmentation loss (deep supervision) + ``extra_loss(image,
-    label, outputs)`` + ``penalty(net)``; AdamW over the net and ``extra_modules`` (e.g. distillation adapters).
-    Validates on ``val_cases`` at the end. Returns {"iterations", "minutes", "device", "precision", "val_dice",
-    "val_dice_mean"}.
+@dataclass
+class Recipe:
+    """The parts a task swaps in the loop. ``batches(start)`` yields (image, label) from iteration ``start``
+    (default: slices of the training cases); ``loss_fn(outputs, label)`` (default: the segmentation loss);
+    ``extra_loss(image, label, outputs)`` (distillation); ``penalty(net)`` (sparsity); ``optimizer(params)``
+    (default: AdamW); ``schedule(progress, iteration)``, the learning rate (default: the config's warm-up and
+    cosine or poly decay, from ``lr`` where given instead of the config's)."""
+    batches: Callable | None = None
+    loss_fn: Callable | None = None
+    extra_loss: Callable | None = None
+    penalty: Callable | None = None
+    optimizer: Callable | None = None
+    schedule: Callable | None = None
+    lr: float | None = None
 
-    Other tasks swap the parts: ``batches(start)`` yields (image, label) from iteration ``start`` (default: slices
-    of ``train_cases``), ``loss_fn(outputs, label)``, ``optimizer(params)`` and ``schedule(progress, iteration)``
-    (the learning rate; default: the config's warm-up and cosine or poly decay).
 
-    ``time_budget_min``: stop there too. ``state_path``: save the resumable state there every ``save_every``
-    iterations (and at the end), with what ``state_extra()`` adds, and resume from it when it exists, so an
-    hours-long run survives being killed. ``on_every(iteration, losses, last, elapsed_s)`` runs every ``every``
-    iterations and at the end (validation, checkpoints). ``device="cuda"`` trains there and hands the net back
-    on the CPU; bfloat16 autocast on CUDA with ``train.amp``, on the CPU with ``train.cpu_bf16``."""
+@dataclass
+class RunState:
+    """Where a run stands: what the hooks read, and what the resumable state saves."""
+    net: object
+    optimizer: object
+    extra_modules: object
+    iterations: int  # planned
+    hooks: list
+    iteration: int = 0
+    seconds: float = 0.0  # training seconds of earlier (resumed) processes
+    losses: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        return self.seconds + time.time() - self.started
+
+    def used(self) -> float:
+        """The share of the run used up, by iterations or by what a hook limits (a time budget)."""
+        return max([self.iteration / self.iterations] + [h.used(self) for h in self.hooks])
+
+    def progress(self) -> float:
+        """``used`` agreed across processes: the schedule and the stop follow the furthest one."""
+        return distributed.max_across(self.used())
+
+
+class Hook:
+    """Something a run does besides training: ``start`` before the first iteration (a resume), ``after`` each
+    iteration (``last``: the run stops after it)."""
+
+    def start(self, run: RunState) -> None:
+        pass
+
+    def after(self, run: RunState, last: bool) -> None:
+        pass
+
+    def used(self, run: RunState) -> float:
+        return 0.0
+
+
+class TimeBudget(Hook):
+    """Stop at a wall-clock budget; the learning rate anneals on the time used, so a budget-limited run still ends
+    at a low rate."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * float(minutes)
+
+    def used(self, run: RunState) -> float:
+        return run.elapsed() / self.seconds
+
+
+class LogLoss(Hook):
+    def __init__(self, every: int, log: Callable[[str], None]):
+        self.every, self.log = every, log
+
+    def after(self, run: RunState, last: bool) -> None:
+        if run.iteration % self.every == 0 or last:
+            self.log(f"  iter {run.iteration}/{run.iterations}: loss {np.mean(run.losses[-self.every:]):.4f} "
+                     f"({run.elapsed() / 60:.1f} min)")
+
+
+class Every(Hook):
+    """``fn(iteration, losses, last, elapsed_s)`` every ``every`` iterations (0: only the last) and at the end:
+    validation, the best checkpoint, history rows."""
+
+    def __init__(self, every: int, fn: Callable):
+        self.every, self.fn = every, fn
+
+    def after(self, run: RunState, last: bool) -> None:
+        if (self.every and run.iteration % self.every == 0) or last:
+            self.fn(run.iteration, run.losses, last, run.elapsed())
+
+
+class ResumableState(Hook):
+    """The state a killed run resumes from, at ``path`` every ``every`` iterations and at the end: the weights,
+    the optimiser, the counters, the elapsed time, the last ``keep`` losses and what ``extra()`` adds."""
+
+    def __init__(self, path, every: int = 100, keep: int = 50, extra: Callable | None = None,
+                 log: Callable[[str], None] = print):
+        self.path, self.every, self.keep, self.extra, self.log = Path(path), every, keep, extra, log
+
+    def start(self, run: RunState) -> None:
+        import torch
+
+        if not self.path.is_file():
+            return
+        state = torch.load(str(self.path), map_location="cpu", weights_only=False)
+        run.net.load_state_dict(state["model"])
+        if run.extra_modules is not None and state.get("extra") is not None:
+            run.extra_modules.load_state_dict(state["extra"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.iteration, run.seconds, run.losses = int(state["iteration"]), float(state["seconds"]), list(state["losses"])
+        self.log(f"  resumed from {self.path} at iteration {run.iteration} ({run.seconds / 60:.1f} min)")
+
+    def after(self, run: RunState, last: bool) -> None:
+        import torch
+
+        if not (run.iteration % self.every == 0 or last):
+            return
+        tmp = Path(str(self.path) + ".tmp")
+        torch.save({"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "iteration": run.iteration, "seconds": run.elapsed(), "losses": run.losses[-self.keep:],
+                    "extra": run.extra_modules.state_dict() if run.extra_modules is not None else None,
+                    **(self.extra() if self.extra is not None else {})}, str(tmp))
+        tmp.replace(self.path)
+
+
+def train_loop(net, cfg: dict, iters: int, *, recipe: Recipe | None = None, hooks=(), train_cases=None,
+               val_cases=None, extra_modules=None, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
+               **keywords) -> dict:
+    """Train ``net`` for ``iters`` iterations on the ``recipe``'s loss and optimiser over the net and
+    ``extra_modules`` (e.g. distillation adapters), calling the ``hooks`` after each iteration in their order
+    (the first one able to resume does). Validates on ``val_cases`` at the end. Returns {"iterations", "minutes",
+    "device", "precision", "val_dice", "val_dice_mean"}. ``device="cuda"`` trains there and hands the net back on
+    the CPU; bfloat16 autocast on CUDA with ``train.amp``, on the CPU with ``train.cpu_bf16``.
+
+    ``keywords``: the flat form (the recipe's fields, ``time_budget_min``, ``log_every``, ``every`` and
+    ``on_every``, ``state_path``, ``save_every`` and ``state_extra``), made into a recipe and hooks."""
     import torch
 
     from .evaluate_core import validate
 
+    if keywords:
+        recipe, hooks = _from_keywords(recipe, list(hooks), keywords, log)
+    recipe = recipe or Recipe()
     tcfg = dict(cfg["train"])
-    if lr is not None:
-        tcfg["lr"] = lr
+    if recipe.lr is not None:
+        tcfg["lr"] = recipe.lr
     tcfg["warmup_iters"] = min(int(tcfg.get("warmup_iters", 0)), iters // 10)
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -190,82 +309,51 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if cuda else None) \
         if world > 1 else net
-    loss_fn = loss_fn or segmentation_loss(tcfg["deep_supervision_weights"])
-    schedule = schedule or (lambda progress, iteration: lr_at(tcfg, progress, iteration))
+    loss_fn = recipe.loss_fn or segmentation_loss(tcfg["deep_supervision_weights"])
+    schedule = recipe.schedule or (lambda progress, iteration: lr_at(tcfg, progress, iteration))
     params = list(net.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     params = [p for p in params if p.requires_grad]
-    opt = optimizer(params) if optimizer is not None else \
+    opt = recipe.optimizer(params) if recipe.optimizer is not None else \
         torch.optim.AdamW(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    budget_s = 60.0 * float(time_budget_min) if time_budget_min else None
-    it, spent = 0, 0.0  # spent: training seconds of earlier (resumed) processes
-    losses: list[float] = []
-    if state_path is not None and Path(state_path).is_file():
-        state = torch.load(str(state_path), map_location="cpu", weights_only=False)
-        net.load_state_dict(state["model"])
-        if extra_modules is not None and state.get("extra") is not None:
-            extra_modules.load_state_dict(state["extra"])
-        opt.load_state_dict(state["optimizer"])
-        it, spent, losses = int(state["iteration"]), float(state["seconds"]), list(state["losses"])
-        log(f"  resumed from {state_path} at iteration {it} ({spent / 60:.1f} min)")
-    t0 = time.time()
+    run = RunState(net, opt, extra_modules, iters, list(hooks))
+    for hook in run.hooks:
+        hook.start(run)
+    run.started = time.time()
 
-    def elapsed() -> float:
-        return spent + time.time() - t0
-
-    def save_state() -> None:
-        tmp = Path(str(state_path) + ".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": it, "seconds": elapsed(),
-                    "losses": losses[-max(50, every):],
-                    "extra": extra_modules.state_dict() if extra_modules is not None else None,
-                    **(state_extra() if state_extra is not None else {})}, str(tmp))
-        tmp.replace(state_path)
-
-    def progress() -> float:
-        p = it / iters
-        return distributed.max_across(max(p, elapsed() / budget_s) if budget_s else p)
-
-    result = {}
-    if iters > it and not (budget_s and elapsed() >= budget_s):
-        if train_cases is None and batches is None:
+    if iters > run.iteration and run.used() < 1.0:
+        if train_cases is None and recipe.batches is None:
             raise LightSegError("training needs data")
-        model.train()
-        if extra_modules is not None:
-            extra_modules.train()
         workers = int(cfg["data"].get("num_workers", 0))
         rank = torch.distributed.get_rank() if world > 1 else 0
-        source = batches(it) if batches is not None else \
-            batch_iterator(cfg, train_cases, iters, seed=seed + rank, start=it, workers=workers)
+        source = recipe.batches(run.iteration) if recipe.batches is not None else \
+            batch_iterator(cfg, train_cases, iters, seed=seed + rank, start=run.iteration, workers=workers)
         for image, label in source:
+            model.train()  # a hook may have validated in eval mode
+            if extra_modules is not None:
+                extra_modules.train()
             for g in opt.param_groups:
-                g["lr"] = schedule(progress(), it)
+                g["lr"] = schedule(run.progress(), run.iteration)
             image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = model(image)
                 loss = loss_fn(outputs, label)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(image, label, outputs)
-            if penalty is not None:
-                loss = loss + penalty(net)
+                if recipe.extra_loss is not None:
+                    loss = loss + recipe.extra_loss(image, label, outputs)
+            if recipe.penalty is not None:
+                loss = loss + recipe.penalty(net)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
-            it += 1
-            done = it == iters or progress() >= 1.0
-            if log_every and (it % log_every == 0 or done):
-                log(f"  iter {it}/{iters}: loss {np.mean(losses[-log_every:]):.4f} ({elapsed() / 60:.1f} min)")
-            if on_every is not None and ((every and it % every == 0) or done):
-                on_every(it, losses, done, elapsed())
-                model.train()
-                if extra_modules is not None:
-                    extra_modules.train()
-            if state_path is not None and (it % save_every == 0 or done):
-                save_state()
-            if done:
+            run.losses.append(float(loss.detach()))
+            run.iteration += 1
+            last = run.iteration == iters or run.progress() >= 1.0
+            for hook in run.hooks:
+                hook.after(run, last)
+            if last:
                 break
-    result.update(iterations=it, minutes=round(elapsed() / 60, 2), device=device_name(device),
+    result = dict(iterations=run.iteration, minutes=round(run.elapsed() / 60, 2), device=device_name(device),
                   precision="bf16" if bf16 else "fp32")
     if val_cases:
         v = validate(net, val_cases, int(cfg["model"]["num_classes"]), device, int(cfg["data"]["context_slices"]))
@@ -277,6 +365,73 @@ def train_loop(net, cfg: dict, iters: int, *, extra_loss: Callable | None = None
     return result
 
 
+def _from_keywords(recipe: Recipe | None, hooks: list, keywords: dict, log) -> tuple[Recipe, list]:
+    """The recipe and hooks the flat keywords of ``train_loop`` stand for, in the order the loop has always run
+    them: loss log, ``on_every``, resumable state; the time budget."""
+    parts = {k: keywords.pop(k) for k in list(keywords) if k in Recipe.__dataclass_fields__}
+    every, log_every = int(keywords.pop("every", 0)), int(keywords.pop("log_every", 50))
+    on_every, budget = keywords.pop("on_every", None), keywords.pop("time_budget_min", None)
+    state_path, save_every = keywords.pop("state_path", None), int(keywords.pop("save_every", 100))
+    state_extra = keywords.pop("state_extra", None)
+    if keywords:
+        raise TypeError(f"train_loop got unexpected keywords {sorted(keywords)}")
+    made = [LogLoss(log_every, log)] if log_every else []
+    made += [Every(every, on_every)] if on_every is not None else []
+    made += [ResumableState(state_path, save_every, max(50, every), state_extra, log)] if state_path else []
+    made += [TimeBudget(budget)] if budget else []
+    return (Recipe(**parts) if recipe is None else replace(recipe, **parts)), made + hooks
+
+
+class EpochValidation:
+    """``lightseg train``'s end of epoch: a log row; on the main process, validation every ``val_every`` epochs and
+    at the end, ``best.pt`` at the best mean Dice, ``log.csv`` and ``curves.png``. ``book`` (the best mean Dice,
+    its epoch, the rows) goes into the resumable state and comes back from it (``saved``)."""
+
+    def __init__(self, cfg: dict, net, out: Path, val_cases, device, main: bool, log, saved: dict | None = None):
+        self.cfg, self.net, self.out, self.val_cases, self.device = cfg, net, out, val_cases, device
+        self.main, self.log, self.prep = main, log, prep_spec(cfg)
+        self.ipe = int(cfg["train"]["iters_per_epoch"])
+        self.book = {"best": -1.0, "best_epoch": -1, "rows": []}
+        self.book.update({k: saved[k] for k in self.book if k in (saved or {})})
+
+    def __call__(self, iteration: int, losses: list[float], last: bool, elapsed: float) -> None:
+        import torch
+
+        from .evaluate_core import validate
+
+        cfg, book, net = self.cfg, self.book, self.net
+        epoch = math.ceil(iteration / self.ipe)
+        row = {"epoch": epoch, "iteration": iteration, "elapsed_min": round(elapsed / 60, 2),
+               "train_loss": distributed.mean_across(float(np.mean(losses[-self.ipe:]))), "val_mean": ""}
+        if self.main and (epoch % int(cfg["train"]["val_every"]) == 0 or last):
+            t = time.time()
+            result = validate(net, self.val_cases, int(cfg["model"]["num_classes"]), self.device,
+                              self.prep["context_slices"])
+            row["val_mean"] = result["mean"]
+            for k, v in enumerate(result["per_class"]):
+                row[f"val_{k + 1}"] = v
+            row["val_s"] = round(time.time() - t, 1)
+            if result["mean"] > book["best"]:
+                book["best"], book["best_epoch"] = result["mean"], epoch
+                torch.save({"model": net.state_dict(), "architecture": dict(cfg["model"]), "prep": self.prep,
+                            "epoch": epoch, "iteration": iteration,
+                            "metrics": {"val_dice_mean": result["mean"], "val_dice": result["per_class"],
+                                        "split": cfg["data"]["val_split"]}}, self.out / "best.pt")
+            self.log(f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice "
+                     + ", ".join(f"{v:.4f}" for v in result["per_class"])
+                     + f" (mean {result['mean']:.4f}; best {book['best']:.4f} @ {book['best_epoch']}), "
+                     f"{elapsed / 60:.1f} min")
+        if self.main:
+            book["rows"].append(row)
+            _write_csv(book["rows"], self.out / "log.csv")
+            names = list(cfg["labels"]["names"]) or [f"class {k}" for k in range(1, int(cfg["model"]["num_classes"]))]
+            try:
+                plot_curves(book["rows"], self.out / "curves.png", names)
+            except Exception as err:  # a plotting problem must never kill a long run
+                self.log(f"(plot failed: {err})")
+        distributed.barrier()
+
+
 def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print) -> dict:
     """``lightseg train``: the config's net from scratch (or from ``train.init_onnx``), validated every
     ``train.val_every`` epochs of ``iters_per_epoch`` iterations; ``best.pt`` is the best validation Dice."""
@@ -284,7 +439,6 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
 
     from ..data.reader import load_split
     from ..nets import build
-    from .evaluate_core import validate
 
     tcfg, dcfg = cfg["train"], cfg["data"]
     rank, world, device = distributed.init()
@@ -293,7 +447,7 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
     out = Path(out_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise LightSegError(f"--resume: no checkpoint at {last_path}")
     if not resume and last_path.is_file():
@@ -323,52 +477,19 @@ def train(cfg: dict, out_dir, resume: bool = False, config_path=None, log=print)
         gap = warm_start_from_onnx(net, tcfg["init_onnx"], calibration)
         if main:
             log(f"started from {tcfg['init_onnx']} (largest logit difference from ONNX Runtime {gap:.2e})")
-    num_classes = int(spec["num_classes"])
-    label_names = list(cfg["labels"]["names"]) or [f"class {k}" for k in range(1, num_classes)]
-    book = {"best": -1.0, "best_epoch": -1, "rows": []}
-    if resume:
-        saved = torch.load(last_path, map_location="cpu", weights_only=False)
-        book.update({k: saved[k] for k in book if k in saved})
-        if main:
-            log(f"resuming {last_path}: epoch {len(book['rows'])}, best mean Dice {book['best']:.4f}")
-
-    def on_epoch(iteration: int, losses: list[float], last: bool, elapsed: float) -> None:
-        epoch = math.ceil(iteration / ipe)
-        row = {"epoch": epoch, "iteration": iteration, "elapsed_min": round(elapsed / 60, 2),
-               "train_loss": distributed.mean_across(float(np.mean(losses[-ipe:]))), "val_mean": ""}
-        if main and (epoch % int(tcfg["val_every"]) == 0 or last):
-            t = time.time()
-            result = validate(net, val_cases, num_classes, device, prep["context_slices"])
-            row["val_mean"] = result["mean"]
-            for k, v in enumerate(result["per_class"]):
-                row[f"val_{k + 1}"] = v
-            row["val_s"] = round(time.time() - t, 1)
-            if result["mean"] > book["best"]:
-                book["best"], book["best_epoch"] = result["mean"], epoch
-                torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep, "epoch": epoch,
-                            "iteration": iteration,
-                            "metrics": {"val_dice_mean": result["mean"], "val_dice": result["per_class"],
-                                        "split": dcfg["val_split"]}}, best_path)
-            log(f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice "
-                + ", ".join(f"{v:.4f}" for v in result["per_class"])
-                + f" (mean {result['mean']:.4f}; best {book['best']:.4f} @ {book['best_epoch']}), "
-                f"{elapsed / 60:.1f} min")
-        if main:
-            book["rows"].append(row)
-            _write_csv(book["rows"], out / "log.csv")
-            try:
-                plot_curves(book["rows"], out / "curves.png", label_names)
-            except Exception as err:  # a plotting problem must never kill a long run
-                log(f"(plot failed: {err})")
-        distributed.barrier()
-
-    budget = float(tcfg["time_budget_min"])
-    result = train_loop(net, cfg, int(tcfg["epochs"]) * ipe, train_cases=train_cases, log=log,
-                        seed=seed * 1000, time_budget_min=budget or None,
-                        state_path=last_path if main else None, save_every=ipe, device=device, every=ipe,
-                        on_every=on_epoch, state_extra=lambda: {**book, "architecture": spec, "prep": prep,
-                                                                "config": cfg},
-                        log_every=0)
+    epochs = EpochValidation(cfg, net, out, val_cases, device, main, log,
+                             torch.load(last_path, map_location="cpu", weights_only=False) if resume else None)
+    if resume and main:
+        log(f"resuming {last_path}: epoch {len(epochs.book['rows'])}, best mean Dice {epochs.book['best']:.4f}")
+    hooks = [Every(ipe, epochs)]
+    if main:
+        hooks.append(ResumableState(last_path, ipe, max(50, ipe), log=log,
+                                    extra=lambda: {**epochs.book, "architecture": spec, "prep": prep, "config": cfg}))
+    if float(tcfg["time_budget_min"]):
+        hooks.append(TimeBudget(float(tcfg["time_budget_min"])))
+    result = train_loop(net, cfg, int(tcfg["epochs"]) * ipe, hooks=hooks, train_cases=train_cases,
+                        seed=seed * 1000, device=device, log=log)
+    book = epochs.book
     summary = {"epochs": math.ceil(result["iterations"] / ipe), "iterations": result["iterations"],
                "minutes": round(result["minutes"], 1), "best_val_dice_mean": book["best"],
                "best_epoch": book["best_epoch"], "device": result["device"],
