@@ -25,6 +25,7 @@ COMMANDS = {
     "classify": "classify",
     "demo": "demo",
     "cardiac-function": "cardiac_function",
+    "batch": "batch",
 }
 #: what the workshop's commands import beyond the runtime
 TRAINING_PACKAGES = ("torch", "monai", "torch_pruning", "onnx")

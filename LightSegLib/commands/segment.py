@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..cli import cli_wording, say
 from ..errors import LightSegError
-from ..stages import INFER, READ, WRITE
+from ..stages import INFER
 
 FORMATS = ("nii.gz", "nrrd", "mha", "seg.nrrd")
 
@@ -181,40 +181,16 @@ class Reporter:
             self.bar.close()
 
 
-_RUNNERS: dict = {}
-
-
 def segment_file(card, source: Path, frame, target: Path, args) -> dict:
-    from ..inference import make_runner, segment_image
-    from ..io import read_image, write_output
+    from ..cases import segment_case
 
-    if args.threads:  # reading, resampling and post-processing too: SimpleITK would otherwise take every core
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     reporter = Reporter(args.progress, source.name)
     try:
-        t = time.perf_counter()
-        reporter(0.0, READ)
-        notes: list[str] = []
-        image = read_image(source, frame=frame, notes=notes, allow_gaps=args.allow_gaps)
-        read_s = time.perf_counter() - t
-        key = (str(card.path()), card.sha256, args.backend, args.threads, args.int8)
-        if key not in _RUNNERS:  # one model session per process, reused across a batch; made after the read, so
-            _RUNNERS[key] = make_runner(card, args.backend, args.threads, args.int8)  # a bad input fails fast
-        result = segment_image(image, card, _RUNNERS[key], progress=reporter, hu_offset=args.hu_offset)
-        notes += [note for note in result.notes if note not in notes]
-        t = time.perf_counter()
-        reporter(1.0, WRITE)
-        write_output(result.labelmap, target, card.labels, overwrite=args.overwrite, notes=notes)
-        seconds = {READ: read_s, **result.seconds, WRITE: time.perf_counter() - t}
+        return segment_case(card, source, target, frame=frame, backend=args.backend, threads=args.threads,
+                            int8=args.int8, overwrite=args.overwrite, allow_gaps=args.allow_gaps,
+                            hu_offset=args.hu_offset, progress=reporter)
     finally:
         reporter.close()
-    if not any(result.voxels.values()):
-        notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")
-    return {"input": str(source), "frame": frame, "output": str(target), "model": card.id, "seconds": seconds,
-            "total_seconds": sum(seconds.values()), "voxels": result.voxels, "notes": notes,
-            "quality": result.quality, "status": card.status}
 
 
 def summary_line(info: dict) -> str:
