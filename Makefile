@@ -14,8 +14,9 @@ SETUP  := $(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 STAMP  := $(VENV)/.installed-$(SETUP)
 DEMO_STAMP := $(DEMO)/.installed-$(SETUP)
 
-# Debian packages the tests use (cmake evaluates the extension's file list); installed when missing.
-SYSTEM_PACKAGES := cmake
+# Debian packages the tests use (cmake evaluates the extension's file list; dicom3tools' dciodvfy validates the DICOM
+# SEG and SR outputs); installed when missing.
+SYSTEM_PACKAGES := cmake dicom3tools
 
 .PHONY: demo test env demo-env system clean
 

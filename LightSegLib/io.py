@@ -242,9 +242,28 @@ def check_output(path, overwrite: bool) -> Path:
     except OSError as err:  # e.g. a name too long for the file system
         raise LightSegError(f"cannot write {path}: {err.strerror or err}") from None
     suffix = suffix_of(path)
-    if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd",):
-        raise LightSegError(f"unsupported output type '{path.name}': use .nii.gz, .nii, .nrrd, .mha or .seg.nrrd")
+    if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd", ".dcm"):
+        raise LightSegError(f"unsupported output type '{path.name}': use .nii.gz, .nii, .nrrd, .mha, .seg.nrrd "
+                            "or .dcm (DICOM SEG)")
+    if overwrite and suffix == ".dcm" and path.is_file() and not is_dicom_result(path):
+        raise LightSegError(f"{path} exists and is not a labelmap: overwrite=True replaces only earlier "
+                            "segmentation outputs, never an image")
     return path
+
+
+# Segmentation Storage and Comprehensive 3D SR: the DICOM objects LightSeg writes (a UID ends where its digits do)
+DICOM_RESULT_CLASS = re.compile(rb"1\.2\.840\.10008\.5\.1\.4\.1\.1\.(66\.4|88\.34)(?![0-9.])")
+
+
+def is_dicom_result(path: Path) -> bool:
+    """Whether an existing .dcm is a DICOM SEG or SR (an earlier result), by the SOP class in the file meta header
+    that opens the file: never a source image."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" and DICOM_RESULT_CLASS.search(head[132:]) is not None
 
 
 _TEMP_COUNT = itertools.count()
@@ -372,9 +391,27 @@ def write_seg_nrrd(label: sitk.Image, path, labels: list[dict], overwrite: bool 
                 out.EraseMetaData(key)
 
 
+def write_dicom(dataset, path, overwrite: bool = False, notes: list[str] | None = None) -> None:
+    """A pydicom dataset (DICOM SEG or SR) as a DICOM file with its meta header."""
+    _atomic(Path(path), overwrite, lambda tmp: dataset.save_as(tmp, enforce_file_format=True), notes)
+
+
+def series_files(folder) -> list[str]:
+    """The files of the series ``read_dicom_folder`` reads from ``folder``, in its slice order."""
+    return dicom_series(Path(folder))[0][1]
+
+
 def write_output(label: sitk.Image, path, labels: list[dict], overwrite: bool = False,
-                 notes: list[str] | None = None) -> None:
-    if suffix_of(path) == ".seg.nrrd":
+                 notes: list[str] | None = None, dicom: dict | None = None) -> None:
+    """The labelmap as the file name says. A ``.dcm`` (DICOM SEG) also needs ``dicom``: ``source`` (the DICOM
+    folder read), ``card``, ``quality`` and ``voxels`` (the result's), which it references and carries."""
+    if suffix_of(path) == ".dcm":
+        from .dicom_seg import build_seg
+
+        if not dicom:
+            raise LightSegError(f"{Path(path).name}: a DICOM SEG needs the DICOM series it was made from")
+        write_dicom(build_seg(label, series_files=series_files, notes=notes, **dicom), path, overwrite, notes)
+    elif suffix_of(path) == ".seg.nrrd":
         write_seg_nrrd(label, path, labels, overwrite, notes)
     else:
         write_labelmap(label, path, overwrite, notes)

@@ -15,14 +15,15 @@ from ..cli import cli_wording, say
 from ..errors import LightSegError
 from ..stages import INFER
 
-FORMATS = ("nii.gz", "nrrd", "mha", "seg.nrrd")
+FORMATS = ("nii.gz", "nrrd", "mha", "seg.nrrd", "dcm")
 
 
 def register(sub) -> None:
     parser = sub.add_parser(
         "segment", help="segment volumes with a registered model",
         description="INPUT is a volume file (NIfTI, NRRD, MHA) or a DICOM folder; OUTPUT a labelmap file "
-                    "(.nii.gz, .nrrd, .mha) or a Slicer .seg.nrrd on the input's grid. With several inputs, or a "
+                    "(.nii.gz, .nrrd, .mha), a Slicer .seg.nrrd on the input's grid, or for a DICOM input a DICOM "
+                    "SEG (.dcm) referencing its images. With several inputs, or a "
                     "folder of volumes, OUTPUT is a folder (created if missing). A folder holding DICOM files is "
                     "one series, whatever else is in it.")
     parser.add_argument("paths", nargs="+", metavar="INPUT... OUTPUT")
@@ -104,10 +105,23 @@ class Outputs:
         from ..io import check_output, refuse_input_as_output
 
         refuse_input_as_output(target, self.inputs)
+        if target.name.lower().endswith(".dcm"):
+            refuse_dicom_seg_without_series(source)
         if self.skip_existing and not self.overwrite and target.exists():
             self.skipped.append((source, target))
             return None
         return check_output(target, self.overwrite)
+
+
+def refuse_dicom_seg_without_series(source: Path) -> None:
+    """A DICOM SEG references the images it was made from: only a DICOM series has them, and only with the extra."""
+    from ..dicom_seg import require
+    from ..validate import dicom_files
+
+    if not (source.is_dir() and dicom_files(source)):
+        raise LightSegError(f"{source.name} is not a DICOM series, so a DICOM SEG (.dcm) has no images to reference: "
+                            "write .nii.gz, .nrrd, .mha or .seg.nrrd")
+    require()
 
 
 def is_folder_path(path: Path, text: str) -> bool:
@@ -184,6 +198,11 @@ class Reporter:
 def segment_file(card, source: Path, frame, target: Path, args) -> dict:
     from ..cases import segment_case
 
+    if target.name.lower().endswith(".dcm"):  # the series' headers load while the volume is read and segmented
+        from ..dicom_seg import prefetch
+        from ..io import series_files
+
+        prefetch(source, series_files)
     reporter = Reporter(args.progress, source.name)
     try:
         return segment_case(card, source, target, frame=frame, backend=args.backend, threads=args.threads,
