@@ -15,8 +15,12 @@ import numpy as np
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Binary Dice of two masks (nonzero = inside)."""
     p, t = pred > 0, truth > 0
-    denom = int(p.sum()) + int(t.sum())
-    return float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
+    return dice_from_counts(int(np.logical_and(p, t).sum()), int(p.sum()) + int(t.sum()))
+
+
+def dice_from_counts(overlap: int, total: int) -> float:
+    """Dice from the voxels both masks mark and the sum of their sizes: pooled over many cases, the counts add up."""
+    return float("nan") if total == 0 else 2.0 * float(overlap) / total
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The model registry: ``Resources/Models/models.json``, validated against its JSON schema.
+"""The model registry, read: ``Resources/Models/models.json``, validated against its JSON schema (the workshop's
+publishing is its one writer).
 
 A model card carries everything inference needs (labels, terminology, orientation, spacing, normalisation,
 post-processing), so adding a model is adding a file and an entry, not code.
@@ -8,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,14 +107,15 @@ def validate(document: dict) -> None:
         raise LightSegError(f"model registry lists these ids twice: {', '.join(sorted(dupes))}")
 
 
-def _validated_stamp(text: str) -> str:
+def validated_stamp(text: str) -> str:
     """What ``models.json.sha256`` holds once ``text`` has passed the schema: its hash and the schema's."""
     return hashlib.sha256(SCHEMA.read_bytes() + b"\0" + text.encode()).hexdigest()
 
 
 def read_registry(folder: Path | None = None) -> dict:
     """The registry document, schema-checked unless ``models.json.sha256`` says this exact text already passed
-    (register_model writes it): importing jsonschema and validating cost 0.1-0.2 s of every segmentation."""
+    (the workshop's registry writer stamps it): importing jsonschema and validating cost 0.1-0.2 s of every
+    segmentation."""
     folder = Path(folder) if folder else models_dir()
     path = folder / "models.json"
     if not path.is_file():
@@ -129,7 +130,7 @@ def read_registry(folder: Path | None = None) -> dict:
     except json.JSONDecodeError as err:
         raise LightSegError(f"model registry {path} is not valid JSON: {err}") from None
     stamp = folder / "models.json.sha256"
-    if not (stamp.is_file() and stamp.read_text().strip() == _validated_stamp(text)):
+    if not (stamp.is_file() and stamp.read_text().strip() == validated_stamp(text)):
         validate(document)
     _READ.clear()
     _READ[key] = text
@@ -161,21 +162,3 @@ def get_segmenter(model_id: str, folder: Path | None = None) -> ModelCard:
         raise LightSegError(f"'{model_id}' classifies 2D radiographs, it does not segment: use "
                             f"'lightseg classify --model {model_id}'")
     return card
-
-
-def register_model(entry: dict, folder: Path | None = None) -> None:
-    """Add or replace a registry entry (by id), validating the whole registry, written atomically."""
-    folder = Path(folder) if folder else models_dir()
-    path = folder / "models.json"
-    document = read_registry(folder) if path.is_file() else {"version": 1, "models": []}
-    models = [m for m in document["models"] if m["id"] != entry["id"]]
-    models.append(entry)
-    document["models"] = sorted(models, key=lambda m: m["id"])
-    validate(document)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".models.", suffix=".json")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the registry is read by every user of an install
-    text = json.dumps(document, indent=1) + "\n"
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    (folder / "models.json.sha256").write_text(_validated_stamp(text) + "\n")

@@ -47,7 +47,8 @@ def make_model_folder(folder: Path, *, model_id: str = "test-quantiser", num_cla
                       postprocessing: dict | None = None, modality: str = "CT",
                       values: list[int] | None = None) -> Path:
     """A registry folder holding one quantiser model; point LIGHTSEG_MODELS_DIR at it."""
-    from LightSegLib.registry import register_model, sha256_of
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import sha256_of
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"{model_id}.onnx"

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch", reason="the torch backend needs the trainin
 def unet_registry(tmp_path, monkeypatch):
     from LightSegLib.lab.export import export_onnx
     from LightSegLib.lab.nets import build
-    from LightSegLib.registry import register_model, sha256_of
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import sha256_of
     from model_fixtures import TERMINOLOGY
 
     torch.manual_seed(0)

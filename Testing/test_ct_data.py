@@ -311,14 +311,14 @@ def test_noise_check_is_repeatable_and_costs_dice():
 def test_liver_ct_finds_the_liver_in_the_bundled_hu_sample():
     """End to end on real HU input shipped with the repository (TotalSegmentator's automatic map as reference)."""
     from LightSegLib.inference import segment_image
+    from LightSegLib.metrics import dice
     from LightSegLib.registry import get_model
 
     card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
     image = sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz"))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources" / "Samples" / "totalseg_example_seg_sm.nii.gz"))) == 5
     pred = sitk.GetArrayFromImage(segment_image(image, card, threads=1).labelmap) == 1
-    dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
-    assert dice > 0.8
+    assert dice(pred, ref) > 0.8
 
 
 @pytest.mark.parametrize("model_id", ["liver-ct", "pancreas-ct"])
@@ -328,7 +328,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
     import shutil
 
     from LightSegLib.registry import get_model
-    from LightSegLib.lab.publish import recard
+    from LightSegLib.lab.publish.model import recard
 
     models = REPO / "Resources" / "Models"
     for name in ("models.json", f"{model_id}.onnx", f"{model_id}.eval.json", f"{model_id}.md"):
@@ -355,7 +355,7 @@ def test_shipped_card_is_what_its_template_and_eval_json_render(model_id, tmp_pa
 def test_crossval_sentence_names_the_recipe_it_ran():
     """A cross-validation of the full recipe (epochs + pruning stage) must not be described as 'training stage
     alone', and its command must be the one that reruns it."""
-    from LightSegLib.lab.publish import crossval_markdown
+    from LightSegLib.lab.publish.cards import crossval_markdown
 
     cv = {"config": "configs/x.toml", "folds": 3, "minutes_per_fold": None, "epochs_per_fold": 87,
           "prune": "--importance l1 --ratio 0.3", "cases": 82, "fold_means": [0.95, 0.93, 0.94],
@@ -435,6 +435,23 @@ def test_crossval_compare_pairs_cases_across_folds():
     assert crossval.compare(b, b)["wilcoxon_p"] == 1.0
 
 
+@pytest.mark.parametrize("model_id,organ", [("liver-ct", "liver"), ("pancreas-ct", "pancreas")])
+def test_the_ct_check_list_is_what_the_cards_report(model_id, organ):
+    """configs/data/ct_checks.toml is the one list of CT evaluation data: a card's whole-volume and true-HU slice
+    rows are its checks for that organ, in its order, and the bundled sample's reference is read onto its CT's grid,
+    where the organ's values label voxels."""
+    from LightSegLib.lab.evaluate import check_volume, slice_checks, volume_checks
+
+    report = json.loads((REPO / "Resources" / "Models" / f"{model_id}.eval.json").read_text())
+    volumes = [k for k, v in report.items() if isinstance(v, dict) and "slices_with_organ_ref" in v]
+    assert [c["name"] for c in volume_checks(organ, cards=True)] == volumes
+    assert {c["name"] for c in slice_checks(organ)} == {"nih_true_hu"} & set(report)
+    sample = next(c for c in volume_checks(organ) if c["name"] == "totalseg_sm_sample")
+    image, reference = check_volume(sample)
+    assert reference.shape == sitk.GetArrayViewFromImage(image).shape
+    assert np.isin(reference, sample["values"][organ]).sum() > 100
+
+
 def test_totalseg_class_names_come_from_the_shared_map():
     shared("totalseg_example")
     from LightSegLib.lab.evaluate import totalseg_class_names
@@ -448,7 +465,7 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     """The CPRUN chain of pancreas-ct (train a teacher, prune-ct + reconstruct, lightseg distill from the rebuilt
     net): the card's 'how it was made' lines follow the distilled checkpoint back to the teacher's run."""
     from LightSegLib.cli import main
-    from LightSegLib.lab.publish import training_markdown
+    from LightSegLib.lab.publish.cards import training_markdown
 
     cfg = str(tiny_config(tmp_path / "liver.toml", "liver_msd.toml"))
     data = str(tiny_msd_liver)
@@ -478,7 +495,7 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
 
 
 def test_card_speed_names_the_machine_and_its_instruction_sets():
-    from LightSegLib.lab.publish import speed_markdown
+    from LightSegLib.lab.publish.cards import speed_markdown
 
     speed = {"input": "ct512.nrrd", "wall_s": 5.0, "wall_min_s": 4.9, "wall_max_s": 5.2, "repeat": 3, "threads": 2,
              "network_s": 3.5, "peak_rss_mb": 700.0, "compared_with": ["pancreas-ct"],
@@ -497,8 +514,9 @@ def test_bench_record_rerenders_the_card_from_the_same_measurement(tmp_path):
     """One measurement, one record: the registry's speed and the card's speed section come from the same run."""
     import shutil
 
-    from LightSegLib.lab.bench import bench, record
-    from LightSegLib.lab.publish import speed_markdown
+    from LightSegLib.lab.bench import bench
+    from LightSegLib.lab.publish.cards import speed_markdown
+    from LightSegLib.lab.publish.model import record_speed
     from LightSegLib.registry import get_model
 
     models = tmp_path / "Resources" / "Models"
@@ -506,7 +524,7 @@ def test_bench_record_rerenders_the_card_from_the_same_measurement(tmp_path):
     shutil.copytree(REPO / "configs" / "cards", tmp_path / "configs" / "cards")
     result = bench(["liver-ct"], REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz", repeat=1,
                    threads=1, warmup=False)
-    assert record(result, folder=models) == ["liver-ct"]
+    assert record_speed(result, folder=models) == ["liver-ct"]
     speed = get_model("liver-ct", models).entry["speed"]
     assert speed["wall_s"] == result["models"][0]["latency_median_s"] and speed["repeat"] == 1
     card = (models / "liver-ct.md").read_text()

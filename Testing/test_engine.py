@@ -111,7 +111,7 @@ def test_checksum_mismatch_is_refused(quantiser):
 
 
 def test_registry_rejects_invalid_entries(quantiser):
-    from LightSegLib.registry import register_model
+    from LightSegLib.lab.publish.writer import register_model
 
     entry = dict(L.get_model("test-quantiser").entry, id="bad-model")
     del entry["labels"]
@@ -146,7 +146,7 @@ def test_hole_filling_equals_one_fill_per_slice():
 
 
 def test_a_hand_edited_registry_is_schema_checked_again(quantiser):
-    """register_model stamps the text it validated, so reads skip jsonschema; an edit must not slip through."""
+    """The registry writer stamps the text it validated, so reads skip jsonschema; an edit must not slip through."""
     path = quantiser / "models.json"
     assert (quantiser / "models.json.sha256").is_file()
     document = json.loads(path.read_text())
@@ -158,10 +158,10 @@ def test_a_hand_edited_registry_is_schema_checked_again(quantiser):
 
 def test_the_shipped_registry_stamp_is_current():
     """Else every segmentation pays for jsonschema again (correct, but 0.1-0.2 s slower): re-register an entry."""
-    from LightSegLib.registry import _validated_stamp
+    from LightSegLib.registry import validated_stamp
 
     folder = REPO / "Resources" / "Models"
-    assert (folder / "models.json.sha256").read_text().strip() == _validated_stamp((folder / "models.json").read_text())
+    assert (folder / "models.json.sha256").read_text().strip() == validated_stamp((folder / "models.json").read_text())
 
 
 def test_largest_component_and_hole_filling():

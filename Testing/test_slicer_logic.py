@@ -342,7 +342,8 @@ def test_terminology_string_is_slicers_format():
 
 
 def test_model_list_hides_reference_models_and_marks_previews(quantiser):
-    from LightSegLib.registry import read_registry, register_model
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import read_registry
 
     entry = dict(read_registry(quantiser)["models"][0], id="test-reference", status="reference")
     register_model(entry, quantiser)
@@ -384,7 +385,8 @@ def test_all_frames_of_a_cine_sequence_and_cardiac_function(mrml, tmp_path, monk
     """Every frame segmented into a segmentation sequence in step with the input; ED/ES volumes and EF in a
     table equal LightSegLib.cardiac on labels computed independently."""
     from LightSegLib.cardiac import cardiac_function
-    from LightSegLib.registry import read_registry, register_model
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import read_registry
 
     folder = make_model_folder(tmp_path / "models", model_id="test-cardiac", modality="MR",
                                normalization={"type": "window", "window": [0, 1]})
@@ -491,7 +493,8 @@ def test_extension_layout_runs_without_pip(tmp_path):
 
 
 def test_int8_mode_passes_through_and_is_refused_without_an_int8_file(mrml, quantiser):
-    from LightSegLib.registry import read_registry, register_model
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import read_registry
 
     volume = load_volume(mrml, CT_SAMPLE, "CT")
     with pytest.raises(LightSegLogic.LightSegError, match="no int8"):

@@ -116,7 +116,8 @@ class StandInTimer:
 def module(monkeypatch, tmp_path):
     """LightSeg.py imported with Qt stood in, over a fresh real scene and a registry holding the test models."""
     folder = make_model_folder(tmp_path / "models")
-    from LightSegLib.registry import read_registry, register_model
+    from LightSegLib.lab.publish.writer import register_model
+    from LightSegLib.registry import read_registry
     entry = read_registry(folder)["models"][0]
     for label, name in zip(entry["labels"], ("right ventricle", "myocardium", "left ventricle")):
         label["name"] = name

@@ -18,6 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from LightSegLib.lab.bench import bench, format_table, plot
+from LightSegLib.lab.evaluate import evaluate
+from LightSegLib.lab.publish.writer import register_model
+from LightSegLib.registry import read_registry
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
 CARD = REPO / "configs" / "cards" / "cardiac-acdc.json"
@@ -56,8 +61,6 @@ def lightseg() -> str:
 
 def export_all(runs: Path, models: Path, data: str, env: dict) -> list[tuple[str, str]]:
     """Export (and quantize) what exists; returns [(bench name, label)] in report order."""
-    from LightSegLib.registry import read_registry, register_model
-
     models.mkdir(parents=True, exist_ok=True)
     names = []
     for mid, ckpt, label, int8 in EXPERIMENTS:
@@ -87,8 +90,6 @@ def export_all(runs: Path, models: Path, data: str, env: dict) -> list[tuple[str
 
 
 def evaluate_all(names, runs: Path, data: str) -> dict:
-    from LightSegLib.lab.evaluate import evaluate
-
     out = {}
     for name, _ in names:
         folder = runs / "cc_eval" / name.replace(":", "_")
@@ -177,8 +178,6 @@ def write_report(path: Path, table: str) -> None:
 def publish_teacher(models: Path, evals: dict) -> None:
     """Register the teacher in the shipped registry as ``cardiac-acdc-teacher`` (status reference: hidden in
     Slicer, left out of the extension), its metrics the engine's, so anyone can bench against it."""
-    from LightSegLib.registry import read_registry, register_model
-
     shipped = REPO / "Resources" / "Models"
     entry = {m["id"]: m for m in read_registry(models)["models"]}["teacher"]
     card = json.loads((REPO / "configs" / "cards" / "cardiac-acdc-teacher.json").read_text())
@@ -197,7 +196,7 @@ def publish_teacher(models: Path, evals: dict) -> None:
                 "(benchmarks/compression_report.py); dice_checkpoint: torch, no post-processing (selection metric)",
     })
     entry["metrics"] = metrics
-    entry["reproduce"] = ("lightseg train --config configs/cardiac_unet32.toml --data ../shared/data/acdc "
+    entry["reproduce"] = ("lightseg train --config configs/models/cardiac-acdc-teacher.toml --data ../shared/data/acdc "
                           "--out runs/cardiac_unet32 && lightseg export runs/cardiac_unet32/best.pt --out "
                           "Resources/Models/cardiac-acdc-teacher.onnx --register cardiac-acdc-teacher --card "
                           "configs/cards/cardiac-acdc-teacher.json (engine metrics: benchmarks/compression_report.py)")
@@ -226,14 +225,10 @@ def main() -> int:
         return 0
     bench_file = runs / "cc_bench.json"
     if not bench_file.is_file():
-        from LightSegLib.lab.bench import bench
-
         result = bench([n for n, _ in names], SAMPLE, repeat=args.repeat, threads=args.threads,
                        log=lambda s: print(s, flush=True))
         bench_file.write_text(json.dumps(result, indent=1))
     result = json.loads(bench_file.read_text())
-    from LightSegLib.lab.bench import format_table, plot
-
     print(format_table(result))
     labels = dict(names)  # the plots label points with the readable names
     readable = {**result, "models": [dict(r, model=labels.get(r["model"], r["model"])) for r in result["models"]]}

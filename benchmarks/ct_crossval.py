@@ -9,7 +9,7 @@ on the fold's cases, as ``lightseg publish`` scores a model. Every pool case is 
 never saw it. Resumable: finished stages and folds are skipped. ``--fold K`` runs one fold, so folds can run as
 parallel processes; the summary is written once every fold is done.
 
-    .venv/bin/python benchmarks/ct_crossval.py --config configs/liver_lits2d.toml --folds 5 --minutes 10 \\
+    .venv/bin/python benchmarks/ct_crossval.py --config configs/experiments/liver_lits2d.toml --folds 5 --minutes 10 \\
         --card configs/cards/liver-ct.json --out runs/liver_cv
 
 Writes OUT/crossval.json and prints a markdown table. Without ``--prune`` and at a short budget the figures

@@ -1,6 +1,7 @@
 """Today's CT engine against an older one, side by side: each run its own `lightseg segment` process, the two
 engines alternating run by run (the machine's load drifts; alternation shares it fairly), medians and ratios,
-and how far the new labels are from the old ones (Dice per model, same input).
+and how far the new labels are from the old ones (Dice per model, same input, LightSegLib.metrics: NaN when
+neither engine marks anything).
 
 The old engine is `git archive REF LightSegLib Resources/Models` unpacked in a scratch folder and run from there,
 so it keeps its own code and registry. The input defaults to the 512x512x300 CT of benchmarks/big_ct.py.
@@ -21,11 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from big_ct import make_ct  # noqa: E402
+from LightSegLib.lab.bench import time_once  # noqa: E402
+from LightSegLib.machine import machine, machine_line  # noqa: E402
+from LightSegLib.metrics import dice  # noqa: E402
 
 
 def unpack(ref: str, folder: Path) -> Path:
@@ -35,16 +40,7 @@ def unpack(ref: str, folder: Path) -> Path:
     return folder
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def main() -> int:
-    from LightSegLib.lab.bench import time_once
-    from LightSegLib.machine import machine, machine_line
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="git ref of the engine to compare with")
     parser.add_argument("--models", default="liver-ct,pancreas-ct")
@@ -59,8 +55,6 @@ def main() -> int:
         old_repo = unpack(args.old, tmp / "old")
         ct = Path(args.input) if args.input else tmp / "ct512.nrrd"
         if not args.input:
-            from big_ct import make_ct
-
             make_ct(ct)
         engines = {"old": old_repo, "new": REPO}
         result = {"input": str(args.input or "512x512x300 int16 CT (benchmarks/big_ct.py)"), "old": args.old,

@@ -2,12 +2,11 @@
 
     python benchmarks/pancreas_whole_volume_gates.py
 
-On the TotalSegmentator 20-slice DICOM series, its 3 mm example CT and s0009: the pancreas probability on the
-input grid (as the engine interpolates), thresholded at several levels before the 3D largest component; Dice
-against the reference, the share of the prediction on another labelled structure, and the voxels predicted on
-slices without pancreas. Then where the predicted and the true pancreas lie within the body box slice by slice,
-beside liver-ct's liver, to show whether a liver-relative gate could separate them. IRCADb is not used: its
-pancreas is present but not labelled.
+On the pancreas checks of configs/data/ct_checks.toml (TotalSegmentator's 3 mm example CT, its 20-slice DICOM
+series, s0009): the pancreas probability on the input grid (as the engine interpolates), thresholded at several
+levels before the 3D largest component; Dice against the reference, the share of the prediction on another
+labelled structure, and the voxels predicted on slices without pancreas. Then where the predicted and the true pancreas lie within the body box slice by slice,
+beside liver-ct's liver, to show whether a liver-relative gate could separate them.
 """
 from __future__ import annotations
 
@@ -20,15 +19,9 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from LightSegLib import postprocess, preprocess  # noqa: E402
 from LightSegLib.inference import make_runner, segment_image  # noqa: E402
-from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.registry import get_model  # noqa: E402
-from LightSegLib.lab.evaluate import SHARED  # noqa: E402
+from LightSegLib.lab.evaluate import check_volume, volume_checks  # noqa: E402
 from LightSegLib.metrics import dice  # noqa: E402
-
-TS = SHARED / "totalseg_example"
-CASES = [("totalseg_dicom20", TS / "example_ct_dicom", TS / "example_seg_dicom.nii.gz", 7),
-         ("totalseg_3mm", TS / "example_ct.nii.gz", TS / "example_seg_v1_full_5de6e4d.nii.gz", 10),
-         ("s0009", SHARED / "totalseg_s0009" / "ct.nii.gz", SHARED / "totalseg_s0009" / "seg.nii.gz", 7)]
 
 
 def probability(card, runner, volume, spacing) -> np.ndarray:
@@ -55,13 +48,13 @@ def box_position(slice_, mask):
 def main() -> int:
     card, liver = get_model("pancreas-ct"), get_model("liver-ct")
     runner = make_runner(card, threads=2)
-    for name, image_path, label_path, value in CASES:
-        image = read_image(image_path)
+    for check in volume_checks("pancreas", cards=True):
+        name = check["name"]
+        image, reference = check_volume(check)
         o = preprocess.orientation_for(image.GetDirection(), "LPS")
-        ref = o.apply(sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
-                                                           sitk.sitkNearestNeighbor, 0)))
+        ref = o.apply(reference)
         volume = o.apply(sitk.GetArrayViewFromImage(image))
-        truth = ref == value
+        truth = np.isin(ref, check["values"]["pancreas"])
         free = ~truth.any(axis=(1, 2))
         p = probability(card, runner, volume, o.spacing(image.GetSpacing()))
         for threshold in (0.5, 0.7, 0.8, 0.9, 0.95):

@@ -6,9 +6,9 @@ a bad case and a good one.
     python benchmarks/quality_calibration.py report runs/quality/cases.json          # flag rates, registry limits
 
 Validation data (what thresholds may be chosen on): the CT cards' validation splits of the 8-bit slices, the ACDC
-validation split, and the whole HU volumes (TotalSegmentator 3 mm CT and 20-slice DICOM, s0009, IRCADb 17, dcmqi).
-The held-out test splits are scored too and reported apart, as the check on thresholds chosen without them.
-IRCADb's pancreas is not labelled, so it is never a pancreas case.
+validation split, and the whole HU volumes of configs/data/ct_checks.toml (read through LightSegLib/lab/evaluate.py).
+The held-out test splits and the true-HU slice checks are scored too and reported apart, as the check on
+thresholds chosen without them.
 """
 from __future__ import annotations
 
@@ -26,23 +26,13 @@ sys.path.insert(0, str(REPO))
 from LightSegLib import quality  # noqa: E402
 from LightSegLib.inference import segment_image  # noqa: E402
 from LightSegLib.registry import ModelCard, get_model, list_models  # noqa: E402
-from LightSegLib.lab.evaluate import SHARED  # noqa: E402
+from LightSegLib.lab.evaluate import (SHARED, check_slices, check_volume, slice_checks,  # noqa: E402
+                                      split_slices, volume_checks)
+from LightSegLib.lab.train.config import load_config  # noqa: E402
 from LightSegLib.metrics import dice  # noqa: E402
 
-CONFIGS = {"liver-ct": "configs/liver_lits2d_intensity.toml", "pancreas-ct": "configs/pancreas_nih2d.toml"}
-TS = SHARED / "totalseg_example"
-# (case name, image, reference, {task: reference values}); the reference is resampled onto the image grid
-VOLUMES = [
-    ("totalseg_3mm", TS / "example_ct.nii.gz", TS / "example_seg_v1_full_5de6e4d.nii.gz", {"liver": [5], "pancreas": [10]}),
-    ("totalseg_dicom20", TS / "example_ct_dicom", TS / "example_seg_dicom.nii.gz", {"liver": [5], "pancreas": [7]}),
-    ("totalseg_sm_sample", REPO / "Resources" / "Samples" / "totalseg_example_ct_sm.nii.gz",
-     REPO / "Resources" / "Samples" / "totalseg_example_seg_sm.nii.gz", {"liver": [5], "pancreas": [7]}),
-    ("s0009", SHARED / "totalseg_s0009" / "ct.nii.gz", SHARED / "totalseg_s0009" / "seg.nii.gz",
-     {"liver": [5], "pancreas": [7]}),
-    ("ircadb17", SHARED / "ircadb" / "imagesTr" / "ircadb1_17.nii.gz", SHARED / "ircadb" / "labelsTr" / "ircadb1_17.nii.gz",
-     {"liver": [1]}),
-    ("dcmqi", SHARED / "dcmqi_ct3slice", SHARED / "dcmqi_ct3slice" / "liver_seg.nrrd", {"liver": [1]}),
-]
+# the shipped CT models' own configs: their held-out splits of the 8-bit slice sets
+CONFIGS = {"liver-ct": "configs/models/liver-ct.toml", "pancreas-ct": "configs/models/pancreas-ct.toml"}
 
 
 def _rows(card, result, truth_by_value: dict, group: str, case: str) -> list[dict]:
@@ -55,32 +45,23 @@ def _rows(card, result, truth_by_value: dict, group: str, case: str) -> list[dic
 
 def slice_cases(card, split: str, threads: int) -> list[dict]:
     """The card's 8-bit slice split, one case per patient / volume, no 3D post-processing (as the card's figures)."""
-    from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config
-
-    cfg = load_config(REPO / CONFIGS[card.id])["data"]
     flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
-    files = reader._npz_files(Path(cfg["dataset"]))
     rows = []
-    for name in reader.split_ids(reader.dataset_ids(cfg), cfg["holdout"])[split]:
-        with np.load(files[name]) as f:
-            keep = f["crop_margin"] == 0 if "crop_margin" in f.files else np.ones(len(f["image"]), bool)
-            image, label = f["image"][keep], f["label"][keep]
+    for name, image, label in split_slices(load_config(REPO / CONFIGS[card.id])["data"], split):
         if len(image):
             result = segment_image(sitk.GetImageFromArray(np.ascontiguousarray(image)), flat, threads=threads)
             rows += _rows(card, result, {1: label > 0}, f"{split}_8bit", name)
     return rows
 
 
-def nih_hu_cases(card, threads: int) -> list[dict]:
-    """The true-HU slices of two NIH test patients (flipped into radiological view, as the data README says)."""
+def slice_check_cases(card, threads: int) -> list[dict]:
+    """The true-HU slice checks of the card's organ (two NIH test patients for the pancreas), no 3D post-processing."""
+    flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
     rows = []
-    for path in sorted((SHARED / "nih_pancreas").glob("PANCREAS_*.npz")):
-        with np.load(path) as f:
-            image, label = np.flip(f["image"], 1), np.flip(f["label"], 1)
-        flat = ModelCard({**card.entry, "postprocessing": {}}, card.folder)
-        result = segment_image(sitk.GetImageFromArray(np.ascontiguousarray(image, np.int16)), flat, threads=threads)
-        rows += _rows(card, result, {1: label > 0}, "test_true_hu", path.stem)
+    for check in slice_checks(card.task):
+        for name, image, label in check_slices(check):
+            result = segment_image(sitk.GetImageFromArray(image), flat, threads=threads)
+            rows += _rows(card, result, {1: label > 0}, "test_true_hu", name)
     return rows
 
 
@@ -97,17 +78,13 @@ def acdc_cases(card, threads: int) -> list[dict]:
 
 
 def volume_cases(card, threads: int) -> list[dict]:
-    from LightSegLib.io import read_image
-
     rows = []
-    for case, image_path, label_path, values in VOLUMES:
-        if card.task not in values or not Path(image_path).exists():
-            continue
-        image = read_image(image_path)
-        reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
-                                                         sitk.sitkNearestNeighbor, 0))
-        result = segment_image(image, card, threads=threads)
-        rows += _rows(card, result, {1: np.isin(reference, values[card.task])}, "whole_volume", case)
+    for check in volume_checks(card.task):
+        if check["image"].exists():
+            image, reference = check_volume(check)
+            result = segment_image(image, card, threads=threads)
+            rows += _rows(card, result, {1: np.isin(reference, check["values"][card.task])}, "whole_volume",
+                          check["name"])
     return rows
 
 
@@ -122,8 +99,7 @@ def run(args) -> int:
             for split in ("val", "test"):
                 rows += slice_cases(card, split, args.threads)
             rows += volume_cases(card, args.threads)
-            if card.task == "pancreas":
-                rows += nih_hu_cases(card, args.threads)
+            rows += slice_check_cases(card, args.threads)
         print(f"{card.id}: {sum(r['model'] == card.id for r in rows)} cases", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")

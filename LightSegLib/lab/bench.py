@@ -5,7 +5,8 @@ meaningful per process. A tiny measuring process starts ``python -m LightSegLib.
 child's wall time and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the pattern of benchmarks/big_ct.py), so the
 figures include start-up, reading, preprocessing, the network and writing: what a user waits for.
 
-A model is named by its registry id; ``ID:int8`` runs its int8 file (``--int8``).
+A model is named by its registry id; ``ID:int8`` runs its int8 file (``--int8``). Storing a measurement in the
+registry and the card is publishing's (``publish.model.record_speed``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LightSegError
+from ..inference import default_threads
 from ..machine import machine, machine_line
+from ..registry import get_model
 
 MEASURE = r"""
 import resource, subprocess, sys, time
@@ -41,8 +44,6 @@ def parse_model(text: str) -> tuple[str, bool]:
 
 def model_facts(model: str, int8: bool) -> dict:
     """Params, MACs (from the registry card) and model file size."""
-    from ..registry import get_model
-
     card = get_model(model)
     if int8 and not card.has_int8():
         raise LightSegError(f"model '{model}' has no int8 version")
@@ -140,39 +141,8 @@ def bench(models: list[str], input_path, repeat: int = 3, threads: int | None = 
         r["macs_ratio_vs_first"] = _ratio(r["macs"], first["macs"])
         r["file_ratio_vs_first"] = _ratio(r["file_bytes"], first["file_bytes"])
         r["rss_ratio_vs_first"] = _ratio(r["peak_rss_mb"], first["peak_rss_mb"])
-    from ..inference import default_threads
-
     return {"input": str(input_path), "repeat": repeat, "threads": threads or default_threads(), "backend": backend,
             "machine": machine(), "models": rows}
-
-
-def record(result: dict, folder=None, log=print) -> list[str]:
-    """Store each fp32 model's figures of this run as its registry entry's ``speed`` (shown by ``lightseg models``,
-    Slicer's model list and the model card), with the input, machine and threads, and the models it was timed
-    beside; a published card is re-rendered from it, so the card and the registry never hold two measurements."""
-    from .publish import refresh_card
-    from ..registry import get_model, models_dir, register_model
-
-    names = [r["model"] for r in result["models"]]
-    done = []
-    for row in result["models"]:
-        model, int8 = parse_model(row["model"])
-        if int8:
-            continue
-        entry = dict(get_model(model, folder).entry)
-        entry["speed"] = {"input": Path(result["input"]).name, "wall_s": row["latency_median_s"],
-                          "wall_min_s": row["latency_min_s"], "wall_max_s": row["latency_max_s"],
-                          "repeat": int(result["repeat"]), "threads": int(result["threads"]),
-                          "machine": machine_line(result["machine"]), "peak_rss_mb": row["peak_rss_mb"],
-                          "compared_with": [n for n in names if n != row["model"]]}
-        for key, name in (("engine_s", "engine_median_s"), ("network_s", "network_median_s")):
-            if name in row:
-                entry["speed"][key] = row[name]
-        register_model(entry, folder)
-        if not refresh_card(model, folder or models_dir()):
-            log(f"{model}: no published card to re-render (lightseg publish --card-only re-renders it later)")
-        done.append(model)
-    return done
 
 
 def _ratio(a, b):

@@ -1,5 +1,6 @@
 """Evaluation on a labelled split: Dice and HD95 (mm) per case and label (LightSegLib.metrics), CSV, markdown, figure;
-and the CT models' card figures (``evaluate_model``: held-out 8-bit slices and true-HU CT, ``lightseg evaluate-ct``).
+and the CT models' card figures (``evaluate_model``: held-out 8-bit slices, and the true-HU CT listed in
+``configs/data/ct_checks.toml``; ``lightseg evaluate-ct``).
 
 A registry id is evaluated through the inference engine (ONNX, with the card's post-processing): the figures
 are those of what ships. A checkpoint is evaluated through torch on the same preprocessing, without
@@ -7,22 +8,30 @@ post-processing (what training validation measures), unless ``postprocessing`` i
 """
 from __future__ import annotations
 
+import ast
 import csv
 import json
+import os
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import LightSegError
-from ..metrics import dice
+from ..inference import make_runner, segment_image
+from ..io import read_image
+from ..metrics import dice, dice_from_counts, dice_per_class, hd95_per_class
+from ..postprocess import apply
+from ..registry import SAMPLES_DIR, ModelCard, get_model
+from .data import reader
+from .data.msd import load_case, read_split
+from .export import load_checkpoint
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing_zyx) -> tuple[np.ndarray, np.ndarray]:
     """Dice and HD95 (mm, physical spacing) per foreground label (NaN: see LightSegLib.metrics)."""
-    from ..metrics import dice_per_class, hd95_per_class
-
     return dice_per_class(pred, truth, num_classes), hd95_per_class(pred, truth, num_classes, spacing_zyx)
 
 
@@ -32,9 +41,6 @@ def _predictor(model: str, threads: int, postprocessing: dict | None):
     if path.suffix in (".pt", ".pth") or path.is_file():
         import torch
 
-        from .data.msd import load_case
-        from .export import load_checkpoint
-        from ..postprocess import apply
         from .train.evaluate_core import predict_case
 
         torch.set_num_threads(threads)
@@ -51,9 +57,6 @@ def _predictor(model: str, threads: int, postprocessing: dict | None):
 
         return predict, {v: f"label {v}" for v in range(1, k)}, k
 
-    from ..inference import make_runner, segment_image
-    from ..registry import get_model
-
     model_id, _, variant = model.partition(":")  # "ID:int8" evaluates the int8 file, as lightseg bench names it
     if variant not in ("", "int8"):
         raise LightSegError(f"model {model!r}: the only variant is ID:int8")
@@ -69,8 +72,6 @@ def _predictor(model: str, threads: int, postprocessing: dict | None):
 
 def evaluate(model: str, data, split: str, out, threads: int = 2, limit: int | None = None,
              postprocessing: dict | None = None, log=print) -> dict:
-    from .data.msd import read_split
-
     entries = [e for e in read_split(data, split) if e.get("label")][:limit or None]
     if not entries:
         raise LightSegError(f"split {split!r} of {data} has no labelled cases")
@@ -162,16 +163,58 @@ def figure(rows, names, cases, predict, path) -> None:
 
 # ---------------------------------------------------------------- CT models through the engine (model cards)
 #: the shared real data of a development checkout (the CT card figures need it; absent data is skipped)
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(os.environ.get("LIGHTSEG_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+#: the CT checks beyond a training set's held-out split: which data, which label values, what each measures
+CHECKS_FILE = Path(__file__).resolve().parents[2] / "configs" / "data" / "ct_checks.toml"
+ROOTS = {"shared": SHARED, "samples": SAMPLES_DIR}
+
+
+def _checks_file() -> dict:
+    with open(CHECKS_FILE, "rb") as f:
+        return tomllib.load(f)
+
+
+def volume_checks(organ: str | None = None, cards: bool = False) -> list[dict]:
+    """The whole-volume checks of CHECKS_FILE in its order, paths resolved; with ``organ``, those that label it;
+    with ``cards``, those a model card reports."""
+    checks = []
+    for check in _checks_file()["volume"]:
+        root = ROOTS[check.get("root", "shared")]
+        check = {**check, "image": root / check["image"], "reference": root / check["reference"]}
+        if (organ is None or organ in check["values"]) and not (cards and not check.get("card", True)):
+            checks.append(check)
+    return checks
+
+
+def slice_checks(organ: str | None = None) -> list[dict]:
+    """The true-HU slice checks of CHECKS_FILE (one case per file), for ``organ`` when given."""
+    return [c for c in _checks_file()["slices"] if organ is None or c["organ"] == organ]
+
+
+def check_slices(check: dict):
+    """(case name, int16 HU slices in radiological view, label) of each file of a slice check."""
+    for path in sorted(SHARED.glob(check["files"])):
+        with np.load(path) as f:
+            image, label = f["image"], f["label"]
+        if "flip_axis" in check:
+            image, label = np.flip(image, check["flip_axis"]), np.flip(label, check["flip_axis"])
+        yield path.stem, np.ascontiguousarray(image, np.int16), label
+
+
+def check_volume(check: dict) -> tuple[sitk.Image, np.ndarray]:
+    """A volume check's CT (a file or a DICOM series, read as the engine reads it) and its reference map on the
+    CT's grid: a reference may be stored on a differently oriented grid (the DICOM series' NIfTI label is
+    y-flipped), so it is resampled (nearest) in physical space."""
+    image = read_image(check["image"])
+    reference = sitk.Resample(sitk.ReadImage(str(check["reference"])), image, sitk.Transform(),
+                              sitk.sitkNearestNeighbor, 0)
+    return image, sitk.GetArrayFromImage(reference)
 
 
 def engine_predict(card, slices_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0), postprocess: bool = True,
                    threads: int = 1) -> np.ndarray:
     """Labels for slices already in radiological view (LPS grid, identity direction) via ``segment_image``.
     ``postprocess=False`` for stacks of scattered slices, where 3D connected components mean nothing."""
-    from ..inference import segment_image
-    from ..registry import ModelCard
-
     if not postprocess:  # nor a slice search: the slices are not neighbours
         card = ModelCard({**card.entry, "postprocessing": {}, "input": {**card.entry["input"], "z_search": 0}},
                          card.folder)
@@ -190,7 +233,7 @@ def summarise_slices(rows: list[dict]) -> dict:
     return {"cases": len(rows), "slices": int(per_slice.size),
             "dice_mean_per_case": round(float(np.nanmean(case)), 4) if rows else None,
             "dice_sd_per_case": round(float(np.nanstd(case)), 4) if rows else None,
-            "dice_pooled": round(2.0 * inter / total, 4) if total else None,
+            "dice_pooled": round(dice_from_counts(inter, total), 4) if total else None,
             "dice_mean_per_slice": round(float(np.nanmean(per_slice)), 4) if per_slice.size else None}
 
 
@@ -200,20 +243,22 @@ def _row(name, pred, truth) -> dict:
             "slice_dice": np.array([dice(a, b) for a, b in zip(p, t)])}
 
 
+def split_slices(dcfg: dict, split: str):
+    """(case name, 8-bit slices, label) of each volume/patient of a held-out split of a 2D slice set: the slices of
+    real geometry only (a crop's margin slices left out)."""
+    files = reader._npz_files(Path(dcfg["dataset"]))
+    for name in reader.split_ids(reader.dataset_ids(dcfg), dcfg["holdout"])[split]:
+        with np.load(files[name]) as f:
+            keep = f["crop_margin"] == 0 if "crop_margin" in f.files else np.ones(len(f["image"]), bool)
+            yield name, f["image"][keep], f["label"][keep]
+
+
 def eval_npz_split(card, cfg: dict, split: str, threads: int = 1, noise_sd: float = 0.0) -> dict:
     """Held-out 8-bit slices (real geometry only), one case per volume/patient, no 3D post-processing.
     ``noise_sd``: add Gaussian noise of that many HU (fixed seed) first, as on a grainy low-dose scan."""
-    from .data import reader
-
-    dcfg = cfg["data"]
-    names = reader.split_ids(reader.dataset_ids(dcfg), dcfg["holdout"])[split]
-    files = reader._npz_files(Path(dcfg["dataset"]))
     rng = np.random.default_rng(0)
     rows = []
-    for n in names:
-        with np.load(files[n]) as f:
-            keep = f["crop_margin"] == 0 if "crop_margin" in f.files else np.ones(len(f["image"]), bool)
-            image, label = f["image"][keep], f["label"][keep]
+    for n, image, label in split_slices(cfg["data"], split):
         if noise_sd:
             image = np.clip(image + rng.normal(0.0, noise_sd, image.shape), 0, 255).astype(np.int16)
         if len(image):
@@ -223,14 +268,10 @@ def eval_npz_split(card, cfg: dict, split: str, threads: int = 1, noise_sd: floa
     return out
 
 
-def eval_nih_hu(card, threads: int = 1) -> dict:
-    """The true-HU NIH slices (int16), flipped on axis 1 into radiological view as the data README says."""
-    rows = []
-    for p in sorted((SHARED / "nih_pancreas").glob("PANCREAS_*.npz")):
-        with np.load(p) as f:
-            image, label = np.flip(f["image"], 1), np.flip(f["label"], 1)
-        rows.append(_row(p.stem, engine_predict(card, image.astype(np.int16), postprocess=False, threads=threads),
-                         label))
+def eval_slice_check(card, check: dict, threads: int = 1) -> dict:
+    """A slice check of CHECKS_FILE, slice by slice, without 3D post-processing."""
+    rows = [_row(name, engine_predict(card, image, postprocess=False, threads=threads), label)
+            for name, image, label in check_slices(check)]
     out = summarise_slices(rows)
     out["per_case"] = {r["case"]: round(r["dice"], 4) for r in rows}
     return out
@@ -239,9 +280,7 @@ def eval_nih_hu(card, threads: int = 1) -> dict:
 def eval_listed_negatives(card, spec: dict, threads: int = 1) -> dict:
     """The held-out (``check``) volumes of a reviewed organ-free slice list: how many of their slices the model
     still marks, and how much."""
-    from .data.reader import listed_slices
-
-    held_out = listed_slices(spec, "check")
+    held_out = reader.listed_slices(spec, "check")
     marked = total = pixels = 0
     for image in held_out.values():
         pred = engine_predict(card, image.astype(np.int16), postprocess=False, threads=threads) > 0
@@ -254,8 +293,6 @@ def eval_listed_negatives(card, spec: dict, threads: int = 1) -> dict:
 
 def totalseg_class_names(map_name: str) -> dict[int, str]:
     """A TotalSegmentator class map ("total_v1", "total") from the shared copy of its map_to_binary.py."""
-    import ast
-
     tree = ast.parse((SHARED / "totalseg_example" / "map_to_binary.py.txt").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "class_map":
@@ -265,16 +302,12 @@ def totalseg_class_names(map_name: str) -> dict[int, str]:
 
 def listed_negatives(cfg: dict | None) -> list[dict]:
     """The config's reviewed organ-free slice lists that hold out volumes to check."""
-    from .data.reader import negative_specs
-
-    return [s for s in negative_specs((cfg or {}).get("data", {})) if "slices" in s and int(s.get("check", 0))]
+    return [s for s in reader.negative_specs((cfg or {}).get("data", {})) if "slices" in s and int(s.get("check", 0))]
 
 
 def training_use(cfg: dict | None, image_path) -> dict | None:
     """The ``data.negatives`` entry of ``cfg`` that trained on this volume, if any."""
-    from .data.reader import negative_specs
-
-    for spec in negative_specs((cfg or {}).get("data", {})):
+    for spec in reader.negative_specs((cfg or {}).get("data", {})):
         if "image" in spec and Path(spec["image"]).resolve() == Path(image_path).resolve():
             return spec
     return None
@@ -290,25 +323,17 @@ def describe_use(spec: dict | None) -> str:
     return f"{what} were trained on"
 
 
-def eval_volume(card, image_path, label_path, values, threads: int = 1, class_names: dict | None = None,
-                trained: dict | None = None) -> dict:
-    """A HU CT volume through the full engine (3D post-processing on) against a label map (``values`` = organ).
-    With the map's ``class_names``, also which reference structures the prediction lies on (where it goes wrong).
+def eval_volume(card, check: dict, organ: str, threads: int = 1, trained: dict | None = None) -> dict:
+    """A volume check of CHECKS_FILE through the full engine (3D post-processing on) against its reference map.
+    With the map's ``class_map``, also which reference structures the prediction lies on (where it goes wrong).
     ``trained``: the training spec that used this volume; with blocks, only the held-out blocks are scored."""
-    from .data.reader import block_slices
-    from ..inference import segment_image
-
-    image = sitk.ReadImage(str(image_path))
-    # The reference may be stored on a differently oriented grid (the DICOM series' NIfTI label is y-flipped):
-    # compare in physical space, the label resampled (nearest) onto the image grid.
-    reference = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(),
-                                                     sitk.sitkNearestNeighbor, 0))
-    truth = np.isin(reference, list(values))
+    image, reference = check_volume(check)
+    truth = np.isin(reference, check["values"][organ])
     result = segment_image(image, card, threads=threads)
     pred = sitk.GetArrayFromImage(result.labelmap) > 0
     if trained is not None and trained.get("blocks"):
-        check = block_slices(pred.shape[0], trained, "check")
-        pred, truth, reference = pred[check], truth[check], reference[check]
+        keep = reader.block_slices(pred.shape[0], trained, "check")
+        pred, truth, reference = pred[keep], truth[keep], reference[keep]
     z_truth = truth.any(axis=(1, 2))
     z_pred = pred.any(axis=(1, 2))
     out = {"dice": round(dice(pred, truth), 4), "voxels_pred": int(pred.sum()), "voxels_ref": int(truth.sum()),
@@ -316,7 +341,8 @@ def eval_volume(card, image_path, label_path, values, threads: int = 1, class_na
            "false_positive_slices": int((z_pred & ~z_truth).sum()),
            "voxels_on_organ_free_slices": int(pred[~z_truth].sum()), "quality_flag": result.quality["flag"],
            "training_use": describe_use(trained)}
-    if class_names is not None and pred.any():
+    if check.get("class_map") and pred.any():
+        class_names = totalseg_class_names(check["class_map"])
         found, counts = np.unique(reference[pred], return_counts=True)
         order = np.argsort(-counts)[:3]
         out["prediction_lies_on"] = {class_names.get(int(found[i]), "background" if found[i] == 0 else str(found[i])):
@@ -329,8 +355,6 @@ def evaluate_model(card, cfg: dict | None, organ: str, threads: int = 1, splits=
     the difference from fp32 per check)."""
     report = _checks(card, cfg, organ, threads, splits)
     if card.has_int8():
-        from ..registry import ModelCard
-
         int8 = ModelCard({**card.entry, "file": card.entry["int8_file"], "sha256": card.entry["int8_sha256"]},
                          card.folder)
         report["int8"] = {k: {"dice": _dice_of(v), "minus_fp32": round(_dice_of(v) - _dice_of(report[k]), 4)}
@@ -351,39 +375,10 @@ def _checks(card, cfg: dict | None, organ: str, threads: int, splits) -> dict:
             report["test_8bit_noise30"] = eval_npz_split(card, cfg, "test", threads, noise_sd=30.0)
     for spec in listed_negatives(cfg):
         report[f"{Path(spec['slices']).name.split('.')[0]}_check"] = eval_listed_negatives(card, spec, threads)
-    ts = SHARED / "totalseg_example"
-    if organ == "pancreas" and (SHARED / "nih_pancreas").is_dir():
-        report["nih_true_hu"] = eval_nih_hu(card, threads)
-    if ts.is_dir():
-        v1 = {"liver": [5], "pancreas": [10]}[organ]
-        v2 = {"liver": [5], "pancreas": [7]}[organ]
-        report["totalseg_ct_3mm_vs_auto_v1"] = eval_volume(card, ts / "example_ct.nii.gz",
-                                                           ts / "example_seg_v1_full_5de6e4d.nii.gz", v1, threads,
-                                                           totalseg_class_names("total_v1"),
-                                                           training_use(cfg, ts / "example_ct.nii.gz"))
-        from ..io import read_image
-
-        series = read_image(ts / "example_ct_dicom")
-        tmp = Path("/tmp") / f"lightseg_eval_{card.id}_dicom.nii.gz"
-        sitk.WriteImage(series, str(tmp))
-        report["totalseg_dicom_20slices_vs_auto_v2"] = eval_volume(card, tmp, ts / "example_seg_dicom.nii.gz", v2,
-                                                                   threads, totalseg_class_names("total"))
-    s9 = SHARED / "totalseg_s0009"
-    if s9.is_dir():
-        report["s0009_1p5mm_vs_totalseg_v2"] = eval_volume(card, s9 / "ct.nii.gz", s9 / "seg.nii.gz",
-                                                           {"liver": [5], "pancreas": [7]}[organ], threads,
-                                                           totalseg_class_names("total"),
-                                                           training_use(cfg, s9 / "ct.nii.gz"))
-    ircadb = SHARED / "ircadb"
-    if organ == "liver" and ircadb.is_dir():  # its pancreas is not labelled: never a pancreas check
-        report["ircadb17_vs_manual"] = eval_volume(card, ircadb / "imagesTr" / "ircadb1_17.nii.gz",
-                                                   ircadb / "labelsTr" / "ircadb1_17.nii.gz", [1], threads)
-    dq = SHARED / "dcmqi_ct3slice"
-    if organ == "liver" and dq.is_dir():
-        from ..io import read_image
-
-        series = read_image(dq)
-        tmp = Path("/tmp") / f"lightseg_eval_{card.id}_dcmqi.nii.gz"
-        sitk.WriteImage(series, str(tmp))
-        report["dcmqi_3slices_vs_semiauto"] = eval_volume(card, tmp, dq / "liver_seg.nrrd", [1], threads)
+    for check in slice_checks(organ):
+        if any(SHARED.glob(check["files"])):
+            report[check["name"]] = eval_slice_check(card, check, threads)
+    for check in volume_checks(organ, cards=True):
+        if check["image"].exists():
+            report[check["name"]] = eval_volume(card, check, organ, threads, training_use(cfg, check["image"]))
     return report

@@ -7,13 +7,16 @@ torch against ONNX Runtime on real, preprocessed slices, and the cost figures th
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..errors import LightSegError
+from ..preprocess import Preprocessing
+from ..registry import get_segmenter, list_models, models_dir, sha256_of
+from .publish.writer import register_model
 
 OPSET = 17
 
@@ -30,8 +33,6 @@ def load_checkpoint(path):
 
     path = Path(path)
     if not path.is_file():
-        from ..registry import list_models
-
         if str(path) in {card.id for card in list_models()}:
             return load_registered(str(path))
         raise LightSegError(f"checkpoint not found: {path}")
@@ -96,10 +97,6 @@ def count_macs(net, input_shape) -> int:
 
 def real_slices(image_path, prep: dict, max_slices: int = 8) -> np.ndarray:
     """Preprocessed slices of a real volume as the engine feeds them: (n, C, h, w) float32."""
-    import SimpleITK as sitk
-
-    from ..preprocess import Preprocessing
-
     prepared = Preprocessing.from_prep(prep).prepare(sitk.ReadImage(str(image_path)))
     start = max(0, prepared.depth // 2 - max_slices // 2)
     return prepared.batch(start, min(prepared.depth, start + max_slices))
@@ -123,10 +120,6 @@ def parity(net, onnx_path, slices: np.ndarray) -> dict:
 def build_entry(card: dict, ckpt: dict, onnx_path: Path, params: int, macs: int, macs_hw, torch_file: str | None,
                 reproduce: str | None) -> dict:
     """The registry entry: static facts from the card template, the rest measured or read from the checkpoint."""
-    from ..registry import sha256_of
-
-    from ..preprocess import Preprocessing
-
     fields = Preprocessing.from_prep(ckpt["prep"]).card_fields()
     entry = dict(card)
     entry.update({
@@ -164,7 +157,6 @@ def export_checkpoint(checkpoint, out, *, card_path=None, register_id=None, pari
     import torch
 
     from .nets.blocks import count_params
-    from ..registry import models_dir, register_model
 
     net, ckpt = load_checkpoint(checkpoint)
     in_channels = int(ckpt["architecture"].get("in_channels", 1))
@@ -294,8 +286,6 @@ def load_registered(model_id: str, batches=None):
     import torch
 
     from .nets import build
-    from ..preprocess import Preprocessing
-    from ..registry import get_segmenter
 
     card = get_segmenter(model_id)
     spec = dict(card.entry["architecture"])

@@ -43,9 +43,9 @@ def run(args) -> int:
         if not args.json:
             print("plots: " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.record:
-        from ..bench import record
+        from ..publish.model import record_speed
 
-        recorded = record(result, log=lambda s: print(s, file=sys.stderr))
+        recorded = record_speed(result, log=lambda s: print(s, file=sys.stderr))
         if not args.json:
             print("recorded speed of: " + ", ".join(recorded), file=sys.stderr)
     print(to_json(result) if args.json else format_table(result))

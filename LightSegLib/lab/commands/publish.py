@@ -27,7 +27,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ...errors import LightSegError
-    from ..publish import publish, recard
+    from ..publish.model import publish, recard
 
     crossval = json.loads(Path(args.crossval).read_text()) if args.crossval else None
     if args.card_only:

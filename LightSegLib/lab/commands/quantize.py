@@ -8,6 +8,14 @@ name in the models folder), a checkpoint (--checkpoint best.pt) or a training co
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ...errors import LightSegError
+from ...preprocess import Preprocessing
+from ...registry import get_model, list_models, sha256_of
+from ..publish.writer import update_model
+
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="int8 static quantization of an ONNX model, calibrated on real slices")
@@ -27,17 +35,10 @@ def register(sub) -> None:
 
 
 def card_prep(card) -> dict:
-    from ...preprocess import Preprocessing
-
     return Preprocessing.from_card(card).to_prep()
 
 
 def resolve_prep(args) -> dict:
-    from pathlib import Path
-
-    from ...errors import LightSegError
-    from ...registry import get_model, list_models
-
     if args.model_id:
         return card_prep(get_model(args.model_id))
     if args.checkpoint:
@@ -62,11 +63,7 @@ def resolve_prep(args) -> dict:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
     from ..compress.quantize import agreement, calibration_images, preprocessed_slices, quantize_model
-    from ...errors import LightSegError
 
     prep = resolve_prep(args)
     out = quantize_model(args.model, args.out, prep, args.calib, split=args.split, max_volumes=args.volumes,
@@ -83,13 +80,10 @@ def run(args) -> int:
               "argmax_agreement": sum(c["argmax_agreement"] * c["pixels"] for c in checks) / total,
               "max_abs_logit_diff": max(c["max_abs_logit_diff"] for c in checks), "check_volumes": len(checks)}
     if args.register:
-        from ...registry import get_model, models_dir, register_model, sha256_of
-
         card = get_model(args.register)
         if Path(out).resolve().parent != card.folder.resolve():
-            raise LightSegError(f"--register needs the int8 file inside the models folder {models_dir()}")
-        entry = dict(card.entry, int8_file=Path(out).name, int8_sha256=sha256_of(Path(out)))
-        register_model(entry, card.folder)
+            raise LightSegError(f"--register needs the int8 file inside the models folder {card.folder}")
+        update_model(card.id, card.folder, int8_file=Path(out).name, int8_sha256=sha256_of(Path(out)))
         report["registered"] = args.register
     print(json.dumps(report))
     return 0

@@ -1,16 +1,15 @@
-"""Publishing a CT model: export its checkpoint, register it, evaluate it through the engine and write its card
-(``configs/cards/ID.md.in`` -> ``Resources/Models/ID.md``, every figure computed, none typed in); ``--card-only``
-re-renders a card from ``ID.eval.json``. The command is ``lightseg publish``."""
+"""Model cards: ``configs/cards/ID.md.in`` -> the registry's ``ID.md``, every figure computed (from the model's
+``ID.eval.json``, its registry entry, its training runs), none typed in."""
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
 
-# The whole-volume checks of evaluate.evaluate_model that a card and its registry entry report.
-THREE_MM = "totalseg_ct_3mm_vs_auto_v1"
-WHOLE_VOLUME_CHECKS = (THREE_MM, "totalseg_dicom_20slices_vs_auto_v2", "s0009_1p5mm_vs_totalseg_v2",
-                       "ircadb17_vs_manual", "dcmqi_3slices_vs_semiauto")
+from ...machine import widest_isa
+from ...registry import get_model
+from ..evaluate import slice_checks, volume_checks
+from ..train.config import load_config
 
 
 def figures_markdown(report: dict) -> str:
@@ -25,30 +24,23 @@ def figures_markdown(report: dict) -> str:
             lines.append(f"| {label} | {r['cases']} cases, {r['slices']} slices, no 3D post-processing | "
                          f"{r['dice_mean_per_case']} +- {r['dice_sd_per_case']} per case; {r['dice_pooled']} pooled; "
                          f"{r['dice_mean_per_slice']} per slice |")
-    r = report.get("nih_true_hu")
-    if r:
-        lines.append(f"| NIH true-HU slices (int16 HU, flipped into radiological view), test patients "
-                     f"{', '.join(r['per_case'])} | {r['slices']} slices, no 3D post-processing | "
-                     f"{r['dice_mean_per_case']} per case ({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())});"
-                     f" {r['dice_pooled']} pooled |")
+    for check in slice_checks():
+        r = report.get(check["name"])
+        if r:
+            lines.append(f"| {check['measures']} {', '.join(r['per_case'])} | {r['slices']} slices, no 3D "
+                         f"post-processing | {r['dice_mean_per_case']} per case "
+                         f"({', '.join(f'{k}: {v}' for k, v in r['per_case'].items())}); {r['dice_pooled']} pooled |")
     for key, r in report.items():
         if isinstance(r, dict) and "slices_marked" in r:
             lines.append(f"| {key[:-len('_check')]}: held-out volumes of a reviewed organ-free slice list "
                          f"(configs/data/), 8-bit | {r['volumes']} volumes, {r['slices']} slices, no 3D "
                          f"post-processing; {r['training_use']} | organ marked on {r['slices_marked']} of "
                          f"{r['slices']} slices ({r['pixels_marked']} pixels) |")
-    for key, label in ((THREE_MM, ("TotalSegmentator example CT (HU, 3 mm, 112 slices) vs its "
-                        "automatic v1 map")),
-                       ("totalseg_dicom_20slices_vs_auto_v2", ("TotalSegmentator 20-slice DICOM series (HU, 0.98 mm) "
-                        "vs its automatic v2 map")),
-                       ("s0009_1p5mm_vs_totalseg_v2", ("TotalSegmentator subject s0009 (HU, 1.5 mm, 185 slices, "
-                        "non-contrast, small field of view) vs its expert-reviewed v2 labels")),
-                       ("ircadb17_vs_manual", ("3D-IRCADb-01 patient 17 (HU, 0.74 x 0.74 x 1.6 mm, 119 slices; never "
-                        "trained on) vs its manual liver mask")),
-                       ("dcmqi_3slices_vs_semiauto", "dcmqi 3-slice CT (HU) vs its semi-automatic liver mask")):
+    for check in volume_checks(cards=True):
+        key, label = check["name"], check["measures"]
         r = report.get(key)
         if r:
-            use = r.get("training_use", "its organ-free slices were training negatives" if key == THREE_MM else "")
+            use = r.get("training_use", "")
             if use and use != "never trained on":
                 label += f"; {use}"
             lies = ""
@@ -89,8 +81,6 @@ def training_markdown(checkpoint) -> str:
     """How the shipped checkpoint was made (card sub-bullets), read from the run folders (summary.json, config.toml and a pruned
     checkpoint's compression report), so a republished card never carries the previous run's numbers."""
     import torch
-
-    from .train.config import load_config
 
     def run_line(run: Path) -> str:
         summary, cfg = json.loads((run / "summary.json").read_text()), load_config(run / "config.toml")
@@ -162,8 +152,6 @@ def speed_markdown(speed: dict | None, model_id: str) -> str:
 
 def machine_text(line: str, threads: int) -> str:
     """The machine a speed record names, and what an AVX-512 figure means for an AVX2 laptop."""
-    from ..machine import widest_isa
-
     text = f"{line}; {threads} threads, no GPU"
     if widest_isa(line) == "AVX-512":
         text += (" (an AVX-512 figure: ONNX Runtime picks its kernels by CPUID and cannot be held to AVX2, so an "
@@ -204,55 +192,6 @@ def crossval_markdown(cv: dict | None) -> str:
             f"{folds}). " + scope)
 
 
-def publish(checkpoint, model_id: str, card_path, config_path, status: str = "preview", reproduce: str | None = None,
-            threads: int = 1, crossval: dict | None = None, log=print) -> dict:
-    """Checkpoint -> ONNX in the models folder -> registry entry -> evaluation through the engine -> metrics
-    in the entry, ``ID.eval.json`` and the card's measured section (``configs/cards/ID.md.in`` -> ``ID.md``)."""
-    from .export import export_checkpoint
-    from ..registry import SAMPLES_DIR, models_dir
-    from .train.config import load_config
-
-    folder = models_dir()
-    cfg = load_config(config_path)
-    size = cfg["data"]["inplane"].get("size", [256, 256])
-    parity = SAMPLES_DIR / "totalseg_example_ct_sm.nii.gz"
-    export_checkpoint(checkpoint, folder / f"{model_id}.onnx", card_path=card_path, register_id=model_id,
-                      parity_image=parity, macs_hw=tuple(size), status=status, reproduce=reproduce, log=log)
-    card_text = {"training": training_markdown(checkpoint), "crossval": crossval_markdown(crossval)}
-    report = evaluate_and_card(model_id, card_path, cfg, threads, card_text, crossval)
-    log(json.dumps(report, indent=1))
-    return report
-
-
-def evaluate_and_card(model_id: str, card_path, cfg: dict, threads: int, card_text: dict,
-                      crossval: dict | None = None) -> dict:
-    """Evaluate the registered model through the engine; its figures go into the registry entry, ``ID.eval.json``
-    (with the card's generated prose, so the card can be re-rendered without the run folders, and the recipe's
-    cross-validation per case) and the card."""
-    from ..registry import get_model, models_dir, register_model
-    from .evaluate import evaluate_model
-
-    folder = models_dir()
-    card = get_model(model_id)
-    report = evaluate_model(card, cfg, card.task, threads, splits=("val", "test"))
-    report["card_text"] = card_text
-    if crossval is not None:
-        report["crossval"] = crossval
-    (folder / f"{model_id}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
-    entry = dict(card.entry)
-    metrics = dict(entry["metrics"])
-    for key in ("val_8bit", "test_8bit", "nih_true_hu"):
-        if key in report:
-            metrics[key] = {k: v for k, v in report[key].items() if k != "per_case"}
-    for key in WHOLE_VOLUME_CHECKS:
-        if key in report:
-            metrics[key] = report[key]["dice"]
-    entry["metrics"] = metrics
-    register_model(entry, folder)
-    render_card(model_id, card_path, report, entry, folder)
-    return report
-
-
 def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Path) -> None:
     """``configs/cards/ID.md.in`` -> the registry's ``ID.md``: figures, generated prose and entry facts filled in."""
     template = Path(card_path).with_suffix(".md.in")
@@ -267,38 +206,9 @@ def render_card(model_id: str, card_path, report: dict, entry: dict, folder: Pat
     (folder / entry.get("card", f"{model_id}.md")).write_text(text)
 
 
-def recard(model_id: str, card_path, config_path=None, threads: int = 1, crossval: dict | None = None,
-           status: str | None = None) -> None:
-    """Re-render a published model's card from its ``ID.eval.json`` and registry entry (no checkpoint needed),
-    with a new cross-validation result or registry status when given (a cross-validation can settle whether a
-    model meets its target); with the training config, re-evaluate the registered model first (new checks)."""
-    from ..errors import LightSegError
-    from ..registry import get_model, models_dir, register_model
-    from .train.config import load_config
-
-    folder = models_dir()
-    path = folder / f"{model_id}.eval.json"
-    report = json.loads(path.read_text())
-    if "card_text" not in report:
-        raise LightSegError(f"{path.name} predates --card-only: publish {model_id} again from its checkpoint")
-    text = report["card_text"]
-    if status is not None:
-        register_model({**get_model(model_id).entry, "status": status}, folder)
-    if crossval is not None:
-        text["crossval"] = crossval_markdown(crossval)
-        report["crossval"] = crossval
-    if config_path:
-        evaluate_and_card(model_id, card_path, load_config(config_path), threads, text, report.get("crossval"))
-        return
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    render_card(model_id, card_path, report, get_model(model_id).entry, folder)
-
-
 def refresh_card(model_id: str, folder: Path) -> bool:
     """Re-render a published card after its registry entry changed (a new speed record), when its template is
     in the checkout that holds the models folder (``configs/cards/ID.md.in``). False if there is none."""
-    from ..registry import get_model
-
     template = folder.resolve().parents[1] / "configs" / "cards" / f"{model_id}.json"
     evaluation = folder / f"{model_id}.eval.json"
     if not (template.with_suffix(".md.in").is_file() and evaluation.is_file()):
