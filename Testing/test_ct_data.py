@@ -65,7 +65,7 @@ def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     from LightSegLib.lab.data import reader
     from LightSegLib.lab.train.config import load_config, prep_spec
 
-    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    cfg_path = tiny_config(tmp_path / "liver.toml", "msd/liver.toml")
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
     for name in ("best.pt", "last.pt", "log.csv", "config.toml", "split.json", "summary.json"):
@@ -131,7 +131,7 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     from LightSegLib.lab.train.config import load_config, prep_spec
 
     lits = shared("lits_liver_2d")
-    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    cfg = load_config(REPO / "configs" / "experiments" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
     path = min(lits.glob("*.npz"))
     case = reader.load_npz_case(path, prep)
@@ -142,7 +142,7 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     assert np.array_equal(case.native_label, (lab > 0).astype(np.uint8))
 
     nih = shared("nih_pancreas_2d")
-    pcfg = load_config(REPO / "configs" / "pancreas_nih2d.toml")
+    pcfg = load_config(REPO / "configs" / "experiments" / "pancreas_nih2d.toml")
     for path in sorted(nih.glob("*.npz")):
         with np.load(path) as f:
             margins = f["crop_margin"]
@@ -159,7 +159,7 @@ def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("totalseg_example")
-    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    cfg = load_config(REPO / "configs" / "experiments" / "liver_lits2d.toml")
     prep = prep_spec(cfg)
     spec = dict(cfg["data"]["negatives"], groups=3)
     cases = reader.volume_cases(spec, prep, base=REPO)
@@ -179,8 +179,8 @@ def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     assert 0.0 <= cases[0].image.min() and cases[0].image.max() <= 1.0
 
 
-@pytest.mark.parametrize("name,format_", [("liver_lits2d.toml", "lits_npz"), ("pancreas_nih2d.toml", "nih_npz"),
-                                          ("liver_msd.toml", "msd"), ("pancreas_msd.toml", "msd")])
+@pytest.mark.parametrize("name,format_", [("models/liver-ct.toml", "lits_npz"), ("models/pancreas-ct.toml", "nih_npz"),
+                                          ("msd/liver.toml", "msd"), ("msd/pancreas.toml", "msd")])
 def test_shipped_configs_load(name, format_):
     from LightSegLib.lab.train.config import load_config
 
@@ -197,8 +197,8 @@ def test_a_variant_config_states_only_what_differs(tmp_path):
     from LightSegLib.errors import LightSegError
     from LightSegLib.lab.train.config import load_config
 
-    student = load_config(REPO / "configs" / "pancreas_nih2d.toml")
-    teacher = load_config(REPO / "configs" / "pancreas_nih2d_teacher.toml")
+    student = load_config(REPO / "configs" / "experiments" / "pancreas_nih2d.toml")
+    teacher = load_config(REPO / "configs" / "models" / "pancreas-ct.stage1-teacher.toml")
     assert teacher["data"] == student["data"] and teacher["augment"] == student["augment"]
     assert teacher["model"]["widths"] == [16, 32, 64, 128, 256] and teacher["model"]["name"] == "unet"
     assert teacher["train"]["time_budget_min"] == 80 and teacher["train"]["lr"] == student["train"]["lr"]
@@ -217,7 +217,7 @@ def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
 
     hu_file = shared("nih_pancreas") / "PANCREAS_0001.npz"
     bit8_file = shared("nih_pancreas_2d") / "PANCREAS_0001.npz"
-    window = prep_spec(load_config(REPO / "configs" / "pancreas_nih2d.toml"))["normalization"]
+    window = prep_spec(load_config(REPO / "configs" / "models" / "pancreas-ct.toml"))["normalization"]
     with np.load(hu_file) as f:
         hu, hu_label = f["image"], f["label"]
     with np.load(bit8_file) as f:
@@ -237,10 +237,10 @@ def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
 
 
 def test_lightseg_train_takes_msd_ct_configs_directly(tiny_msd_liver, tmp_path):
-    """The documented one-command retraining: `lightseg train --config configs/liver_msd.toml --data Task03_Liver`."""
+    """The documented one-command retraining: `lightseg train --config configs/msd/liver.toml --data Task03_Liver`."""
     from LightSegLib.cli import main
 
-    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    cfg_path = tiny_config(tmp_path / "liver.toml", "msd/liver.toml")
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--data", str(tiny_msd_liver), "--out", str(run)]) == 0
     split = json.loads((run / "split.json").read_text())  # written only by the CT readers (hold-out by volume)
@@ -254,7 +254,7 @@ def test_cross_validation_folds_swap_training_and_validation_cases(tiny_msd_live
     of the pool and trains on the rest; a config without data.holdout is a user error."""
     from LightSegLib.cli import main
 
-    cfg_path = tiny_config(tmp_path / "liver.toml", "liver_msd.toml")
+    cfg_path = tiny_config(tmp_path / "liver.toml", "msd/liver.toml")
     splits = []
     for k in (0, 1):
         run = tmp_path / f"fold{k}"
@@ -302,7 +302,7 @@ def test_noise_check_is_repeatable_and_costs_dice():
     from LightSegLib.lab.evaluate import eval_npz_split
 
     card = get_model("liver-ct", folder=REPO / "Resources" / "Models")
-    cfg = load_config(REPO / "configs" / "liver_lits2d.toml")
+    cfg = load_config(REPO / "configs" / "experiments" / "liver_lits2d.toml")
     clean, noisy = eval_npz_split(card, cfg, "val"), eval_npz_split(card, cfg, "val", noise_sd=60.0)
     assert noisy == eval_npz_split(card, cfg, "val", noise_sd=60.0)
     assert noisy["slices"] == clean["slices"] and noisy["dice_pooled"] < clean["dice_pooled"] - 0.01
@@ -393,7 +393,7 @@ def test_crossval_of_a_whole_recipe_runs_fold_by_fold_then_summarises(tmp_path, 
     fold is done), then a plain run finishes the rest and writes crossval.json with every pool case scored once."""
     data, negatives = shared("lits_liver_2d"), shared("totalseg_example")
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(f'extends = "{REPO / "configs" / "liver_lits2d.toml"}"\n[model]\nwidths = [4, 8, 16, 32, 64]\n'
+    cfg.write_text(f'extends = "{REPO / "configs" / "experiments" / "liver_lits2d.toml"}"\n[model]\nwidths = [4, 8, 16, 32, 64]\n'
                    f'[data]\ndataset = "{data}"\ninplane = {{ mode = "fit", size = [64, 64] }}\npatch = [48, 48]\n'
                    f'negatives = {{ image = "{negatives / "example_ct.nii.gz"}", '
                    f'label = "{negatives / "example_seg_v1_full_5de6e4d.nii.gz"}" }}\n'
@@ -467,7 +467,7 @@ def test_card_describes_every_stage_of_a_pruned_then_distilled_model(tiny_msd_li
     from LightSegLib.cli import main
     from LightSegLib.lab.publish.cards import training_markdown
 
-    cfg = str(tiny_config(tmp_path / "liver.toml", "liver_msd.toml"))
+    cfg = str(tiny_config(tmp_path / "liver.toml", "msd/liver.toml"))
     data = str(tiny_msd_liver)
     teacher = tmp_path / "teacher"
     assert main(["train", "--config", cfg, "--data", data, "--out", str(teacher)]) == 0
@@ -547,7 +547,7 @@ def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
     from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("totalseg_s0009")
-    cfg = load_config(REPO / "configs" / "pancreas_wholevol_teacher.toml")
+    cfg = load_config(REPO / "configs" / "experiments" / "pancreas_wholevol_teacher.toml")
     spec = next(s for s in cfg["data"]["negatives"] if "s0009" in s["image"])
     cases = reader.volume_cases(spec, prep_spec(cfg), base=REPO)
     slices = sum(c.image.shape[0] for c in cases)
@@ -587,7 +587,7 @@ def test_reviewed_slice_list_trains_on_some_volumes_and_holds_the_rest_out():
     from LightSegLib.lab.train.config import load_config, prep_spec
 
     shared("lits_liver_2d")
-    cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")
+    cfg = load_config(REPO / "configs" / "models" / "pancreas-ct.toml")
     spec = next(s for s in cfg["data"]["negatives"] if "slices" in s)
     listed = json.loads((REPO / spec["slices"]).read_text())["slices"]
     train = reader.listed_slices(spec, "train", base=REPO)
@@ -612,7 +612,7 @@ def test_held_out_listed_negatives_are_scored_through_the_engine():
     from LightSegLib.lab.train.config import load_config
 
     shared("lits_liver_2d")
-    cfg = load_config(REPO / "configs" / "pancreas_lits_negatives.toml")
+    cfg = load_config(REPO / "configs" / "models" / "pancreas-ct.toml")
     spec = listed_negatives(cfg)[0]
     card = get_model("pancreas-ct")
     report = eval_listed_negatives(card, spec)

@@ -4,12 +4,13 @@
 #   bash benchmarks/cardiac_compression.sh train      # teacher + LFU-Net + DPU-Net baselines (lightseg train)
 #   bash benchmarks/cardiac_compression.sh compress   # pruning, CPRUN, Ghost, distillation (after the teacher)
 #   bash benchmarks/cardiac_compression.sh publish    # export + int8 + engine evaluation + benchmark + plots
-# Single stages: bash benchmarks/cardiac_compression.sh <stage name>, e.g. tiny_gcn.
+# Single stages: bash benchmarks/cardiac_compression.sh <stage name>, e.g. tiny_gcn; several run in the order given:
+#   bash benchmarks/cardiac_compression.sh teacher student folded   # cardiac-acdc-fast: configs/models/cardiac-acdc-fast.toml
 # Budgets are the ones measured in docs/compression.md (a shared 2-core AMD EPYC, bfloat16 autocast).
 set -euo pipefail
 DATA=${DATA:-../shared/data/acdc}
 RUNS=${RUNS:-runs}
-CFG=configs/cardiac_compress.toml
+CFG=configs/models/cardiac-acdc-fast.toml
 T=$RUNS/cardiac_unet32/best.pt
 TINY='{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [6, 12, 24, 48, 96]}'
 STAGES="0.8,0.85,0.88,0.9,0.93"   # hierarchical per-stage pruning ratios, shallow to deep (about 0.9% of the teacher's params)
@@ -21,9 +22,9 @@ DPU_ITERS=${DPU_ITERS:-672}   # the iterations the DPU-Net baseline reached in i
 
 done_or() { [ -f "$1" ] && echo "skip: $1 exists" || return 1; }
 
-teacher()  { done_or $RUNS/cardiac_unet32/summary.json || lightseg train --config configs/cardiac_unet32.toml --data $DATA --out $RUNS/cardiac_unet32; }
-lfunet()   { done_or $RUNS/cardiac_lfunet/summary.json || lightseg train --config configs/cardiac_lfunet.toml --data $DATA --out $RUNS/cardiac_lfunet; }
-dpunet()   { done_or $RUNS/cardiac_dpunet/summary.json || lightseg train --config configs/cardiac_dpunet.toml --data $DATA --out $RUNS/cardiac_dpunet; }
+teacher()  { done_or $RUNS/cardiac_unet32/summary.json || lightseg train --config configs/models/cardiac-acdc-teacher.toml --data $DATA --out $RUNS/cardiac_unet32; }
+lfunet()   { done_or $RUNS/cardiac_lfunet/summary.json || lightseg train --config configs/experiments/cardiac_lfunet.toml --data $DATA --out $RUNS/cardiac_lfunet; }
+dpunet()   { done_or $RUNS/cardiac_dpunet/summary.json || lightseg train --config configs/experiments/cardiac_dpunet.toml --data $DATA --out $RUNS/cardiac_dpunet; }
 
 # L1 filter norms, per-stage ratios, 3 pruning steps with fine-tuning, CPRUN reconstruction + fine-tuning, and the
 # same narrow U-Net trained from scratch for the same iterations (the CPRUN question).
@@ -36,9 +37,9 @@ prune_bn() { done_or $RUNS/cc_bn/best.pt || lightseg prune $T --importance bn --
     --threads 1 --out $RUNS/cc_bn/best.pt > $RUNS/cc_bn.log 2>&1; }
 ghost()    { done_or $RUNS/cc_ghost/best.pt || lightseg prune $T --ghost --finetune-iters $GHOST_ITERS --config $CFG --data $DATA \
     --threads 1 --out $RUNS/cc_ghost/best.pt > $RUNS/cc_ghost.log 2>&1; }
-dpu_mavkd() { done_or $RUNS/cc_dpu_mavkd/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
+dpu_mavkd() { done_or $RUNS/cc_dpu_mavkd/best.pt || lightseg distill --teacher $T --student configs/experiments/cardiac_dpunet.toml \
     --methods mavkd --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_mavkd > $RUNS/cc_dpu_mavkd.log 2>&1; }
-dpu_none() { done_or $RUNS/cc_dpu_none/best.pt || lightseg distill --teacher $T --student configs/cardiac_dpunet.toml \
+dpu_none() { done_or $RUNS/cc_dpu_none/best.pt || lightseg distill --teacher $T --student configs/experiments/cardiac_dpunet.toml \
     --methods none --iters $DPU_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_dpu_none > $RUNS/cc_dpu_none.log 2>&1; }
 tiny_none() { done_or $RUNS/cc_tiny_none/best.pt || lightseg distill --teacher $T --student "$TINY" --methods none \
     --iters $TINY_ITERS --config $CFG --data $DATA --threads 1 --out $RUNS/cc_tiny_none > $RUNS/cc_tiny_none.log 2>&1; }
@@ -73,10 +74,14 @@ folded() { done_or $RUNS/cc_fold/best.pt || {
 
 publish()  { python benchmarks/compression_report.py --runs $RUNS --data $DATA; }
 
-case "${1:-}" in
-  train) teacher; lfunet; dpunet ;;
-  compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn; student; folded ;;  # or run stages side by side
-  publish) publish ;;
-  teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn|student|folded) "$1" ;;
-  *) sed -n 2,8p "$0"; exit 2 ;;
-esac
+usage() { sed -n 2,9p "$0"; exit 2; }
+[ $# -gt 0 ] || usage
+for stage in "$@"; do
+  case "$stage" in
+    train) teacher; lfunet; dpunet ;;
+    compress) prune_l1; prune_bn; ghost; dpu_mavkd; dpu_none; tiny_none; tiny_none_long; tiny_feature; tiny_gcn; student; folded ;;  # or run stages side by side
+    publish) publish ;;
+    teacher|lfunet|dpunet|prune_l1|prune_bn|ghost|dpu_mavkd|dpu_none|tiny_none|tiny_none_long|tiny_feature|tiny_gcn|student|folded) "$stage" ;;
+    *) usage ;;
+  esac
+done

@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/liver_gpu}
 PY=${PY:-python}
-CFG=configs/liver_lits2d_gpu.toml
+CFG=configs/experiments/liver_lits2d_gpu.toml
 EPOCHS=${EPOCHS:-200}
 MINUTES=${MINUTES:-5}
 PRUNE="--importance l1 --ratio 0.3 --reconstruct-iters ${RECON:-2000}"

@@ -8,12 +8,12 @@
 #   bash benchmarks/pancreas_cprun.sh distill    # one stage
 #   bash benchmarks/pancreas_cprun.sh crossval   # the whole recipe, 3 folds by patient, one process per fold (hours)
 # TEACHER_CFG picks the teacher's config (data, crops, budget); KD_MIN is the distillation's wall-clock budget.
-# The whole-volume attempt of 2026-12-02 (hard negatives from s0009, not shipped; see configs/pancreas_wholevol_teacher.toml):
-#   TEACHER_CFG=configs/pancreas_wholevol_teacher.toml RUN=runs/pancreas_wv bash benchmarks/pancreas_cprun.sh
+# The whole-volume attempt of 2026-12-02 (hard negatives from s0009, not shipped; see configs/experiments/pancreas_wholevol_teacher.toml):
+#   TEACHER_CFG=configs/experiments/pancreas_wholevol_teacher.toml RUN=runs/pancreas_wv bash benchmarks/pancreas_cprun.sh
 # Budgets are the ones of the shipped model (a shared 2-core AMD EPYC, one thread per job; bfloat16 autocast for
 # the teacher and distillation, fp32 for the negatives stage).
 set -euo pipefail
-TEACHER_CFG=${TEACHER_CFG:-configs/pancreas_nih2d_teacher.toml}
+TEACHER_CFG=${TEACHER_CFG:-configs/models/pancreas-ct.stage1-teacher.toml}
 RUN=${RUN:-runs/pancreas_teacher}
 KD_MIN=${KD_MIN:-40}
 THREADS=${THREADS:-1}
@@ -46,10 +46,10 @@ crossval() { mkdir -p $CV_RUN; echo "logs: $CV_RUN/fold{0,1,2}.log"
 negatives() { done_or $NEG_RUN/summary.json || {
     if [ -f $RUN/kd/best.pt ] && [ $RUN/kd/best.pt -nt $INIT_ONNX ]; then
         lightseg export $RUN/kd/best.pt --out $INIT_ONNX; fi
-    lightseg train --config configs/pancreas_lits_negatives.toml --out $NEG_RUN \
+    lightseg train --config configs/models/pancreas-ct.toml --out $NEG_RUN \
         --threads $THREADS; }; }
 publish() { lightseg publish $NEG_RUN/best.pt --id pancreas-ct --card configs/cards/pancreas-ct.json \
-    --config configs/pancreas_lits_negatives.toml --threads $THREADS \
+    --config configs/models/pancreas-ct.toml --threads $THREADS \
     --reproduce "bash benchmarks/pancreas_cprun.sh && bash benchmarks/pancreas_cprun.sh publish" \
     $([ -f $CV ] && echo --crossval $CV); }
 
