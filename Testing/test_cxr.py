@@ -105,13 +105,15 @@ def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_t
     epoch and rerun, it ends with the weights and history rows of a run never stopped."""
     import torch
 
-    from LightSegLib.lab.train.cxr import DEFAULTS, fit
+    from LightSegLib.lab.train.config import load_config
+    from LightSegLib.lab.train.cxr import fit, stage_settings
 
     rng = np.random.default_rng(0)
     data = {"x_train": rng.normal(size=(24, 1, 32, 32)).astype(np.float32), "y_train": np.arange(24) % 2,
             "x_val": rng.normal(size=(8, 1, 32, 32)).astype(np.float32), "y_val": np.arange(8) % 2}
     data["x_train"][data["y_train"] == 1] += 0.5
-    cfg = dict(DEFAULTS, size=32, epochs=3, batch=8, warmup_epochs=1, kd_weight=0.5, bn_l1=1e-4)
+    shipped = stage_settings(load_config(REPO / "configs" / "models" / "pneumonia-cxr.toml"), "compress")
+    cfg = dict(shipped, size=32, epochs=3, batch_size=8, warmup_epochs=1, kd_weight=0.5, bn_l1=1e-4)
 
     def net():
         torch.manual_seed(0)
@@ -135,6 +137,45 @@ def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_t
     assert [drop(r) for r in again] == [drop(r) for r in rows]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_lightseg_train_runs_the_classifier_stages_of_its_config(tmp_path):
+    """The shipped recipe's file, on a tiny data set for one epoch, through ``lightseg train``: the baseline, then
+    its compression (prune, Ghost, fine-tune with the baseline as teacher), each in its folder of --out."""
+    pytest.importorskip("monai")
+    import torch
+
+    from LightSegLib.lab.train.config import load_config, to_toml
+
+    rng = np.random.default_rng(0)
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(16):
+            image = rng.integers(0, 255, (128, 128), dtype=np.uint8)
+            sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "data" / cls / f"person{i}_x.png"))
+    cfg = load_config(REPO / "configs" / "models" / "pneumonia-cxr.toml")
+    cfg["data"].update(dataset=str(tmp_path / "data"), size=32, val_fraction=0.3)
+    cfg["train"].update(epochs=1, batch_size=8, threads=1)
+    cfg["compress"].update(epochs=1)
+    config = tmp_path / "cxr.toml"
+    config.write_text('task = "classification"\n' + to_toml({k: v for k, v in cfg.items() if k != "task"}))
+    run = tmp_path / "run"
+    proc = lightseg("train", "--config", config, "--out", run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    points = json.loads((run / "compress" / "points.json").read_text())
+    assert [p["point"] for p in points] == ["baseline", "pruned", "pruned + Ghost", "fine-tuned"]
+    assert points[-1]["params"] < points[1]["params"] < points[0]["params"]
+    tuned = torch.load(run / "compress" / "final.pt", map_location="cpu", weights_only=False)
+    assert tuned["ratios"] == cfg["compress"]["ratios"] and tuned["baseline"] == str(run / "baseline" / "final.pt")
+    assert tuned["config"]["kd_weight"] == cfg["compress"]["kd_weight"] and len(tuned["history"]) == 1
+
+    refused = lightseg("train", "--config", config, "--out", run, "--fold", "1")
+    assert refused.returncode == 2 and "--fold: not for a classifier's config" in refused.stderr
+    alone = lightseg("train", "--config", config, "--out", tmp_path / "empty", "--stage", "compress")
+    assert alone.returncode == 2 and "--stage baseline` first" in alone.stderr
+    config.write_text(config.read_text().replace("batch_size = 8", "batch = 8"))
+    typo = lightseg("train", "--config", config, "--out", run)
+    assert typo.returncode == 2 and "[train] has the keys" in typo.stderr
 
 
 def test_threshold_and_calibration_metrics_by_hand():
@@ -177,12 +218,15 @@ def _write_dicom(path, array, photometric="MONOCHROME2", window=None):
 def test_read_radiograph_png_dicom_and_refusals(tmp_path):
     from LightSegLib.classify import read_radiograph
 
-    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    def up(a):  # radiograph-sized (192 x 256): smaller images are refused
+        return np.repeat(np.repeat(a, 4, axis=0), 4, axis=1)
+
+    ramp = up(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)))
     sitk.WriteImage(sitk.GetImageFromArray(np.stack([ramp] * 3, axis=-1), isVector=True), str(tmp_path / "a.png"))
     png = read_radiograph(tmp_path / "a.png")
-    assert png.shape == (48, 64) and png[0, 0] == 0 and png[0, -1] == 252
+    assert png.shape == (192, 256) and png[0, 0] == 0 and png[0, -1] == 252
 
-    ramp16 = np.tile(np.arange(64, dtype=np.uint16) * 60, (48, 1))
+    ramp16 = up(np.tile(np.arange(64, dtype=np.uint16) * 60, (48, 1)))
     mono2 = read_radiograph(_write_dicom(tmp_path / "m2.dcm", ramp16))
     np.testing.assert_allclose(mono2, ramp16)
     mono1 = read_radiograph(_write_dicom(tmp_path / "m1", ramp16, "MONOCHROME1"))  # no suffix, as DICOM often is
@@ -191,7 +235,7 @@ def test_read_radiograph_png_dicom_and_refusals(tmp_path):
     assert mono1w.min() == 65535 - 1500 and mono1w.max() == 65535 - 500
     windowed = read_radiograph(_write_dicom(tmp_path / "w.dcm", ramp16, window=(1000, 1000)))
     assert windowed.min() == 500 and windowed.max() == 1500
-    ramp8 = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    ramp8 = up(np.tile(np.arange(64, dtype=np.uint8), (48, 1)))
     assert read_radiograph(_write_dicom(tmp_path / "u8.dcm", ramp8)).max() == 63
 
     (tmp_path / "notes.txt").write_text("not an image")
@@ -199,7 +243,7 @@ def test_read_radiograph_png_dicom_and_refusals(tmp_path):
         read_radiograph(tmp_path / "notes.txt")
     with pytest.raises(LightSegError, match="3D volume"):
         read_radiograph(REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz")
-    sitk.WriteImage(sitk.GetImageFromArray(np.full((32, 32), 7, np.uint8)), str(tmp_path / "flat.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((160, 160), 7, np.uint8)), str(tmp_path / "flat.png"))
     with pytest.raises(LightSegError, match="constant"):
         read_radiograph(tmp_path / "flat.png")
     with pytest.raises(LightSegError, match="no such file"):
@@ -231,12 +275,16 @@ def _two_radiographs():
 
 
 def test_pneumonia_cxr_is_registered_with_its_size_and_threshold():
+    from LightSegLib.lab.train.config import load_config
     from LightSegLib.registry import get_model
 
     card = get_model("pneumonia-cxr")
     assert card.task == "classification" and card.classes == ["NORMAL", "PNEUMONIA"]
     assert card.params <= 3_500_000 and 0.0 < card.threshold < 1.0
     assert card.verified_path().is_file() and (card.folder / card.card).is_file()
+    recipe = "configs/models/pneumonia-cxr.toml"  # the reproduce line trains from the config in the catalogue
+    assert f"lightseg train --config {recipe}" in card.entry["reproduce"]
+    assert load_config(REPO / recipe)["task"] == "classification"
     proc = lightseg("models", "--json")
     entry = next(m for m in json.loads(proc.stdout) if m["id"] == "pneumonia-cxr")
     assert entry["params"] == card.params

@@ -1,5 +1,8 @@
-"""Helpers shared by the compression commands (prune, distill, quantize): config/data and device resolution."""
+"""What the compression commands (prune, distill, fold, quantize) share: their config, data, device and the
+``best.pt`` layout they write."""
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def resolve_config(config_path, data, threads, spec=None) -> dict:
@@ -16,6 +19,24 @@ def resolve_config(config_path, data, threads, spec=None) -> dict:
     if spec is not None:
         cfg["model"] = dict(spec)
     return cfg
+
+
+def load_data(cfg: dict, val: bool = True, limit: int | None = None):
+    """(train cases, validation cases), read as ``lightseg train`` reads them."""
+    from ..data.reader import load_split
+
+    dcfg = cfg["data"]
+    train_cases = load_split(cfg, dcfg["train_split"], limit=limit)
+    return train_cases, load_split(cfg, dcfg["val_split"]) if val else []
+
+
+def save_checkpoint(path, net, spec: dict, prep: dict, metrics: dict | None = None, **extra) -> None:
+    """The ``best.pt`` layout of ``lightseg train`` ({"model", "architecture", "prep", "metrics"}): exportable."""
+    import torch
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "architecture": spec, "prep": prep, "metrics": metrics or {}, **extra},
+               str(path))
 
 
 def set_threads(n: int | None) -> None:

@@ -77,13 +77,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..compress.distill.runner import Distiller
-    from ..compress.finetune import load_data, save_checkpoint
     from ..train.trainer import train_loop
     from ...errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build
     from ..nets.blocks import count_params
-    from ._compress_common import apply_prep, example_input, resolve_config, resolve_device, set_threads
+    from ..data.reader import prep_spec
+    from ._compress_common import (apply_prep, example_input, load_data, resolve_config, resolve_device,
+                                   save_checkpoint, set_threads)
 
     set_threads(args.threads)
     teacher, tckpt = load_checkpoint(args.teacher)
@@ -127,8 +128,6 @@ def run(args) -> int:
                         time_budget_min=args.time_budget, state_path=state, device=resolve_device(args.device))
     if distiller is not None:
         distiller.remove_hooks()
-    from ..train.config import prep_spec
-
     prep = prep_spec(cfg)  # the teacher's: the student is trained on, and deployed with, the same pixels
     metrics = {}
     if "val_dice" in result:

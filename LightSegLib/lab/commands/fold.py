@@ -22,10 +22,10 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from ..compress.finetune import save_checkpoint
     from ..compress.fold import fold_unet
-    from ..nets.blocks import count_params
     from ..export import count_macs, load_checkpoint, load_registered
+    from ..nets.blocks import count_params
+    from ._compress_common import save_checkpoint
 
     if Path(args.checkpoint).is_file():
         net, ckpt = load_checkpoint(args.checkpoint)
@@ -45,11 +45,10 @@ def run(args) -> int:
 
 def _calibration(config, model_id: str) -> list:
     """Eight training batches as ``lightseg train`` draws them, through the model's own preprocessing."""
-    from ..compress.finetune import load_data
     from ...errors import LightSegError
     from ..export import load_registered
     from ..train.trainer import batch_iterator
-    from ._compress_common import apply_prep, resolve_config
+    from ._compress_common import apply_prep, load_data, resolve_config
 
     if not config:
         raise LightSegError(f"'{model_id}' has no training checkpoint: give --config, the training data whose "

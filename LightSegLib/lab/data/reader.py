@@ -257,11 +257,15 @@ def split_names(dcfg: dict, split: str) -> list[str] | None:
     return names
 
 
+def prep_spec(cfg: dict) -> dict:
+    """The preprocessing a config's data section asks for, in the form a checkpoint and a model card keep: the
+    engine's contract, so the cases read here are the pixels the model will see."""
+    return preprocess.Preprocessing.from_config(cfg).to_prep()
+
+
 def load_split(cfg: dict, split: str, prep: dict | None = None, limit: int | None = None) -> list[Case]:
     """The cases of ``split`` preprocessed as the engine would (``prep``: the config's unless given): what
     training, fine-tuning and validation all read. The training split also gets ``data.negatives``."""
-    from ..train.config import prep_spec
-
     dcfg = cfg["data"]
     if not dcfg.get("dataset"):
         raise LightSegError("no dataset: set data.dataset in the config or pass --data")

@@ -1,4 +1,7 @@
-"""Training configuration: a TOML file merged over defaults, so a config only states what it changes."""
+"""Training configuration: a TOML file merged over defaults, so a config only states what it changes.
+
+A classifier's config (``task = "classification"``) has no defaults to merge over: its file is the whole recipe of
+its stages (``CLASSIFIER``), as the shipped model was made."""
 from __future__ import annotations
 
 import copy
@@ -6,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 from ...errors import LightSegError
+from ..data.reader import prep_spec  # noqa: F401  (its home is the data reader; importers here move to it)
 
 DEFAULTS = {
     "model": {"name": "unet", "in_channels": 1, "num_classes": 2, "widths": [16, 32, 64, 128, 256]},
@@ -76,20 +80,42 @@ def _read(path: Path, chain: tuple = ()) -> dict:
     return _merge(_read(path.parent / base, chain + (path.resolve(),)), raw)
 
 
+CLASSIFIER = {
+    "model": ("name", "in_channels", "num_classes"),
+    "data": ("dataset", "size", "val_fraction"),
+    "train": ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "bn_l1", "threads"),
+    "compress": ("ratios", "epochs", "lr", "warmup_epochs", "bn_l1", "kd_weight", "kd_temperature"),
+    "publish": ("card", "status", "plots"),
+}
+
+
+def _classifier(path: Path, raw: dict) -> dict:
+    """Every section and key of ``CLASSIFIER``, none else: a typo would otherwise train another recipe."""
+    sections = set(raw) - {"task"}
+    wrong = sorted(sections ^ set(CLASSIFIER))
+    if wrong:
+        raise LightSegError(f"config {path}: a classifier's config has the sections {', '.join(CLASSIFIER)} "
+                            f"(not: {', '.join(wrong)})")
+    for section, keys in CLASSIFIER.items():
+        wrong = sorted(set(raw[section]) ^ set(keys))
+        if wrong:
+            raise LightSegError(f"config {path}: [{section}] has the keys {', '.join(keys)} (not: {', '.join(wrong)})")
+    return raw
+
+
 def load_config(path) -> dict:
     path = Path(path)
     raw = _read(path)
+    task = raw.get("task", "segmentation")
+    if task == "classification":
+        return _classifier(path, raw)
+    if task != "segmentation":
+        raise LightSegError(f"config {path}: task must be segmentation or classification, not {task!r}")
+    raw.pop("task", None)
     unknown = set(raw) - set(DEFAULTS)
     if unknown:
         raise LightSegError(f"config {path}: unknown section(s) {', '.join(sorted(unknown))}")
     return _merge(DEFAULTS, raw)
-
-
-def prep_spec(cfg: dict) -> dict:
-    """The preprocessing part of a model card, from the data section (what training and inference share)."""
-    from ...preprocess import Preprocessing
-
-    return Preprocessing.from_config(cfg).to_prep()
 
 
 def to_toml(cfg: dict) -> str:

@@ -7,11 +7,12 @@ CPUs with AVX-512 BF16: a ResNet50 step (batch 16, forward + backward) took 0.45
 224 px on the 2-core EPYC, 2x faster than fp32; on AVX2-only CPUs bfloat16 is far slower, so it is used only where
 the CPU has native bf16 instructions.
 
-Every epoch writes ``last.pt`` (model, optimiser, iteration, history): rerunning the same command resumes it.
+Its config (``configs/models/pneumonia-cxr.toml``, ``task = "classification"``) states the recipe of each stage;
+``lightseg train`` runs ``baseline`` then ``compress`` into ``OUT/<stage>/`` (``publish``, in ``cxr_report``, reads
+both). Every epoch writes ``last.pt`` (model, optimiser, iteration, history): rerunning the same command resumes it.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,34 +22,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULTS = {
-    "data": "../shared/data/chest_xray/train",
-    "size": 160,
-    "val_fraction": 0.2,
-    "seed": 0,
-    "epochs": 30,
-    "batch": 32,
-    "lr": 0.1,
-    "weight_decay": 1e-4,
-    "warmup_epochs": 2,
-    "bn_l1": 1e-5,
-    "kd_weight": 0.0,
-    "kd_temperature": 4.0,
-}
+from ...errors import LightSegError
+from ..compress.bottleneck_prune import prune_bottlenecks
+from ..compress.distill.logits import LogitKD
+from ..compress.ghost_convert import convert_checkpoint_net
+from ..compress.prune import bn_l1_penalty
+from ..data import cxr as radiographs
+from ..nets import build
+from ..nets.blocks import count_params
+from .trainer import cpu_has_bf16, train_loop
+
+def stage_settings(cfg: dict, stage: str) -> dict:
+    """The flat settings ``fit`` reads and a checkpoint records as its ``config``: the data and train sections,
+    with the compress section over them for ``compress`` (``data`` is the dataset folder)."""
+    data = cfg["data"]
+    flat = {"data": data["dataset"], "size": data["size"], "val_fraction": data["val_fraction"], **cfg["train"]}
+    return flat | cfg["compress"] if stage == "compress" else flat
+
+
+def final_checkpoint(run: Path, stage: str) -> Path:
+    """``run/<stage>/final.pt``, which the next stage needs."""
+    path = Path(run) / stage / "final.pt"
+    if not path.is_file():
+        raise LightSegError(f"{path} not found: run `lightseg train --config ... --out {run} --stage {stage}` first")
+    return path
 
 
 def load_data(cfg: dict, cache_dir: Path) -> dict:
-    """Train/val arrays through the inference preprocessing, cached as npz beside the run."""
-    from ..data import cxr
-
+    """Train/val arrays through the inference preprocessing, cached as npz in the run folder."""
     cache = cache_dir / f"cxr_{cfg['size']}_{cfg['seed']}_{cfg['val_fraction']}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         return {k: z[k] for k in z.files}
-    parts = cxr.split(cxr.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
+    parts = radiographs.split(radiographs.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
     out = {}
     for side in ("train", "val"):
-        out[f"x_{side}"], out[f"y_{side}"] = cxr.load(parts[side], cfg["size"])
+        out[f"x_{side}"], out[f"y_{side}"] = radiographs.load(parts[side], cfg["size"])
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
@@ -98,16 +107,12 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
     """Train ``net`` for ``cfg['epochs']`` on the segmentation trainer's loop (SGD, an epoch-wise cosine, image
     batches; ROC AUC on the validation images after every epoch), resuming from ``out_dir/last.pt``; returns the
     history rows."""
-    from ..compress.distill.logits import LogitKD
-    from ..compress.prune import bn_l1_penalty
-    from .trainer import cpu_has_bf16, train_loop
-
     out_dir.mkdir(parents=True, exist_ok=True)
     bf16 = cpu_has_bf16()
     last = out_dir / "last.pt"
     history = torch.load(last, map_location="cpu", weights_only=False)["history"] if last.exists() else []
     x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    steps = len(x_train) // cfg["batch"]
+    steps = len(x_train) // cfg["batch_size"]
     kd_weight = cfg["kd_weight"] if teacher is not None else 0.0
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
@@ -121,15 +126,13 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
                 aug = augmenter(cfg["size"], cfg["seed"] * 1000 + epoch)
                 order = torch.randperm(len(x_train),
                                        generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
-            idx = order[step * cfg["batch"]:(step + 1) * cfg["batch"]]
+            idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
             yield torch.stack([aug(x_train[i]).as_tensor() for i in idx]).float(), y_train[idx]
-
-    kd = LogitKD(cfg["kd_temperature"])
 
     def distillation(image, label, logits):
         with torch.no_grad():
             taught = teacher(image).float()
-        return kd_weight * kd(logits.float(), taught)
+        return kd_weight * LogitKD(cfg["kd_temperature"])(logits.float(), taught)
 
     def on_epoch(iteration: int, losses: list[float], done: bool, elapsed: float) -> None:
         prob = predict(net, data["x_val"], bf16=bf16)
@@ -160,86 +163,35 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
 
 
 def load_net(path):
-    from ..nets import build
-
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     net = build(ckpt["spec"])
     net.load_state_dict(ckpt["state_dict"])
     return net.eval(), ckpt
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m LightSegLib.lab.train.cxr", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("baseline", help="train the uncompressed ResNet50")
-    p.add_argument("--out", default="runs/cxr_baseline")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--threads", type=int, default=2)
-    p = sub.add_parser("compress", help="prune (BN scale, per-stage ratios), Ghost-split, fine-tune with KD")
-    p.add_argument("baseline", help="the baseline's final.pt")
-    p.add_argument("--out", default="runs/cxr_compressed")
-    p.add_argument("--ratios", default="0.4,0.5,0.65,0.8", help="pruning ratio per stage, shallow to deep")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--kd-weight", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=2)
-    p = sub.add_parser("publish", help="export, score through the engine, plot, time, register pneumonia-cxr")
-    p.add_argument("baseline", help="the baseline's final.pt")
-    p.add_argument("compressed", help="the compressed run's final.pt")
-    p.add_argument("--card", default="configs/cards/pneumonia-cxr.json")
-    p.add_argument("--status", default="preview")
-    p.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(DEFAULTS["seed"])
-    if args.cmd == "baseline":
-        from ..nets import build
-
-        cfg = dict(DEFAULTS, epochs=args.epochs)
-        spec = {"name": "resnet50", "in_channels": 1, "num_classes": 2}
-        out = Path(args.out)
-        data = load_data(cfg, out.parent)
-        fit(build(spec), cfg, data, out, spec)
-    elif args.cmd == "compress":
-        compress(args)
-    elif args.cmd == "publish":
-        publish(args)
+def _start(cfg: dict) -> None:
+    torch.set_num_threads(int(cfg["train"]["threads"]))
+    torch.manual_seed(int(cfg["train"]["seed"]))
 
 
-REPRODUCE = ("python -m LightSegLib.lab.train.cxr baseline --out runs/cxr_baseline && "
-             "python -m LightSegLib.lab.train.cxr compress runs/cxr_baseline/final.pt --out runs/cxr_compressed && "
-             "python -m LightSegLib.lab.train.cxr publish runs/cxr_baseline/final.pt runs/cxr_compressed/final.pt")
+def baseline(cfg: dict, run: Path) -> None:
+    """The uncompressed net of ``[model]``, trained as ``[train]`` says, into ``run/baseline``."""
+    _start(cfg)
+    settings = stage_settings(cfg, "baseline")
+    spec = dict(cfg["model"])
+    fit(build(spec), settings, load_data(settings, Path(run)), Path(run) / "baseline", spec)
 
 
-def publish(args) -> None:
-    from ...registry import models_dir, register_model
-    from . import cxr_report
-
-    card = json.loads(Path(args.card).read_text())
-    folder = models_dir()
-    onnx_path = folder / f"{card['id']}.onnx"
-    run_dir = Path(args.compressed).parent
-    summary = cxr_report.report(Path(args.baseline), Path(args.compressed), onnx_path, run_dir,
-                                Path("docs/img/pneumonia"), card, threads=args.threads)
-    spec = torch.load(args.compressed, map_location="cpu", weights_only=False)["spec"]
-    entry = cxr_report.registry_entry(summary, Path(args.card), onnx_path, spec, args.status, REPRODUCE)
-    register_model(entry, folder)
-    (folder / card["card"]).write_text(cxr_report.card_markdown(summary, entry, Path(args.card).with_suffix(".md.in")))
-    print(f"registered {card['id']} ({args.status}); card {folder / card['card']}")
-
-
-def compress(args) -> None:
-    """baseline -> pruned -> pruned + Ghost -> fine-tuned; the validation scores of each point go to points.json."""
-    from ..compress.bottleneck_prune import prune_bottlenecks
-    from ..compress.ghost_convert import convert_checkpoint_net
-    from ..nets.blocks import count_params
-    from .trainer import cpu_has_bf16
-
-    teacher, ckpt = load_net(args.baseline)
-    ratios = [float(r) for r in args.ratios.split(",")]
-    cfg = dict(ckpt["config"], epochs=args.epochs, lr=args.lr, warmup_epochs=1, kd_weight=args.kd_weight, bn_l1=0.0)
-    out = Path(args.out)
-    data = load_data(cfg, Path(args.baseline).parent.parent)
+def compress(cfg: dict, run: Path) -> None:
+    """baseline -> pruned -> pruned + Ghost -> fine-tuned, into ``run/compress``; the validation scores of each point
+    go to points.json."""
+    _start(cfg)
+    source = final_checkpoint(run, "baseline")
+    teacher, _ = load_net(source)
+    settings = stage_settings(cfg, "compress")
+    ratios = [float(r) for r in settings["ratios"]]
+    out = Path(run) / "compress"
+    data = load_data(settings, Path(run))
     bf16 = cpu_has_bf16()
 
     def point(name, net):
@@ -252,13 +204,9 @@ def compress(args) -> None:
     ghost, ghost_spec, _ = convert_checkpoint_net(pruned, spec)
     points = [point("baseline", teacher), point("pruned", pruned), point("pruned + Ghost", ghost)]
     print(json.dumps(points))
-    fit(ghost.train(), cfg, data, out, ghost_spec, teacher=teacher,
-        extra={"ratios": ratios, "baseline": str(args.baseline)})
+    fit(ghost.train(), settings, data, out, ghost_spec, teacher=teacher,
+        extra={"ratios": ratios, "baseline": str(source)})
     tuned, _ = load_net(out / "final.pt")
     points.append(point("fine-tuned", tuned))
     (out / "points.json").write_text(json.dumps(points, indent=1))
     print(json.dumps(points))
-
-
-if __name__ == "__main__":
-    main()

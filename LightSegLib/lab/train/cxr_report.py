@@ -1,6 +1,6 @@
 """Publishing and reporting of the pneumonia classifier: ONNX export with the activation map, scores through the
 ONNX engine on the validation images (read from their files, as a user's would be), the decision threshold, plots,
-latency side by side, and the registry entry.
+latency side by side, and the registry entry: the ``publish`` stage of the classifier's config.
 
 Why the threshold is chosen by Youden's J and then bootstrapped: with about 400 validation images a threshold tuned
 hard to them overfits; the bootstrap (threshold re-chosen on each resample, scored on the images left out) says how
@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...classify import Classifier, read_radiograph
 from ...errors import LightSegError
+from ...machine import machine, machine_line
+from ...registry import ModelCard, models_dir, sha256_of
+from ..data import cxr as radiographs
+from ..export import count_macs, parity
+from ..nets.blocks import count_params
+from ..publish.writer import register_model
+from .cxr import final_checkpoint, load_net, roc_auc
 
 
 class CamGraph(nn.Module):
@@ -95,9 +103,6 @@ def bootstrap_threshold(prob: np.ndarray, y: np.ndarray, rounds: int = 500, seed
 def scores(onnx_path: Path, card: dict, size: int, paths) -> np.ndarray:
     """Positive-class probabilities through the engine (file -> radiograph -> preprocessing -> ONNX), for an ONNX
     file not registered yet: its card is the template's fields with this file, its hash and size."""
-    from ...classify import Classifier, read_radiograph
-    from ...registry import ModelCard, sha256_of
-
     entry = dict(card, file=onnx_path.name, sha256=sha256_of(onnx_path), input={"size": size}, threshold=0.5)
     classifier = Classifier(ModelCard(entry, onnx_path.parent), threads=2)
     return np.array([classifier(read_radiograph(p)).probability for p in paths])
@@ -165,8 +170,6 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
 
 
 def evaluate(prob: np.ndarray, y: np.ndarray, threshold: float | None = None) -> dict:
-    from .cxr import roc_auc
-
     t = youden_threshold(prob, y) if threshold is None else threshold
     fpr, tpr, _ = roc_curve(prob, y)
     e, rows = ece(prob, y)
@@ -177,20 +180,15 @@ def evaluate(prob: np.ndarray, y: np.ndarray, threshold: float | None = None) ->
 
 def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: Path, plots_dir: Path, card: dict,
            threads: int = 2, log=print) -> dict:
-    from ..data import cxr
-    from ..export import count_macs, parity
-    from ..nets.blocks import count_params
-    from .cxr import load_net
-
     baseline, b_ckpt = load_net(baseline_ckpt)
     compressed, c_ckpt = load_net(compressed_ckpt)
     cfg = c_ckpt["config"]
     size = int(cfg["size"])
-    parts = cxr.split(cxr.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
+    parts = radiographs.split(radiographs.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
     val_paths = [p for p, _ in parts["val"]]
     y = np.array([label for _, label in parts["val"]])
     files = {"baseline": export(baseline, run_dir / "baseline.onnx", size), "compressed": export(compressed, onnx_out, size)}
-    x_check = cxr.load(parts["val"][:8], size)[0]
+    x_check = radiographs.load(parts["val"][:8], size)[0]
     results, nets = {}, {"baseline": baseline, "compressed": compressed}
     for name, path in files.items():
         diff = parity(nets[name], path, x_check)["max_abs_diff"]
@@ -205,8 +203,6 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     comp = results["compressed"]
     comp["bootstrap"] = bootstrap_threshold(np.array(comp["probabilities"]), y)
     latency = side_by_side_latency(files, size, threads)
-    from ...machine import machine
-
     summary = {"machine": machine(), "threads": threads, "size": size, "validation_images": len(y),
                "validation_positive": int(y.sum()), "latency": latency,
                "points": json.loads((Path(compressed_ckpt).parent / "points.json").read_text())
@@ -224,8 +220,6 @@ def _fig(r: dict) -> dict:
 
 
 def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, status: str, reproduce: str) -> dict:
-    from ...registry import sha256_of
-
     comp = summary["results"]["compressed"]
     entry = json.loads(Path(card_path).read_text())
     entry.update({
@@ -244,8 +238,6 @@ def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, 
 
 def card_markdown(summary: dict, entry: dict, template: Path) -> str:
     """``configs/cards/ID.md.in`` with its ``{{name}}`` fields filled from the measured summary."""
-    from ...machine import machine_line
-
     b, c = summary["results"]["baseline"], summary["results"]["compressed"]
     lat = summary["latency"]
 
@@ -284,3 +276,28 @@ def card_markdown(summary: dict, entry: dict, template: Path) -> str:
     if "{{" in text:
         raise LightSegError(f"{template}: unfilled field {text[text.index('{{'):text.index('{{') + 30]}")
     return text
+
+
+def reproduce_line(config_path, run) -> str:
+    """The commands that made a published run: its training stages, then this one."""
+    train = f"lightseg train --config {Path(config_path).as_posix()} --out {Path(run).as_posix()}"
+    return f"{train} && {train} --stage publish"
+
+
+def publish(cfg: dict, run: Path, config_path) -> None:
+    """Export the compressed net of ``run``, score and time it beside the baseline, and register it with its card
+    (``[publish]``: the card template, the status, where the plots go)."""
+    torch.set_num_threads(int(cfg["train"]["threads"]))
+    settings = cfg["publish"]
+    card_path = Path(settings["card"])
+    card = json.loads(card_path.read_text())
+    folder = models_dir()
+    onnx_path = folder / f"{card['id']}.onnx"
+    baseline, compressed = final_checkpoint(run, "baseline"), final_checkpoint(run, "compress")
+    summary = report(baseline, compressed, onnx_path, compressed.parent, Path(settings["plots"]), card,
+                     threads=int(cfg["train"]["threads"]))
+    spec = torch.load(compressed, map_location="cpu", weights_only=False)["spec"]
+    entry = registry_entry(summary, card_path, onnx_path, spec, settings["status"], reproduce_line(config_path, run))
+    register_model(entry, folder)
+    (folder / card["card"]).write_text(card_markdown(summary, entry, card_path.with_suffix(".md.in")))
+    print(f"registered {card['id']} ({settings['status']}); card {folder / card['card']}")

@@ -23,12 +23,6 @@ def init() -> tuple[int, int, "torch.device"]:
     return rank, world, device
 
 
-def is_main() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     import torch.distributed as dist
 
