@@ -1,0 +1,1 @@
+"""Workshop side of click refinement: data, click simulation, training."""

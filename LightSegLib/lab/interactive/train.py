@@ -1,0 +1,180 @@
+"""Train the click-conditioned net with simulated clicks (the RITM recipe), resumably, on a CPU.
+
+Each sample: a structure on a training slice, a zoomed crop around it (sometimes a wide one, as before the
+first click, sometimes cutting the object), 1-3 interior positives and 0-3 negatives, or a distorted copy of
+the object as the previous mask (refining an automatic result, or the neighbouring slice when propagating).
+Then 0..``max_rounds`` rounds without gradient, each adding a click at the deepest error of the current
+prediction, and one round with gradient. The previous mask is dropped with probability ``drop_prev``.
+
+    python -m LightSegLib.lab.interactive.train --config configs/models/click-refine.toml --out runs/click [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ... import interactive as ia
+from .clicker import interior_points, next_click, outside_points
+from .data import STRUCTURES, Slice, load_slices, object_mask, objects
+
+
+def sample_window(gt: np.ndarray, rng: np.random.Generator) -> ia.Window:
+    ys, xs = np.nonzero(gt)
+    if rng.random() < 0.3:  # wide, as the first crop around a click
+        k = rng.integers(len(ys))
+        return ia.first_window((ys[k], xs[k]), gt.shape, fraction=rng.uniform(0.35, 0.7))
+    side = max(float(max(np.ptp(ys), np.ptp(xs)) + 1) * rng.uniform(1.1, 2.5), 32.0)
+    cy, cx = (ys.min() + ys.max()) / 2 + rng.uniform(-0.15, 0.15) * side, \
+        (xs.min() + xs.max()) / 2 + rng.uniform(-0.15, 0.15) * side
+    return ia.Window(cy - side / 2, cx - side / 2, side)
+
+
+def distorted(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible wrong mask: shifted, grown or shrunk (an automatic result, or the next slice's outline)."""
+    out = np.roll(gt, (int(rng.integers(-4, 5)), int(rng.integers(-4, 5))), axis=(0, 1))
+    k = int(rng.integers(1, 5))
+    out = ndimage.binary_dilation(out, iterations=k) if rng.random() < 0.5 else ndimage.binary_erosion(out, iterations=k)
+    return out.astype(np.float32)
+
+
+def make_sample(s: Slice, name: str, rng: np.random.Generator):
+    """(image crop, prev crop, gt crop, positives, negatives) in crop pixels, or None if the crop lost the object."""
+    gt_full = object_mask(s, name)
+    w = sample_window(gt_full, rng)
+    ys, xs = w.grid()
+    image = ia.bilinear(s.image.astype(np.float32), ys, xs, fill=float(s.image.min()))
+    gt = ia.bilinear(gt_full.astype(np.float32), ys, xs) > 0.5
+    others = ia.bilinear(((s.label > 0) & ~gt_full).astype(np.float32), ys, xs) > 0.5
+    if gt.sum() < 8:
+        return None
+    if rng.random() < 0.5:
+        image, gt, others = image[:, ::-1], gt[:, ::-1], others[:, ::-1]
+    image = ia.scale_intensity(image) ** rng.uniform(0.7, 1.4)
+    if rng.random() < 0.25:
+        prev = distorted(gt, rng)
+        positives, negatives = interior_points(gt, 1, rng), []
+    else:
+        prev = np.zeros(gt.shape, np.float32)
+        positives = interior_points(gt, int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])), rng)
+        negatives = outside_points(gt, int(rng.choice([0, 1, 2, 3], p=[0.5, 0.25, 0.15, 0.1])), rng, others=others)
+    return np.ascontiguousarray(image), prev, np.ascontiguousarray(gt), positives, negatives
+
+
+def batch_input(samples, prevs) -> np.ndarray:
+    x = np.zeros((len(samples), ia.CHANNELS, ia.CROP, ia.CROP), np.float32)
+    for b, (image, _, _, pos, neg) in enumerate(samples):
+        x[b] = [image, prevs[b], ia.disks(pos), ia.disks(neg)]
+    return x
+
+
+def loss_fn(logits, target):
+    import torch.nn.functional as F
+
+    prob = logits.sigmoid()
+    inter = (prob * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+
+
+def train(cfg: dict, out: Path, resume: bool) -> None:
+    import torch
+
+    from ..nets import build
+
+    t = cfg["train"]
+    torch.set_num_threads(int(t.get("threads", 1)))
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.txt", "a", buffering=1)
+
+    def say(text: str) -> None:
+        log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+
+    structures = [n for n in STRUCTURES if n not in cfg["data"].get("left_out", [])]
+    slices = load_slices(cfg, "train")
+    pool = {n: [o for o in objects(slices, [n])] for n in structures}
+    say(f"training objects: {', '.join(f'{n} {len(v)}' for n, v in pool.items())} "
+        f"(left out: {', '.join(cfg['data'].get('left_out', [])) or 'none'})")
+
+    arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
+    net = build(arch)
+    opt = torch.optim.AdamW(net.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
+    step, seconds = 0, 0.0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
+        say(f"resumed at step {step}")
+    rng = np.random.default_rng(int(t.get("seed", 0)) + step)
+    batch, max_rounds, drop = int(t["batch"]), int(t["max_rounds"]), float(t["drop_prev"])
+    every = float(t["checkpoint_minutes"]) * 60
+    saved, started, running = time.time(), time.time() - seconds, []
+
+    def save() -> None:
+        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "architecture": arch, "step": step,
+                 "seconds": time.time() - started, "config": cfg, "task": "click-refine",
+                 "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS, "structures": structures}
+        torch.save(state, out / "last.tmp")
+        (out / "last.tmp").replace(last)
+
+    while step < int(t["steps"]):
+        samples = []
+        while len(samples) < batch:
+            name = structures[rng.integers(len(structures))]
+            i, _ = pool[name][rng.integers(len(pool[name]))]
+            s = make_sample(slices[i], name, rng)
+            if s is not None:
+                samples.append(s)
+        prevs = [s[1] for s in samples]
+        rounds = int(rng.integers(0, max_rounds + 1))
+        net.train()
+        with torch.no_grad():
+            for _ in range(rounds):
+                prob = net(torch.from_numpy(batch_input(samples, prevs))).sigmoid()[:, 0].numpy()
+                for b, (_, _, gt, pos, neg) in enumerate(samples):
+                    click = next_click(prob[b] > 0.5, gt)
+                    if click is not None:
+                        (pos if click[1] else neg).append(click[0])
+                    prevs[b] = prob[b]
+        prevs = [np.zeros_like(p) if rng.random() < drop else p for p in prevs]
+        x = torch.from_numpy(batch_input(samples, prevs))
+        target = torch.from_numpy(np.stack([s[2] for s in samples])[:, None].astype(np.float32))
+        logits = net(x)
+        loss = loss_fn(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            pred, gt = logits > 0, target > 0.5
+            iou = ((pred & gt).sum((1, 2, 3)) / (pred | gt).sum((1, 2, 3)).clamp(min=1)).mean().item()
+        running.append((loss.item(), iou, rounds))
+        if step % 25 == 0:
+            a = np.array(running)
+            say(f"step {step} loss {a[:, 0].mean():.4f} IoU {a[:, 1].mean():.3f} rounds {a[:, 2].mean():.1f} "
+                f"elapsed {(time.time() - started) / 60:.1f} min")
+            running = []
+        if time.time() - saved > every:
+            save()
+            saved = time.time()
+    save()
+    say(f"done at step {step}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    train(tomllib.loads(Path(args.config).read_text()), Path(args.out), args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""InteractiveSession on real ACDC slices: clicks, undo, reset, connectivity of corrections, box, propagation.
+
+The mechanics run with small nets of known behaviour written to ONNX through the workshop's export path (a net
+that grows every region of the previous mask by a pixel and follows the clicks, a net that finds nothing), so
+each rule is checked on its own; the trained click model is checked where a run has exported one.
+"""
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+from conftest import REPO, shared
+from torch import nn
+
+from LightSegLib import interactive as ia
+from LightSegLib.lab.export import export_onnx
+
+class Grow(nn.Module):
+    """Follows the clicks and grows every region of the previous mask by one crop pixel."""
+
+    def forward(self, x):
+        grown = nn.functional.max_pool2d(x[:, 1:2], 3, stride=1, padding=1)
+        return 40.0 * (grown + x[:, 2:3] - 2.0 * x[:, 3:4] - 0.5)
+
+
+class Nothing(nn.Module):
+    def forward(self, x):
+        return x[:, :1] * 0.0 - 20.0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("click_models")
+    return {name: export_onnx(net, folder / f"{name}.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
+            for name, net in (("grow", Grow()), ("nothing", Nothing()))}
+
+
+@pytest.fixture(scope="module")
+def acdc():
+    """A held-out ACDC volume (patient 028, end-diastole) and its labels [z, y, x]."""
+    image = sitk.ReadImage(str(shared("acdc/imagesTr/patient028_frame01.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(shared("acdc/labelsTr/patient028_frame01.nii.gz"))))
+    return image, label
+
+
+def middle(label, value=3):
+    zs = np.flatnonzero((label == value).reshape(len(label), -1).any(1))
+    return int(zs[len(zs) // 2])
+
+
+def test_crop_and_paste_agree(acdc):
+    """The crop the net reads and the paste back share one geometry: a mask survives the round trip."""
+    _, label = acdc
+    z = middle(label)
+    lv = (label[z] == 3).astype(np.float32)
+    window = ia.window_around(np.argwhere(lv > 0), lv.shape)
+    ys, xs = window.grid()
+    back, box = ia.paste(ia.bilinear(lv, ys, xs), window, lv.shape)
+    assert ((back > 0.5) == (lv[box] > 0.5)).mean() > 0.99
+    assert (lv[box] > 0).sum() == (lv > 0).sum()  # the window holds the whole object
+    cy, cx = np.argwhere(lv > 0).mean(0)
+    crop_yx = window.to_crop((cy, cx))
+    assert np.allclose(crop_yx, [ia.CROP / 2 - 0.5] * 2, atol=ia.CROP * 0.1)
+
+
+def test_click_undo_reset(acdc, models):
+    image, label = acdc
+    z = middle(label)
+    y, x = ia.deepest_point(label[z] == 3)
+    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+    first = session.click((x, y, z))
+    assert first.dtype == np.uint8 and first.shape == label.shape
+    assert first[z, y, x] == 1 and first.sum() > 1
+    assert not np.delete(first, z, axis=0).any()  # other slices untouched
+    second = session.click((x + 6, y, z))
+    assert second.sum() > first.sum()
+    assert np.array_equal(session.undo(), first)
+    assert not session.undo().any()
+    assert not session.undo().any()  # nothing left to undo
+    session.click((x, y, z))
+    assert not session.reset().any()
+    assert np.array_equal(session.undo(), first)
+
+
+def test_correction_changes_only_the_connected_region(acdc, models):
+    """RV and LV as one mask (two regions): a click at the LV changes the LV only, although the net (which grows
+    every region) would also grow the RV."""
+    image, label = acdc
+    z = middle(label)
+    start = np.isin(label, (1, 3)).astype(np.uint8)
+    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+    session.start_from(start)
+    lv = label[z] == 3
+    y, x = np.argwhere(lv)[np.argmax(np.argwhere(lv)[:, 1])]  # the LV's rightmost pixel: a click on its border
+    grown = session.click((int(x) + 1, int(y), z))
+    assert (grown[z] & (label[z] == 3)).sum() == lv.sum() and grown[z].sum() > start[z].sum()
+    added = (grown[z] > 0) & (start[z] == 0)
+    assert not (added & ~ndimage.binary_dilation(lv, iterations=4)).any()  # the RV did not grow
+    assert np.array_equal(np.delete(grown, z, 0), np.delete(start, z, 0))
+
+    session.start_from(start)
+    cy, cx = ia.deepest_point(lv)
+    holed = session.click((cx, cy, z), positive=False)
+    removed = (start[z] > 0) & (holed[z] == 0)
+    assert removed[cy, cx] and removed.sum() > 1
+    assert not (removed & (label[z] == 1)).any()  # the RV keeps every pixel
+    assert np.array_equal(holed[z][~removed], start[z][~removed])  # and nothing grew anywhere
+
+
+def test_box_keeps_the_result_inside(acdc, models):
+    image, label = acdc
+    z = middle(label)
+    ys, xs = np.nonzero(label[z] == 3)
+    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+    mask = session.box((xs.min(), ys.min(), z), (xs.max(), ys.max(), z))
+    inside = np.zeros_like(mask[z], bool)
+    inside[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    assert mask[z][inside].any() and not mask[z][~inside].any()
+
+
+def test_propagate_stops_where_the_net_finds_nothing(acdc, models):
+    image, label = acdc
+    z = middle(label)
+    start = (label == 3).astype(np.uint8) * (np.arange(len(label)) == z)[:, None, None]
+    session = ia.InteractiveSession(image, model=models["nothing"], threads=1)
+    session.start_from(start)
+    assert np.array_equal(session.propagate(1), start)
+    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+    session.start_from(start)
+    out = session.propagate(-1, max_slices=2)
+    filled = np.flatnonzero(out.reshape(len(out), -1).any(1))
+    assert list(filled) == [z - 2, z - 1, z]
+    assert np.array_equal(session.undo(), start)
+
+
+def test_export_of_a_click_checkpoint(tmp_path):
+    """The workshop's export: a click checkpoint becomes an ONNX file that answers as torch does."""
+    from LightSegLib.lab.interactive.export import export
+    from LightSegLib.lab.nets import build
+
+    arch = {"name": "unet", "widths": [4, 8], "fold": 2, "in_channels": ia.CHANNELS, "num_classes": 1}
+    torch.save({"model": build(arch).state_dict(), "architecture": arch, "task": "click-refine", "step": 0},
+               tmp_path / "last.pt")
+    facts = export(tmp_path / "last.pt", tmp_path / "click.onnx")
+    assert facts["max_abs_diff"] < 1e-4 and facts["bytes"] > 0 and facts["macs"] > 0
+
+
+def trained_model():
+    path = os.environ.get("LIGHTSEG_CLICK_MODEL") or REPO / "runs" / "click" / "click-refine.onnx"
+    if not os.path.isfile(path):
+        pytest.skip(f"needs an exported click model ({path} is absent; LIGHTSEG_CLICK_MODEL names one)")
+    return path
+
+
+def test_trained_model_lv_in_clicks_and_propagation(acdc):
+    """The trained net on a held-out patient: the LV from a few clicks, then propagated through the volume,
+    stopping near the LV's ends."""
+    from LightSegLib.lab.interactive.clicker import dice, next_click
+
+    image, label = acdc
+    lv = label == 3
+    z = middle(label)
+    session = ia.InteractiveSession(image, model=trained_model(), threads=1)
+    mask = session.mask
+    for _ in range(5):
+        (y, x), positive = next_click(mask[z] > 0, lv[z])
+        mask = session.click((x, y, z), positive)
+    assert dice(mask[z] > 0, lv[z]) > 0.85
+    session.propagate(1)
+    mask = session.propagate(-1, start=z)
+    zs = np.flatnonzero(lv.reshape(len(lv), -1).any(1))
+    got = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
+    assert got.min() >= zs.min() - 1 and got.max() <= zs.max() + 1
+    assert dice(mask > 0, lv) > 0.7
