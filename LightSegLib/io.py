@@ -44,17 +44,21 @@ def is_volume_file(path) -> bool:
 
 @contextmanager
 def itk_notes(notes: list[str] | None, name):
-    """Catch what ITK/GDCM write to file descriptor 2 while the block runs and turn each warning into a note
-    (or, when nobody collects notes, a LightSegWarning naming ``name``)."""
+    """Catch what ITK, GDCM and the image codecs (libjpeg, libpng) write to file descriptors 1 and 2 while the block
+    runs and turn each warning into a note (or, when nobody collects notes, a LightSegWarning naming ``name``):
+    nothing of theirs reaches the user raw, and stdout stays ours (JSON for programs)."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, kept in zip((1, 2), saved):
+                os.dup2(kept, fd)
+                os.close(kept)
             sink.seek(0)
             text = sink.read().decode(errors="replace")
     for message in _itk_messages(text):
@@ -87,6 +91,49 @@ def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     return sorted(series, key=lambda s: -len(s[1]))
 
 
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader
+
+
+def series_name(uid: str, files: list[str]) -> str:
+    """A series as a person finds it in a viewer: its UID, or when that is empty its description and number."""
+    if uid.strip():
+        return uid
+    try:
+        with itk_notes([], files[0]):
+            header = _header(files[0])
+        said = {tag: header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else ""
+                for tag in ("0008|103e", "0020|0011")}
+    except RuntimeError:
+        said = {}
+    description, number = said.get("0008|103e"), said.get("0020|0011")
+    if not (description or number):
+        return f"without a SeriesInstanceUID (first file {Path(files[0]).name})"
+    return " ".join(filter(None, [f"'{description}'" if description else "", f"number {number}" if number else ""]))
+
+
+def _odd_slice(files: list[str]) -> str | None:
+    """After GDCM failed on a series: the file whose slice size differs from the others', named."""
+    sizes = {}
+    with itk_notes([], Path(files[0]).parent):
+        for f in files:
+            try:
+                sizes[f] = tuple(_header(f).GetSize()[:2])
+            except RuntimeError:
+                return f"{Path(f).name} cannot be read as DICOM"
+    common = max(set(sizes.values()), key=list(sizes.values()).count)
+    odd = [f for f, size in sizes.items() if size != common]
+    if not odd:
+        return None
+    w, h = sizes[odd[0]]
+    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    return (f"slice {Path(odd[0]).name}{more} is {w}x{h} pixels, the other {len(files) - len(odd)} slices "
+            f"{common[0]}x{common[1]}: a series' slices must share one size")
+
+
 def _slice_facts(reader: sitk.ImageSeriesReader, i: int) -> dict:
     def numbers(tag):
         if not reader.HasMetaDataKey(i, tag):
@@ -108,9 +155,10 @@ def read_dicom_folder(folder: Path, notes: list[str] | None = None, allow_gaps: 
     if not series:
         raise LightSegError(f"no readable DICOM series in folder: {folder}")
     uid, files = series[0]
+    name = series_name(uid, files)
     if len(series) > 1:
-        others = ", ".join(f"{u} ({len(f)} files)" for u, f in series[1:])
-        notes.append(f"folder holds {len(series)} DICOM series; using the largest, {uid} "
+        others = ", ".join(f"{series_name(u, f)} ({len(f)} files)" for u, f in series[1:])
+        notes.append(f"folder holds {len(series)} DICOM series; using the largest, {name} "
                      f"({len(files)} files); others: {others}")
     listed = {Path(f).resolve() for _, fs in series for f in fs}
     unreadable = [p.name for p in validate.dicom_files(folder) if p.resolve() not in listed]
@@ -125,7 +173,9 @@ def read_dicom_folder(folder: Path, notes: list[str] | None = None, allow_gaps: 
         try:
             image = reader.Execute()
         except RuntimeError as err:
-            raise LightSegError(f"cannot read DICOM series {uid} in {folder}: {_first_line(err)}") from None
+            odd = _odd_slice(files)
+            raise LightSegError(f"cannot read DICOM series {name} in {folder}: "
+                                f"{odd or _first_line(err)}") from None
     slices = [_slice_facts(reader, i) for i in range(len(files))]
     gaps = validate.check_dicom_slices(slices, f"DICOM series in {folder.name}", allow_gaps)
     if unreadable:
@@ -166,8 +216,12 @@ def read_image(path, frame: int | None = None, notes: list[str] | None = None, a
             if checked is not None:
                 checked.result()
         if image is None:
-            raise LightSegError(f"not a readable image: {path}")
+            short = validate.nrrd_shortfall(path) if suffix_of(path) in (".nrrd", ".nhdr") else None
+            raise LightSegError(f"{path}: {short}" if short else f"not a readable image: {path}")
     image = as_3d_scalar(image, path, frame)
+    validate.check_geometry(image.GetSpacing(), image.GetDirection(), path.name)
+    if not path.is_dir() and suffix_of(path) in (".nii", ".nii.gz"):
+        validate.check_nifti_geometry(path, (image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
     check_finite(image, path.name)
     return image
 
@@ -245,7 +299,7 @@ def check_output(path, overwrite: bool) -> Path:
     if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd", ".dcm"):
         raise LightSegError(f"unsupported output type '{path.name}': use .nii.gz, .nii, .nrrd, .mha, .seg.nrrd "
                             "or .dcm (DICOM SEG)")
-    if overwrite and suffix == ".dcm" and path.is_file() and not is_dicom_result(path):
+    if overwrite and path.is_file() and not (is_dicom_result(path) if suffix == ".dcm" else is_labelmap_file(path)):
         raise LightSegError(f"{path} exists and is not a labelmap: overwrite=True replaces only earlier "
                             "segmentation outputs, never an image")
     return path
@@ -264,6 +318,34 @@ def is_dicom_result(path: Path) -> bool:
     except OSError:
         return False
     return head[128:132] == b"DICM" and DICOM_RESULT_CLASS.search(head[132:]) is not None
+
+
+def is_labelmap_file(path: Path) -> bool:
+    """Whether an existing file is a segmentation output (ours or another tool's): uint8 with at most 128 values
+    (an 8-bit scan uses nearly all 256). Anything else (a CT, an MR, a file no reader knows) is the user's and is
+    never replaced."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with itk_notes([], path):
+            reader.ReadImageInformation()
+            if reader.GetPixelID() != sitk.sitkUInt8 or reader.GetNumberOfComponents() != 1:
+                return False
+            return len(np.unique(sitk.GetArrayViewFromImage(reader.Execute()))) <= 128
+    except RuntimeError:
+        return False
+
+
+def refuse_input_as_output(target: Path, inputs: list[Path]) -> None:
+    """An output may not be an input: the same path, a symbolic or hard link to it, or a file inside an input
+    folder (a DICOM series). Refused whatever overwrite says."""
+    resolved = Path(os.path.realpath(target))
+    for source in inputs:
+        real = Path(os.path.realpath(source))
+        if resolved == real or (target.exists() and source.exists() and os.path.samefile(target, source)):
+            raise LightSegError(f"output {target} is the input {source}: choose another output name")
+        if real.is_dir() and resolved.is_relative_to(real) and validate.dicom_files(real):
+            raise LightSegError(f"output {target} is inside the input DICOM folder {source}: write it elsewhere")
 
 
 _TEMP_COUNT = itertools.count()
