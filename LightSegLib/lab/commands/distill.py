@@ -4,12 +4,12 @@ The student is a JSON architecture spec (inline or a .json file), a TOML trainin
 checkpoint (weights used as the starting point). Training data, augmentation and batch size come from --config
 (or the student's TOML). Examples::
 
-    lightseg distill --teacher runs/cardiac_unet/best.pt --config configs/cardiac_unet8.toml \\
+    lightseg distill --teacher runs/cardiac_unet/best.pt --config configs/models/cardiac-acdc.toml \\
         --student '{"name": "tinyunet", "in_channels": 1, "num_classes": 4, "widths": [4, 8, 16, 32, 64]}' \\
         --methods logit,feature,gcn --iters 3000 --out runs/tiny_kd
     # hours on a CPU: stop on a time budget, resume after an interruption with the same command plus --resume
     lightseg distill ... --iters 100000 --time-budget 120 --out runs/long_kd [--resume]
-    lightseg distill --teacher best.pt --student configs/cardiac_dpunet.toml --methods mavkd --out runs/dpu_mavkd
+    lightseg distill --teacher best.pt --student configs/experiments/cardiac_dpunet.toml --methods mavkd --out runs/dpu_mavkd
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..compress.distill.runner import Distiller
-    from ..train.trainer import train_loop
+    from ..train.trainer import LogLoss, Recipe, ResumableState, TimeBudget, train_loop
     from ...errors import LightSegError
     from ..export import count_macs, load_checkpoint
     from ..nets import build
@@ -123,9 +123,10 @@ def run(args) -> int:
     state = out / "state.pt"
     if state.exists() and not args.resume:
         state.unlink()
-    result = train_loop(student, cfg, args.iters, extra_loss=distiller.extra_loss if distiller is not None else None,
-                        extra_modules=distiller, train_cases=train_cases, val_cases=val_cases, lr=args.lr,
-                        time_budget_min=args.time_budget, state_path=state, device=resolve_device(args.device))
+    recipe = Recipe(extra_loss=distiller.extra_loss if distiller is not None else None, lr=args.lr)
+    hooks = [LogLoss(50, print), ResumableState(state)] + ([TimeBudget(args.time_budget)] if args.time_budget else [])
+    result = train_loop(student, cfg, args.iters, recipe=recipe, hooks=hooks, extra_modules=distiller,
+                        train_cases=train_cases, val_cases=val_cases, device=resolve_device(args.device))
     if distiller is not None:
         distiller.remove_hooks()
     prep = prep_spec(cfg)  # the teacher's: the student is trained on, and deployed with, the same pixels

@@ -5,8 +5,8 @@ Examples::
 
     lightseg prune runs/cardiac/best.pt --importance l1 --ratio 0.5 --out runs/pruned/best.pt
     lightseg prune best.pt --importance bn --sparsity-iters 2000 --stage-ratios 0.3,0.4,0.5,0.6,0.7 \\
-        --steps 3 --finetune-iters 300 --config configs/cardiac_unet8.toml --out pruned/best.pt
-    lightseg prune best.pt --ghost --finetune-iters 1000 --config configs/cardiac_unet8.toml --out ghost/best.pt
+        --steps 3 --finetune-iters 300 --config configs/models/cardiac-acdc.toml --out pruned/best.pt
+    lightseg prune best.pt --ghost --finetune-iters 1000 --config configs/models/cardiac-acdc.toml --out ghost/best.pt
 """
 from __future__ import annotations
 

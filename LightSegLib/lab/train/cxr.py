@@ -30,7 +30,7 @@ from ..compress.prune import bn_l1_penalty
 from ..data import cxr as radiographs
 from ..nets import build
 from ..nets.blocks import count_params
-from .trainer import cpu_has_bf16, train_loop
+from .trainer import Every, Recipe, ResumableState, cpu_has_bf16, train_loop
 
 def stage_settings(cfg: dict, stage: str) -> dict:
     """The flat settings ``fit`` reads and a checkpoint records as its ``config``: the data and train sections,
@@ -144,14 +144,15 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
         history.append(row)
         log(json.dumps(row))
 
+    recipe = Recipe(batches=batches, loss_fn=lambda logits, y: (1 - kd_weight) * F.cross_entropy(logits.float(), y),
+                    extra_loss=distillation if kd_weight > 0 else None,
+                    penalty=(lambda m: bn_l1_penalty(m, cfg["bn_l1"])) if cfg["bn_l1"] > 0 else None,
+                    optimizer=lambda params: torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True,
+                                                             weight_decay=cfg["weight_decay"]),
+                    schedule=lambda progress, it: lr_at(cfg, it / steps))
+    hooks = [Every(steps, on_epoch), ResumableState(last, steps, max(50, steps), lambda: {"history": history}, log)]
     train_loop(net, {"train": {"lr": cfg["lr"], "cpu_bf16": bf16}, "data": {}}, cfg["epochs"] * steps,
-               batches=batches, loss_fn=lambda logits, y: (1 - kd_weight) * F.cross_entropy(logits.float(), y),
-               extra_loss=distillation if kd_weight > 0 else None,
-               penalty=(lambda m: bn_l1_penalty(m, cfg["bn_l1"])) if cfg["bn_l1"] > 0 else None,
-               optimizer=lambda params: torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True,
-                                                        weight_decay=cfg["weight_decay"]),
-               schedule=lambda progress, it: lr_at(cfg, it / steps), state_path=last, save_every=steps,
-               every=steps, on_every=on_epoch, state_extra=lambda: {"history": history}, log=log, log_every=0)
+               recipe=recipe, hooks=hooks, log=log)
     final = out_dir / "final.pt"
     torch.save({"spec": spec, "state_dict": net.state_dict(), "history": history, "config": cfg,
                 "bf16": bf16} | (extra or {}), final)
