@@ -6,7 +6,7 @@ The net reads four channels: the image crop (percentile-scaled), the current mas
 and the negative clicks. A correction changes only the part of the mask connected to the click that asked
 for it; every other pixel keeps its value.
 
-The crop and channel encoding below is the contract the training (``LightSegLib.lab.interactive``) shares:
+The crop and channel encoding below is the contract the click training (the workshop's interactive package) shares:
 change it only together with a retrained model.
 """
 from __future__ import annotations

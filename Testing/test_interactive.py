@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 from conftest import REPO, shared
+from slicer_scene import real_scene
 from torch import nn
 
 from LightSegLib import interactive as ia
@@ -174,3 +175,43 @@ def test_trained_model_lv_in_clicks_and_propagation(acdc):
     got = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
     assert got.min() >= zs.min() - 1 and got.max() <= zs.max() + 1
     assert dice(mask > 0, lv) > 0.7
+
+
+@pytest.fixture
+def mrml(monkeypatch):
+    yield from real_scene(monkeypatch)
+
+
+@pytest.mark.slicer
+def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):
+    """The effect's MRML side (LightSeg/LightSegClicks.SegmentClicks) on a real scene: a click writes the selected
+    segment through an oriented labelmap on the volume's grid, other segments keep every voxel, and a change made
+    outside the session (the editor's undo) is where the next click starts from."""
+    import sys
+
+    import slicer
+
+    sys.path.insert(0, str(REPO / "LightSeg"))
+    from LightSegClicks import SegmentClicks
+
+    path = shared("acdc/imagesTr/patient028_frame01.nii.gz")
+    volume = mrml.volumes.AddArchetypeVolume(str(path), "cine")
+    _, label = acdc
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    rv = segmentation.GetSegmentation().AddEmptySegment("rv")
+    lv = segmentation.GetSegmentation().AddEmptySegment("lv")
+    slicer.util.updateSegmentBinaryLabelmapFromArray((label == 1).astype(np.uint8), segmentation, rv, volume)
+
+    clicks = SegmentClicks(volume, segmentation, lv, model=models["grow"], threads=1)
+    z = middle(label)
+    y, x = ia.deepest_point(label[z] == 3)
+    labelmap = clicks.click((x, y, z))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(labelmap, segmentation, lv)
+    written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, lv, volume)
+    assert written[z, y, x] and np.array_equal(written > 0, clicks.session.mask > 0)
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, rv, volume) > 0, label == 1)
+
+    slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros_like(label, np.uint8), segmentation, lv, volume)
+    labelmap = clicks.click((x + 5, y, z))  # the segment was emptied outside: this click starts from nothing
+    assert clicks.session.mask[z, y, x + 5] and not clicks.session.mask[z, y, x]

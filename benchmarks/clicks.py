@@ -4,8 +4,9 @@ First click at the object's deepest point, each next one at the deepest point of
 for a missed part, negative for a false one), up to 20 clicks per object. Reports Dice after 1/3/5 clicks,
 NoC@85/90 (clicks to reach IoU 0.85/0.90; 20 when never reached), failures (IoU 0.85 never reached), for
 every structure including the one left out of training, against a non-learned baseline: seeded region growing
-from the same kind of clicks (the union of SimpleITK ConfidenceConnected regions from each positive; where the region grown from the
-negatives overlaps it, each pixel goes to its nearest click). Also the time per click and slice propagation on the held-out ACDC volumes.
+from the same clicker (the union of SimpleITK ConfidenceConnected regions, one per positive click; where the
+region grown from the negatives overlaps it, each pixel goes to its nearest click). Also the time per click,
+and slice propagation on the held-out ACDC volumes.
 
     .venv/bin/python benchmarks/clicks.py --model runs/click/click-refine.onnx --threads 2 [--limit 40] [--json out.json]
 """

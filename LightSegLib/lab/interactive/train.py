@@ -38,7 +38,8 @@ def distorted(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible wrong mask: shifted, grown or shrunk (an automatic result, or the next slice's outline)."""
     out = np.roll(gt, (int(rng.integers(-4, 5)), int(rng.integers(-4, 5))), axis=(0, 1))
     k = int(rng.integers(1, 5))
-    out = ndimage.binary_dilation(out, iterations=k) if rng.random() < 0.5 else ndimage.binary_erosion(out, iterations=k)
+    change = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+    out = change(out, iterations=k)
     return out.astype(np.float32)
 
 
