@@ -58,6 +58,11 @@ class ModelCard:
     def num_classes(self) -> int:
         return max(label["value"] for label in self.entry["labels"]) + 1
 
+    @property
+    def version(self) -> str:
+        """The entry's version; a registry made by hand (a researcher's, the tests') may leave it out."""
+        return str(self.entry.get("version", "unversioned"))
+
     def label_names(self) -> dict[int, str]:
         return {label["value"]: label["name"] for label in self.entry["labels"]}
 

@@ -58,7 +58,7 @@ threads = 1
 
 
 def teacher_checkpoint(path, widths=(4, 8, 16), seed=0):
-    from LightSegLib.lab.compress.finetune import save_checkpoint
+    from LightSegLib.lab.commands._compress_common import save_checkpoint
     from LightSegLib.lab.nets import build
 
     torch.manual_seed(seed)
@@ -337,8 +337,8 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
     """Hours-long CPU distillations get killed: a run resumed from its state file ends with the weights of an
     uninterrupted run (same batches, optimiser moments and schedule)."""
     from LightSegLib.lab.commands._compress_common import resolve_config
-    from LightSegLib.lab.compress.finetune import load_data
-    from LightSegLib.lab.train.trainer import train_loop
+    from LightSegLib.lab.commands._compress_common import load_data
+    from LightSegLib.lab.train.trainer import Recipe, ResumableState, TimeBudget, train_loop
     from LightSegLib.lab.nets import build
 
     cfg = resolve_config(config, None, 1)
@@ -358,14 +358,15 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
         return torch.zeros(())
 
     straight = net(0)
-    train_loop(straight, cfg, 4, train_cases=train_cases, extra_loss=lambda *a: torch.zeros(()), log=lambda s: None)
+    zero = Recipe(extra_loss=lambda *a: torch.zeros(()))
+    train_loop(straight, cfg, 4, recipe=zero, train_cases=train_cases, log=lambda s: None)
     state = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_loop(net(0), cfg, 4, train_cases=train_cases, extra_loss=kill_at_third_iteration, state_path=state,
-                   save_every=2, log=lambda s: None)
+        train_loop(net(0), cfg, 4, recipe=Recipe(extra_loss=kill_at_third_iteration), train_cases=train_cases,
+                   hooks=[ResumableState(state, 2, log=lambda s: None)], log=lambda s: None)
     resumed = net(1)  # other initial weights: everything must come from the state file
-    result = train_loop(resumed, cfg, 4, train_cases=train_cases, extra_loss=lambda *a: torch.zeros(()),
-                        state_path=state, log=lambda s: None)
+    result = train_loop(resumed, cfg, 4, recipe=zero, train_cases=train_cases,
+                        hooks=[ResumableState(state, log=lambda s: None)], log=lambda s: None)
     assert result["iterations"] == 4
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
@@ -373,12 +374,12 @@ def test_an_interrupted_distillation_resumes_exactly_where_it_stopped(tmp_path, 
 
 def test_a_time_budget_stops_a_long_distillation(tmp_path, config):
     from LightSegLib.lab.commands._compress_common import resolve_config
-    from LightSegLib.lab.compress.finetune import load_data
-    from LightSegLib.lab.train.trainer import train_loop
+    from LightSegLib.lab.commands._compress_common import load_data
+    from LightSegLib.lab.train.trainer import Recipe, ResumableState, TimeBudget, train_loop
     from LightSegLib.lab.nets import build
 
     cfg = resolve_config(config, None, 1)
     train_cases, _ = load_data(cfg, val=False)
     net = build({"name": "unet", "in_channels": 1, "num_classes": 4, "widths": [2, 4, 8]})
-    result = train_loop(net, cfg, 100_000, train_cases=train_cases, time_budget_min=0.02, log=lambda s: None)
+    result = train_loop(net, cfg, 100_000, hooks=[TimeBudget(0.02)], train_cases=train_cases, log=lambda s: None)
     assert 0 < result["iterations"] < 100_000 and result["minutes"] < 0.5

@@ -63,7 +63,8 @@ def tiny_config(path: Path, base: str) -> Path:
 def test_msd_retraining_merges_tumour_into_liver(tiny_msd_liver, tmp_path):
     from LightSegLib.cli import main
     from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     cfg_path = tiny_config(tmp_path / "liver.toml", "msd/liver.toml")
     run = tmp_path / "run"
@@ -128,7 +129,8 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
     the pancreas evaluation reader drops the zoomed crop_margin slices."""
     from LightSegLib import preprocess
     from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     lits = shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "experiments" / "liver_lits2d.toml")
@@ -156,7 +158,8 @@ def test_2d_sets_are_read_as_the_engine_converts(tmp_path):
 def test_negative_slices_hold_no_organ_and_match_engine_preprocessing():
     from LightSegLib import preprocess
     from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     shared("totalseg_example")
     cfg = load_config(REPO / "configs" / "experiments" / "liver_lits2d.toml")
@@ -213,7 +216,8 @@ def test_true_hu_slice_matches_its_8bit_copy_after_the_readme_flip():
     np.flip(axis=1) to be in the 8-bit slices' radiological view. One HU slice of PANCREAS_0001 is also in
     nih_pancreas_2d: converted with the model's window it must match that copy (JPEG noise aside), labels too."""
     from LightSegLib import preprocess
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     hu_file = shared("nih_pancreas") / "PANCREAS_0001.npz"
     bit8_file = shared("nih_pancreas_2d") / "PANCREAS_0001.npz"
@@ -544,7 +548,8 @@ def test_block_split_keeps_a_guard_between_trained_and_checked_slices():
 
 def test_s0009_blocks_give_positives_and_negatives_from_the_trained_half_only():
     from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     shared("totalseg_s0009")
     cfg = load_config(REPO / "configs" / "experiments" / "pancreas_wholevol_teacher.toml")
@@ -584,7 +589,8 @@ def test_reviewed_slice_list_trains_on_some_volumes_and_holds_the_rest_out():
     """The LiTS slices above the pancreas: every listed slice is read once, train and check share no volume,
     all labelled background, in the engine's coding."""
     from LightSegLib.lab.data import reader
-    from LightSegLib.lab.train.config import load_config, prep_spec
+    from LightSegLib.lab.data.reader import prep_spec
+    from LightSegLib.lab.train.config import load_config
 
     shared("lits_liver_2d")
     cfg = load_config(REPO / "configs" / "models" / "pancreas-ct.toml")

@@ -49,7 +49,8 @@ def resolve_prep(args) -> dict:
             raise LightSegError(f"{args.checkpoint} holds no preprocessing ('prep')")
         return ckpt["prep"]
     if args.config:
-        from ..train.config import load_config, prep_spec
+        from ..data.reader import prep_spec
+        from ..train.config import load_config
 
         return prep_spec(load_config(args.config))
     name = Path(args.model).name

@@ -9,7 +9,6 @@ import tomllib
 from pathlib import Path
 
 from ...errors import LightSegError
-from ..data.reader import prep_spec  # noqa: F401  (its home is the data reader; importers here move to it)
 
 DEFAULTS = {
     "model": {"name": "unet", "in_channels": 1, "num_classes": 2, "widths": [16, 32, 64, 128, 256]},

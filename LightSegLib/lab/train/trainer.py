@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -275,22 +275,17 @@ class ResumableState(Hook):
 
 
 def train_loop(net, cfg: dict, iters: int, *, recipe: Recipe | None = None, hooks=(), train_cases=None,
-               val_cases=None, extra_modules=None, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
-               **keywords) -> dict:
+               val_cases=None, extra_modules=None, seed: int = 0, device="cpu",
+               log: Callable[[str], None] = print) -> dict:
     """Train ``net`` for ``iters`` iterations on the ``recipe``'s loss and optimiser over the net and
     ``extra_modules`` (e.g. distillation adapters), calling the ``hooks`` after each iteration in their order
     (the first one able to resume does). Validates on ``val_cases`` at the end. Returns {"iterations", "minutes",
     "device", "precision", "val_dice", "val_dice_mean"}. ``device="cuda"`` trains there and hands the net back on
-    the CPU; bfloat16 autocast on CUDA with ``train.amp``, on the CPU with ``train.cpu_bf16``.
-
-    ``keywords``: the flat form (the recipe's fields, ``time_budget_min``, ``log_every``, ``every`` and
-    ``on_every``, ``state_path``, ``save_every`` and ``state_extra``), made into a recipe and hooks."""
+    the CPU; bfloat16 autocast on CUDA with ``train.amp``, on the CPU with ``train.cpu_bf16``."""
     import torch
 
     from .evaluate_core import validate
 
-    if keywords:
-        recipe, hooks = _from_keywords(recipe, list(hooks), keywords, log)
     recipe = recipe or Recipe()
     tcfg = dict(cfg["train"])
     if recipe.lr is not None:
@@ -363,23 +358,6 @@ def train_loop(net, cfg: dict, iters: int, *, recipe: Recipe | None = None, hook
     if extra_modules is not None:
         extra_modules.cpu()
     return result
-
-
-def _from_keywords(recipe: Recipe | None, hooks: list, keywords: dict, log) -> tuple[Recipe, list]:
-    """The recipe and hooks the flat keywords of ``train_loop`` stand for, in the order the loop has always run
-    them: loss log, ``on_every``, resumable state; the time budget."""
-    parts = {k: keywords.pop(k) for k in list(keywords) if k in Recipe.__dataclass_fields__}
-    every, log_every = int(keywords.pop("every", 0)), int(keywords.pop("log_every", 50))
-    on_every, budget = keywords.pop("on_every", None), keywords.pop("time_budget_min", None)
-    state_path, save_every = keywords.pop("state_path", None), int(keywords.pop("save_every", 100))
-    state_extra = keywords.pop("state_extra", None)
-    if keywords:
-        raise TypeError(f"train_loop got unexpected keywords {sorted(keywords)}")
-    made = [LogLoss(log_every, log)] if log_every else []
-    made += [Every(every, on_every)] if on_every is not None else []
-    made += [ResumableState(state_path, save_every, max(50, every), state_extra, log)] if state_path else []
-    made += [TimeBudget(budget)] if budget else []
-    return (Recipe(**parts) if recipe is None else replace(recipe, **parts)), made + hooks
 
 
 class EpochValidation:
