@@ -193,7 +193,10 @@ def _worker_name() -> str:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """This process's cores: its CPU affinity (a Slurm allocation) and cgroup quota (a Kubernetes pod) counted."""
+    from dask.system import cpu_count
+
+    return cpu_count()
 
 
 def _threads_here(threads_by_host: dict) -> int:
