@@ -158,7 +158,9 @@ class Classifier:
             raise LightSegError(f"threshold {threshold} outside [0, 1]")
         x = prepare(array, int(self.card.input["size"]))
         logits, cam = self.runner.session.run(["logits", "cam"], {self.runner.input_name: x})
-        p = float(softmax(logits)[0, self.positive])
+        # in float64, so a confident probability keeps its logit (temperature scaling, calibration) instead of
+        # rounding to 1.0
+        p = float(softmax(logits.astype(np.float64))[0, self.positive])
         # The positive class's evidence against the others: where the map is positive, that region argues for it.
         evidence = cam[0, self.positive] - np.delete(cam[0], self.positive, axis=0).mean(axis=0)
         evidence = np.maximum(evidence, 0.0)

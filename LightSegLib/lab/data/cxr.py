@@ -45,6 +45,22 @@ def split(items, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[tup
     return out
 
 
+def old_subset(items) -> list[tuple[Path, int]]:
+    """The 1,000 + 1,000 images the folder held until 2026-12-05, which trained pneumonia-cxr 0.1.0 (the data's
+    README): NORMAL, the sorted names with every 4th dropped, first 1,000; PNEUMONIA, every 3rd sorted name from the
+    first, first 1,000. ``split(old_subset(items))`` gives that model's 1,607 / 393 parts again."""
+    normal = sorted((p for p, label in items if label == 0), key=lambda p: p.name)
+    pneumonia = sorted((p for p, label in items if label == 1), key=lambda p: p.name)
+    return ([(p, 0) for i, p in enumerate(normal) if i % 4 != 3][:1000]
+            + [(p, 1) for i, p in enumerate(pneumonia) if i % 3 == 0][:1000])
+
+
+def unseen_patients(items, seen) -> list[tuple[Path, int]]:
+    """The images of ``items`` whose child has no image in ``seen``: new patients to a model trained on ``seen``."""
+    known = {patient_of(p) for p, _ in seen}
+    return [(p, label) for p, label in items if patient_of(p) not in known]
+
+
 def load(items, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, size, size) float32 network inputs and (N,) int64 labels, through the inference preprocessing."""
     from ...cxr_prep import prepare
