@@ -45,7 +45,8 @@ def segment_case(card, source: Path, target: Path, *, frame=None, backend: str =
     notes += [note for note in result.notes if note not in notes]
     t = time.perf_counter()
     report(1.0, WRITE)
-    write_output(result.labelmap, target, card.labels, overwrite=overwrite, notes=notes)
+    write_output(result.labelmap, target, card.labels, overwrite=overwrite, notes=notes,
+                 dicom={"source": source, "card": card, "quality": result.quality, "voxels": result.voxels})
     seconds = {READ: read_s, **result.seconds, WRITE: time.perf_counter() - t}
     if not any(result.voxels.values()):
         notes.append(f"nothing found: no {', '.join(result.voxels)} in this volume")

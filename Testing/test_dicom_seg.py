@@ -231,3 +231,19 @@ def test_sr_needs_dicom_segs(tmp_path, capsys):
     assert main(["cardiac-function", "--ed", str(sample), "--es", str(sample), "--sr", str(tmp_path / "f.dcm")]) == 2
     assert "give --ed and --es as DICOM SEGs" in capsys.readouterr().err
     assert not (tmp_path / "f.dcm").exists()
+
+
+def test_lightseg_segment_writes_a_seg_from_the_command_line(tmp_path):
+    """What a user types: `lightseg segment <DICOM folder> out.dcm`, through the entry point, equals the labelmap."""
+    folder = shared("dcmqi_ct3slice")
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    for f in sorted(folder.glob("*.dcm")):
+        shutil.copy(f, dicom / f.name)
+    seg_path, label_path = tmp_path / "liver.dcm", tmp_path / "liver.nii.gz"
+    for target in (seg_path, label_path):
+        run = subprocess.run([sys.executable, "-m", "LightSegLib.cli", "segment", "--model", "liver-ct", "--threads",
+                              "2", str(dicom), str(target)], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert dciodvfy_errors(seg_path) == []
+    check_frames(seg_path, sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))), dicom)
