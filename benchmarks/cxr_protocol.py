@@ -1,11 +1,13 @@
-"""The chest X-ray classifier's validation protocol (LightSegLib/lab/cxr_protocol.py), in its two steps:
+"""The chest X-ray classifier's validation protocol (LightSegLib/lab/cxr_protocol.py), in three steps:
 
-    python benchmarks/cxr_protocol.py fix --out runs/cxr_protocol/fixed.json        # validation + shifted check:
-                                                                                    # threshold rule, temperature
-    python benchmarks/cxr_protocol.py evaluate runs/cxr_protocol/fixed.json \
-        --out Resources/Models/pneumonia-cxr.eval.json                              # new patients, all figures
+    python benchmarks/cxr_protocol.py fix --out runs/cxr_protocol/fixed.json       # validation + shifted check:
+                                                                                   # threshold rule, temperature
+    python benchmarks/cxr_protocol.py score --out runs/cxr_protocol/new.json       # new patients' probabilities
+    python benchmarks/cxr_protocol.py evaluate runs/cxr_protocol/fixed.json runs/cxr_protocol/new.json \
+        --out Resources/Models/pneumonia-cxr.eval.json                             # every figure
 
-``fix`` writes the operating point and the temperature before ``evaluate`` scores a single new patient.
+``fix`` writes the operating point and the temperature before ``evaluate`` computes any new patient's figure;
+``score`` stores probabilities only, so it may run beside ``fix``.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ DATA = REPO.parent / "shared" / "data" / "chest_xray" / "train"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["fix", "evaluate"])
-    parser.add_argument("fixed", nargs="?", type=Path, help="evaluate: the JSON that fix wrote")
+    parser.add_argument("step", choices=["fix", "score", "evaluate"])
+    parser.add_argument("inputs", nargs="*", type=Path, help="evaluate: the JSONs that fix and score wrote")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
@@ -35,11 +37,12 @@ def main() -> None:
     if args.step == "fix":
         fixed = cxr_protocol.fix(args.data, args.out, args.threads)
         print(json.dumps({k: fixed[k] for k in ("card_threshold", "rule_threshold", "temperature")}))
+    elif args.step == "score":
+        cxr_protocol.score_new_patients(args.data, args.out, args.threads)
     else:
-        if args.fixed is None:
-            parser.error("evaluate needs the JSON that fix wrote")
-        result = cxr_protocol.evaluate(args.data, args.fixed, args.out, args.threads)
-        print(result["decision"])
+        if len(args.inputs) != 2:
+            parser.error("evaluate needs the JSONs that fix and score wrote")
+        print(cxr_protocol.evaluate(*args.inputs, args.out)["decision"])
     print(f"{time.perf_counter() - start:.0f} s")
 
 
