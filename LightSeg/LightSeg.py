@@ -313,7 +313,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except LightSegError as err:
             self.setStatus(str(err), error=True)
             return
-        self.setStatus(result.statusText())
+        self.setStatus(result.statusText(), error=result.lowConfidence)
         slicer.util.setSliceViewerLayers(background=volume, foreground=result.heatmapNodeID, foregroundOpacity=0.4)
 
     def onPoll(self):

@@ -3,9 +3,14 @@
 Inference needs numpy, SimpleITK and ONNX Runtime only. A classification model's ONNX graph has two outputs,
 ``logits`` (N, classes) and ``cam`` (N, classes, h, w), the class activation map; the card's ``threshold`` is the
 probability of its ``positive`` label above which that label is given.
+
+Every answer carries a quality estimate where the model has an appearance model beside it
+(``<id>.appearance.onnx``, built by ``benchmarks/cxr_appearance.py``): whether the input looks like the images the
+classifier was trained on at all. Its probability cannot say so (a CT slice got PNEUMONIA with p = 0.89).
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +131,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+APPEARANCE_SUFFIX = ".appearance.onnx"
+
+
+class Appearance:
+    """How far an input lies from the training images: a principal-component model of the classifier's own input
+    (ONNX outputs ``inside`` and ``outside``, each 1.0 on average over the training images) and the limits chosen
+    on validation images, stored in the file's metadata. ``distance`` is the larger ratio to its limit: above 1,
+    the image does not look like what the model knows."""
+
+    def __init__(self, path: Path, threads: int):
+        from .inference import OnnxRunner
+
+        self.runner = OnnxRunner(path, threads)
+        meta = self.runner.session.get_modelmeta().custom_metadata_map
+        self.limits = json.loads(meta["limits"])
+
+    def __call__(self, x: np.ndarray) -> dict:
+        from .quality import mark_outside
+
+        inside, outside = (float(v[0]) for v in self.runner.session.run(["inside", "outside"],
+                                                                         {self.runner.input_name: x}))
+        distance = max(inside / self.limits["inside"], outside / self.limits["outside"])
+        figures = {"distance": round(distance, 3), "inside": round(inside, 3), "outside": round(outside, 3)}
+        reasons = ([f"does not look like a paediatric AP chest X-ray (appearance distance {distance:.2f}, "
+                    "limit 1)"] if distance > 1.0 else [])
+        return mark_outside({"flag": False, "calibrated": True, "reasons": [], "appearance": figures}, reasons)
+
+
 @dataclass
 class Classification:
     label: str
@@ -133,9 +166,24 @@ class Classification:
     threshold: float
     cam: np.ndarray             # (h, w) activation map of the positive class, 0 (none) .. 1 (strongest)
     path: str | None = None
+    quality: dict | None = None  # Appearance's verdict; None where the model has no appearance model
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "label": self.label, "probability": round(self.probability, 4)}
+        out = {"path": self.path, "label": self.label, "probability": round(self.probability, 4)}
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
+
+    def quality_text(self) -> str:
+        """One phrase: "quality ok (...)" or "low confidence: check carefully (...)"; empty without an estimate."""
+        from .quality import LOW
+
+        if self.quality is None:
+            return ""
+        if self.quality["flag"]:
+            return f"{LOW} ({'; '.join(self.quality['reasons'])})"
+        distance = self.quality["appearance"]["distance"]
+        return f"quality ok (looks like its training X-rays: appearance distance {distance:.2f}, limit 1)"
 
 
 class Classifier:
@@ -149,6 +197,8 @@ class Classifier:
         self.card = card
         self.runner = OnnxRunner(card.verified_path(), threads or default_threads())
         self.positive = card.classes.index(card.positive)
+        appearance = card.folder / f"{card.id}{APPEARANCE_SUFFIX}"
+        self.appearance = Appearance(appearance, threads or default_threads()) if appearance.is_file() else None
 
     def __call__(self, array: np.ndarray, threshold: float | None = None, path=None) -> Classification:
         from .cxr_prep import prepare
@@ -167,7 +217,8 @@ class Classifier:
         peak = float(evidence.max())
         label = self.card.positive if p >= threshold else self.card.classes[1 - self.positive]
         return Classification(label, p, threshold, evidence / peak if peak > 0 else evidence,
-                              None if path is None else str(path))
+                              None if path is None else str(path),
+                              None if self.appearance is None else self.appearance(x))
 
 
 def heatmap_png(array: np.ndarray, cam: np.ndarray, path, alpha: float = 0.45) -> Path:

@@ -302,7 +302,9 @@ def test_classify_cli_json_heatmap_and_bad_inputs(tmp_path):
     assert len(errors) == 2 and "notes.png: not a readable image" in errors[0] and "3D volume" in errors[1], errors
     results = json.loads(proc.stdout)
     assert [r["path"] for r in results] == [str(pneumonia), str(normal)]
-    assert all(set(r) == {"path", "label", "probability"} and 0.0 <= r["probability"] <= 1.0 for r in results)
+    assert all(set(r) == {"path", "label", "probability", "quality"} and 0.0 <= r["probability"] <= 1.0
+               for r in results)
+    assert not any(r["quality"]["flag"] for r in results)  # real chest X-rays look like the training images
     assert results[0]["label"] == "PNEUMONIA" and results[1]["label"] == "NORMAL"
     for path in (pneumonia, normal):
         overlay = sitk.ReadImage(str(heat / f"{path.stem}.png"))
@@ -351,6 +353,103 @@ def test_truncated_jpeg_ct_dicom_and_empty_folder_are_refused_and_the_rest_still
     assert all("a DICOM CT image, not a projection radiograph" in e for e in errors[1:-1])
     assert "empty: no PNG, JPEG or DICOM file" in errors[-1]
     assert [r["path"] for r in json.loads(proc.stdout)] == [str(normal)]
+
+
+@needs_cxr
+def test_quality_flags_what_is_not_a_paediatric_chest_xray_in_the_line_and_json(tmp_path):
+    """A CT slice saved as an 8-bit PNG and an X-ray upside down or inverted are classified but flagged; the real
+    X-ray is not."""
+    _, normal = _two_radiographs()
+    grey = sitk.GetArrayFromImage(sitk.ReadImage(str(normal), sitk.sitkUInt8))
+    ct = REPO.parent / "shared" / "data" / "lits_liver_2d" / "vol10001.npz"
+    images = {"upside_down.png": grey[::-1], "inverted.png": 255 - grey}
+    if ct.is_file():
+        images["ct.png"] = np.load(ct)["image"][0]
+    for name, a in images.items():
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(a)), str(tmp_path / name))
+    proc = lightseg("classify", "--model", "pneumonia-cxr", "--json", normal, *(tmp_path / n for n in images))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["quality"]["flag"] for r in results] == [False] + [True] * len(images)
+    for r in results[1:]:
+        assert r["quality"]["appearance"]["distance"] > 1.0
+        assert "does not look like a paediatric AP chest X-ray" in r["quality"]["reasons"][0]
+    lines = lightseg("classify", "--model", "pneumonia-cxr", normal, tmp_path / "inverted.png").stdout.splitlines()
+    assert "quality ok" in lines[0] and "low confidence: check carefully" in lines[1]
+
+
+def test_appearance_onnx_computes_what_the_numpy_model_does():
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from LightSegLib.lab.cxr_appearance import GRID, fit, scores, to_onnx
+
+    rng = np.random.default_rng(0)
+    size = 5 * GRID
+    images = rng.random((60, 1, size, size)).astype(np.float32)
+    pooled = images.reshape(60, GRID, 5, GRID, 5).mean(axis=(2, 4)).reshape(60, -1)
+    model = fit(pooled[:50], k=8)
+    inside, outside = scores(model, pooled[:50])
+    # both about 1 on the fitted images (the components' variance is the sample variance, over n - 1)
+    assert inside.mean() == pytest.approx(49 / 50, rel=1e-4) and outside.mean() == pytest.approx(1.0, rel=1e-4)
+    session = ort.InferenceSession(to_onnx(model, size, {"inside": 2.0, "outside": 3.0}, "test"))
+    got = session.run(["inside", "outside"], {"image": images[50:]})
+    want = scores(model, pooled[50:])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-3)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-3)
+    assert json.loads(session.get_modelmeta().custom_metadata_map["limits"]) == {"inside": 2.0, "outside": 3.0}
+
+
+# ------------------------------------------------------------------ the validation protocol
+@needs_cxr
+def test_old_subset_is_the_shipped_models_data_and_new_patients_are_unseen():
+    from LightSegLib.lab.data.cxr import list_images, old_subset, patient_of, split, unseen_patients
+
+    items = list_images(CXR)
+    old = old_subset(items)
+    assert sum(1 for _, label in old if label == 0) == sum(1 for _, label in old if label == 1) == 1000
+    val = split(old, 0.2, 0)["val"]
+    assert (len(val), sum(label for _, label in val)) == (393, 198)  # the card's validation part
+    new = unseen_patients(items, old)
+    assert len(new) == 1717 and not {patient_of(p) for p, _ in new} & {patient_of(p) for p, _ in old}
+
+
+def test_protocol_figures_threshold_rule_and_temperature_by_hand():
+    from LightSegLib.lab.cxr_protocol import (fit_temperature, figures, logit, rank_auc,
+                                              threshold_for_specificity)
+    from LightSegLib.lab.train.cxr_report import roc_curve
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z / 2))).astype(int)  # labels as if the logit were twice too sharp
+    prob = 1 / (1 + np.exp(-z))
+    assert fit_temperature(prob, y) == pytest.approx(2.0, rel=0.1)
+    np.testing.assert_allclose(logit(prob), z, atol=1e-6)
+    fpr, tpr, _ = roc_curve(prob[:300], y[:300])
+    assert rank_auc(prob[:300], y[:300]) == pytest.approx(np.trapezoid(tpr, fpr))
+    t = threshold_for_specificity(prob, y, 0.85)
+    normal = prob[y == 0]
+    assert (normal < t).sum() == int(np.ceil(0.85 * len(normal)))  # the lowest threshold that reaches 0.85
+    children = np.arange(4000) // 2  # two images per child: resampled together
+    f = figures(prob, y, children, t, rounds=200)
+    assert f["children"] == 2000 and f["specificity"]["value"] >= 0.85
+    for key in ("accuracy", "sensitivity", "specificity", "auc"):
+        lo, hi = f[key]["ci95"]
+        assert lo <= f[key]["value"] <= hi and hi - lo < 0.1
+
+
+@needs_cxr
+def test_shifts_keep_the_image_size_change_it_and_are_the_same_every_run():
+    from LightSegLib.classify import read_radiograph
+    from LightSegLib.lab.cxr_protocol import SHIFTS
+
+    _, normal = _two_radiographs()
+    grey = read_radiograph(normal)
+    for name, shift in SHIFTS.items():
+        once, again = shift(grey, normal.name), shift(grey, normal.name)
+        assert once.shape == grey.shape and np.isfinite(once).all(), name
+        np.testing.assert_array_equal(once, again)
+        assert np.abs(once - grey).mean() > 1.0, name
 
 
 def test_segment_refuses_a_classifier_with_the_command_that_runs_it(tmp_path):

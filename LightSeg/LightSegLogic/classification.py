@@ -19,10 +19,13 @@ class ClassificationResult:
     probability: float
     threshold: float
     heatmapNodeID: str | None
+    quality: str = ""           # Classification.quality_text(): "quality ok (...)" or "low confidence: ..."
+    lowConfidence: bool = False  # the input does not look like the model's training images
 
     def statusText(self) -> str:
+        quality = f" {self.quality[0].upper()}{self.quality[1:]}." if self.quality else ""
         return (f"{self.label}: probability of the positive class {self.probability:.3f} (threshold "
-                f"{self.threshold:.3f}). Decision support, not a diagnosis.")
+                f"{self.threshold:.3f}).{quality} Decision support, not a diagnosis.")
 
 
 def classify(scene, volumeNode, card, threshold: float | None = None) -> ClassificationResult:
@@ -41,7 +44,8 @@ def classify(scene, volumeNode, card, threshold: float | None = None) -> Classif
     radiograph = check_radiograph(array[0], volumeNode.GetName())
     result = Classifier(card, threads=2)(radiograph, threshold)
     heatmap = addHeatmap(scene, volumeNode, result.cam, f"{volumeNode.GetName()} {card.positive} activation")
-    return ClassificationResult(card.id, result.label, result.probability, result.threshold, heatmap.GetID())
+    return ClassificationResult(card.id, result.label, result.probability, result.threshold, heatmap.GetID(),
+                                result.quality_text(), bool(result.quality and result.quality["flag"]))
 
 
 def addHeatmap(scene, volumeNode, cam: np.ndarray, name: str):

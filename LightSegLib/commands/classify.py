@@ -1,7 +1,8 @@
 """``lightseg classify --model pneumonia-cxr [--json] [--threshold T] [--heatmap DIR] INPUT...``.
 
 Each input is handled on its own: a bad one gets one line on stderr and the others still run; the exit code is 2
-if any input failed.
+if any input failed. An input that does not look like the model's training images is still classified, and its
+line says ``low confidence: check carefully`` with the reason (``quality`` in ``--json``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def register(sub) -> None:
     parser.add_argument("--model", required=True, help="a classification model id (see 'lightseg models')")
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability of the positive class above which it is given (default: the card's)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of {path, label, probability}")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of {path, label, probability, quality}")
     parser.add_argument("--heatmap", metavar="DIR", help="write each input's activation map overlay as DIR/NAME.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing heatmap files")
     parser.add_argument("--threads", type=int, default=2)
@@ -59,7 +61,9 @@ def run(args) -> int:
                 continue
             results.append(result.as_dict())
             if not args.json:
-                print(f"{path}: {result.label} (p = {result.probability:.3f}, threshold {result.threshold:.3f})")
+                quality = result.quality_text()
+                print(f"{path}: {result.label} (p = {result.probability:.3f}, threshold {result.threshold:.3f})"
+                      + (f"; {quality}" if quality else ""))
     if args.json:
         print(json.dumps(results, indent=1))
     if not results and not failed:
