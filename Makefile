@@ -15,8 +15,8 @@ STAMP  := $(VENV)/.installed-$(SETUP)
 DEMO_STAMP := $(DEMO)/.installed-$(SETUP)
 
 # Debian packages the tests use (cmake evaluates the extension's file list; dicom3tools' dciodvfy validates the DICOM
-# SEG and SR outputs); installed when missing.
-SYSTEM_PACKAGES := cmake dicom3tools
+# SEG and SR outputs; chromium runs the web app's browser test); installed when missing.
+SYSTEM_PACKAGES := cmake dicom3tools chromium
 
 .PHONY: demo test env demo-env system clean
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": "demo",
     "cardiac-function": "cardiac_function",
     "batch": "batch",
+    "web": "web",
 }
 #: what the workshop's commands import beyond the runtime
 TRAINING_PACKAGES = ("torch", "monai", "torch_pruning", "onnx")

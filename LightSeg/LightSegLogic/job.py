@@ -17,12 +17,19 @@ from enum import Enum
 from pathlib import Path
 
 import LightSegLib
+import numpy as np
+import SimpleITK as sitk
 import slicer
+import vtk
 from LightSegLib.errors import LightSegError
+from LightSegLib.io import read_image
 from LightSegLib.stages import INFER, POSTPROCESS, READ, WRITE
+from vtk.util import numpy_support
 
 #: Where each CLI stage falls within one file's progress bar (fraction start, fraction end).
 STAGE_SPANS = {READ: (0.0, 0.05), INFER: (0.05, 0.85), POSTPROCESS: (0.85, 0.92), WRITE: (0.92, 0.97)}
+#: SimpleITK is LPS, MRML is RAS: IJK-to-RAS = LPS_TO_RAS . [direction . diag(spacing) | origin]
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 STAGE_TEXT = {"starting": "Starting", READ: "Reading volume", INFER: "Running the network",
               POSTPROCESS: "Post-processing", WRITE: "Writing result", "import": "Loading result",
               "done": "Done", "failed": "Failed", "cancelled": "Cancelled"}
@@ -235,3 +242,26 @@ def writeVolume(volumeNode, path: Path) -> None:
     storage.SetUseCompression(0)
     if not storage.WriteData(volumeNode):
         raise LightSegError(f"could not write the input volume to {path}")
+
+
+def loadVolume(scene, path, name: str | None = None, notes: list | None = None):
+    """A scalar volume node from a file or DICOM folder read by the CLI's own reader (``LightSegLib.io.read_image``):
+    what the CLI refuses is refused with its one-line message, and the node has the geometry the CLI sees."""
+    image = read_image(path, notes=notes)
+    array = sitk.GetArrayFromImage(image)  # [k, j, i]
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(*image.GetSize())
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+        array.ravel(), deep=True, array_type=numpy_support.get_vtk_array_type(array.dtype)))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name or Path(path).name))
+    node.SetAndObserveImageData(imageData)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = vtk.vtkMatrix4x4()
+    for i, row in enumerate(LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())):
+        for j, value in enumerate(row):
+            matrix.SetElement(i, j, float(value))
+    for i, value in enumerate(LPS_TO_RAS @ np.array(image.GetOrigin())):
+        matrix.SetElement(i, 3, float(value))
+    node.SetIJKToRASMatrix(matrix)
+    node.CreateDefaultDisplayNodes()
+    return node

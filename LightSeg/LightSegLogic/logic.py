@@ -13,7 +13,7 @@ from LightSegLib.errors import LightSegError
 from LightSegLib.registry import get_model, list_models
 
 from . import classification, install, measures, results
-from .job import JobState, SegmentationJob, startJob
+from .job import JobState, SegmentationJob, loadVolume, startJob
 from .process import ProcessRunner
 
 
@@ -32,6 +32,7 @@ class LightSegLogic:
 
     wouldReplace = staticmethod(results.wouldReplace)
     setShow3D = staticmethod(results.setShow3D)
+    segmentFocus = staticmethod(results.segmentFocus)
 
     def __init__(self, scene=None, runnerFactory=None, installer=None, python: str | None = None,
                  threads: int | None = None):
@@ -139,6 +140,15 @@ class LightSegLogic:
             raise LightSegError(job.message or str(job.state))
         self.lastJob = job
         return self.scene.GetNodeByID(job.resultNodeID)
+
+    # ---------------------------------------------------------------- volumes in and out, as the CLI reads and writes
+    def loadVolume(self, path, name: str | None = None, notes: list | None = None):
+        """A volume node from a file or DICOM folder, refused with the CLI's one-line message when the CLI would."""
+        return loadVolume(self.scene, path, name, notes)
+
+    def saveResult(self, segmentationNode, volumeNode, path, overwrite: bool = False) -> None:
+        """A LightSeg segmentation as the CLI writes it (the file name says the format), on the volume's grid."""
+        results.saveResult(self.scene, segmentationNode, volumeNode, path, overwrite)
 
     # ---------------------------------------------------------------- classification and measures
     def classify(self, volumeNode, modelId: str, threshold: float | None = None):

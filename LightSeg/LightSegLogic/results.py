@@ -4,12 +4,17 @@ sequence synchronised with the input's browser."""
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 import slicer
 import vtk
 from LightSegLib.errors import LightSegError
+from LightSegLib.io import write_output
 from LightSegLib.registry import get_model
 from LightSegLib.segments import named_segments, terminology_string
 from vtk.util import numpy_support
+
+from .job import LPS_TO_RAS
+from .measures import labelArray
 
 SEGMENTATION_MODEL_ATTRIBUTE = "LightSeg.ModelId"
 SEGMENTATION_QUALITY_ATTRIBUTE = "LightSeg.Quality"  # "ok", or "low confidence: check carefully (reasons)"
@@ -154,6 +159,28 @@ def _importSequence(scene, job, card, volumeNode):
     return sequence
 
 
+def labelImage(scene, segmentationNode, volumeNode, card) -> sitk.Image:
+    """The segmentation as the card's label values on the volume's own grid, with its LPS geometry."""
+    image = sitk.GetImageFromArray(labelArray(scene, segmentationNode, volumeNode,
+                                              {label["name"]: label["value"] for label in card.labels}))
+    lps = LPS_TO_RAS @ _matrix(volumeNode.GetIJKToRASMatrix)[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps[:, :3] / spacing).ravel().tolist())
+    image.SetOrigin(lps[:, 3].tolist())
+    return image
+
+
+def saveResult(scene, segmentationNode, volumeNode, path, overwrite: bool = False) -> None:
+    """A LightSeg segmentation as the CLI writes it (the file name says the format: .nii.gz, .nrrd, .seg.nrrd...),
+    on the volume's grid, by the CLI's own writer."""
+    modelId = segmentationNode.GetAttribute(SEGMENTATION_MODEL_ATTRIBUTE)
+    if not modelId:
+        raise LightSegError(f"'{segmentationNode.GetName()}' was not made by LightSeg")
+    card = get_model(modelId)
+    write_output(labelImage(scene, segmentationNode, volumeNode, card), path, card.labels, overwrite=overwrite)
+
+
 def setShow3D(segmentationNode, show: bool) -> None:
     """The result as surfaces in the 3D view, or not."""
     if segmentationNode is None:
@@ -168,3 +195,50 @@ def _matrix(getter) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     getter(m)
     return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def segmentFocus(segmentationNode, segmentName: str) -> list[float] | None:
+    """A RAS point well inside the named segment, where to look at it: in its largest axial cross-section, of the
+    voxels farthest from the section's border the one nearest its centroid (a centroid alone can fall outside a
+    curved organ, and the myocardium is a ring)."""
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
+    if not segmentId:
+        return None
+    image = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentationNode, segmentId, image) or image.GetPointData().GetScalars() is None:
+        return None
+    dims = image.GetDimensions()
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    mask = values == segmentation.GetSegment(segmentId).GetLabelValue()  # segments share one layer
+    if not mask.any():  # a layer of its own, given as 0/1
+        mask = values > 0
+    if not mask.any():
+        return None
+    k = int(np.argmax(mask.sum(axis=(1, 2))))
+    deepest = mask[k]
+    while True:  # erode until nothing would be left: what remains is farthest from the border
+        inner = deepest.copy()
+        inner[1:] &= deepest[:-1]
+        inner[:-1] &= deepest[1:]
+        inner[:, 1:] &= deepest[:, :-1]
+        inner[:, :-1] &= deepest[:, 1:]
+        inner[[0, -1]] = False
+        inner[:, [0, -1]] = False
+        if not inner.any():
+            break
+        deepest = inner
+    j, i = np.nonzero(deepest)
+    nearest = int(np.argmin((j - j.mean()) ** 2 + (i - i.mean()) ** 2))
+    extent = image.GetExtent()
+    ijk = [extent[0] + i[nearest], extent[2] + j[nearest], extent[4] + k, 1.0]
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    ras = matrix.MultiplyPoint(ijk)[:3]
+    transform = segmentationNode.GetParentTransformNode()
+    if transform is not None:  # the segmentation sits under the volume's transform
+        toWorld = vtk.vtkGeneralTransform()
+        transform.GetTransformToWorld(toWorld)
+        ras = toWorld.TransformPoint(ras)
+    return list(ras)
