@@ -70,6 +70,8 @@ CHECKS = ("nih_test_8bit", "nih_test_true_hu", "lits_test_8bit")
 GOOD = {"cardiac": 0.8}  # by task; 0.7 otherwise
 BAD, VERY_BAD = 0.5, 0.3
 OUTSIDE_SHARE = 0.02
+CALIBRATION = ("python benchmarks/quality_calibration.py run --out runs/quality/cases.json --threads 1 && "
+               "python benchmarks/quality_calibration.py report runs/quality/cases.json --write")
 # figure -> (limit key, grid step)
 GRID = {"confidence": 0.005, "kept_fraction": 0.05, "area_lo": 0.005, "area_hi": 0.01, "position": 0.05}
 
@@ -302,7 +304,7 @@ def _figures(row) -> dict[str, float]:
 def choose(rows: list[dict]) -> dict[str, dict]:
     """Limits per structure from the good cases of ``rows`` (rules 1-3): {label: limits}."""
     limits: dict[str, dict] = {}
-    for label in sorted({r["label"] for r in rows}):
+    for label in dict.fromkeys(r["label"] for r in rows):  # the card's order
         per_cohort: dict[str, dict[str, list]] = {}
         for r in rows:
             if r["label"] == label and _good(r):
@@ -402,7 +404,8 @@ def final_limits(model: str, rows: list[dict]) -> tuple[dict, list[str]]:
             if key not in chosen.setdefault(label, {}):
                 chosen[label][key] = value
                 kept.append(f"{label} {key}")
-    return chosen, kept
+    order = ("min_confidence", "min_kept_fraction", "area_fraction", "position")
+    return {label: {k: lim[k] for k in order if k in lim} for label, lim in chosen.items()}, kept
 
 
 def report(args) -> int:
@@ -454,7 +457,7 @@ def write(blocks: dict[str, dict]) -> None:
     for model, limits in blocks.items():
         entry = get_model(model).entry
         if (entry.get("quality") or {}).get("labels") != limits:
-            update_model(model, quality={**(entry.get("quality") or {}), "labels": limits})
+            update_model(model, quality={"labels": limits, "calibration": CALIBRATION})
             print(f"{model}: quality limits written; card re-rendered: {refresh_card(model, models_dir())}")
 
 
