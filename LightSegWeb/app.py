@@ -26,6 +26,7 @@ from trame_slicer.rca_view import register_rca_factories
 from .files import Workspace
 
 POLL_S = 0.1
+SURFACES_AFTER_S = 0.5
 DOWNLOADS = {"seg.nrrd": "application/octet-stream", "nii.gz": "application/gzip"}
 
 
@@ -82,7 +83,7 @@ class LightSegWebApp:
 
     def _on_model_pick(self, model_id, **_):
         card = get_model(model_id)
-        self.state.model_text = model_text.description(card)
+        self.state.model_text = f"{model_text.title(card)}: {model_text.summary(card)}"
         self.state.model_licence = card.licence
         self.state.model_classifies = card.task == "classification"
 
@@ -206,7 +207,8 @@ class LightSegWebApp:
         if self.state.volume_id == opened.volumeID:
             self._show_result(opened, centre=True)
         self._refresh_cardiac()
-        asyncio.get_event_loop().call_soon(self._show_3d, job.resultNodeID)  # after the slices reached the page
+        # Surfaces take a while on a large organ: build them once the slices have reached the page.
+        asyncio.get_event_loop().call_later(SURFACES_AFTER_S, self._show_3d, job.resultNodeID)
 
     def cancel(self) -> None:
         """Stop the running job; the scene stays as it was before Segment."""
@@ -271,8 +273,10 @@ class LightSegWebApp:
             return
         heatmap = self.slicer.scene.GetNodeByID(result.heatmapNodeID)
         self.slicer.display_manager.show_volume_in_slice_foreground(heatmap)
-        for view in self.slicer.view_manager.get_slice_views():
-            view.logic.GetSliceCompositeNode().SetForegroundOpacity(0.4)
+        composites = self.slicer.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        composites.UnRegister(None)
+        for i in range(composites.GetNumberOfItems()):
+            composites.GetItemAsObject(i).SetForegroundOpacity(0.4)
         self.state.classification = result.statusText()
 
     def _refresh_cardiac(self) -> None:

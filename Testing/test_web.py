@@ -169,6 +169,7 @@ def test_ct_liver_shown_where_the_reference_has_it_and_downloads_equal_the_cli(p
     assert page.inner_text("#quality") == "Quality: ok"
     name, ras = shown_point(page)
     assert name == "liver" and reference_value_at(CT_REFERENCE, ras) == LIVER_IN_REFERENCE, ras
+    page.wait_for_timeout(1500)  # the liver's surface in the 3D view, for the picture
     page.screenshot(path=str(shots / "web_ct_liver.png"))
 
     cli = lightseg("segment", "--model", "liver-ct", "--threads", "2", CT, tmp_path / "cli.nii.gz")
@@ -247,3 +248,22 @@ def test_cardiac_pair_segments_and_gives_the_function_table(page, shots, tmp_pat
     assert cli.returncode == 0, cli.stderr
     assert float(rows["Ejection fraction"]) == pytest.approx(json.loads(cli.stdout)["lv_ef_percent"], abs=0.05)
     page.screenshot(path=str(shots / "web_cardiac.png"))
+
+
+def test_a_chest_xray_gets_the_cli_label_and_its_activation_map(page, tmp_path):
+    from conftest import shared
+
+    xray = sorted(shared("chest_xray/train/PNEUMONIA").glob("*.jpeg"))[0]
+    open_file(page, xray)
+    choose_model(page, "pneumonia-cxr")
+    before = axial(page)
+    page.click("#segment")
+    page.wait_for_selector("#classification", timeout=60_000)
+    cli = lightseg("classify", "--model", "pneumonia-cxr", "--json", xray)
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)[0]
+    assert page.inner_text("#classification").startswith(
+        f"{answer['label']}: probability of the positive class {answer['probability']:.3f}")
+    deadline = time.time() + 20
+    while np.abs(axial(page) - before).mean() < 5:  # the activation map laid over the radiograph
+        assert time.time() < deadline, "the activation map never reached the slice view"

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
+from LightSegLib.classify import read_radiograph
 from LightSegLib.errors import LightSegError
 from LightSegLib.io import read_image
 from LightSegLib.stages import INFER, POSTPROCESS, READ, WRITE
@@ -30,6 +31,7 @@ from vtk.util import numpy_support
 STAGE_SPANS = {READ: (0.0, 0.05), INFER: (0.05, 0.85), POSTPROCESS: (0.85, 0.92), WRITE: (0.92, 0.97)}
 #: SimpleITK is LPS, MRML is RAS: IJK-to-RAS = LPS_TO_RAS . [direction . diag(spacing) | origin]
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+RADIOGRAPH_SUFFIXES = (".jpg", ".jpeg", ".png")
 STAGE_TEXT = {"starting": "Starting", READ: "Reading volume", INFER: "Running the network",
               POSTPROCESS: "Post-processing", WRITE: "Writing result", "import": "Loading result",
               "done": "Done", "failed": "Failed", "cancelled": "Cancelled"}
@@ -246,8 +248,12 @@ def writeVolume(volumeNode, path: Path) -> None:
 
 def loadVolume(scene, path, name: str | None = None, notes: list | None = None):
     """A scalar volume node from a file or DICOM folder read by the CLI's own reader (``LightSegLib.io.read_image``):
-    what the CLI refuses is refused with its one-line message, and the node has the geometry the CLI sees."""
-    image = read_image(path, notes=notes)
+    what the CLI refuses is refused with its one-line message, and the node has the geometry the CLI sees. A 2D
+    radiograph (JPEG, PNG) is read as ``lightseg classify`` reads it: one grey slice, 1 mm pixels."""
+    if Path(path).suffix.lower() in RADIOGRAPH_SUFFIXES:
+        image = sitk.GetImageFromArray(read_radiograph(path)[None])
+    else:
+        image = read_image(path, notes=notes)
     array = sitk.GetArrayFromImage(image)  # [k, j, i]
     imageData = vtk.vtkImageData()
     imageData.SetDimensions(*image.GetSize())
