@@ -35,7 +35,7 @@ def load_web():
         files = importlib.import_module("LightSegWeb.files")
         app = importlib.import_module("LightSegWeb.app")
     except ModuleNotFoundError as err:
-        raise LightSegError(f"'lightseg web' needs {err.name}: {WEB_INSTALL}") from err
+        raise LightSegError(f"'lightseg web' needs {(err.name or 'trame-slicer').split('.')[0]}: {WEB_INSTALL}") from err
     return files, app
 
 
