@@ -50,15 +50,28 @@ def check_coding(card, sample: np.ndarray) -> None:
                             "tissue sits after a +1024 offset): if the scanner stored HU + 1024, give hu_offset=-1024")
 
 
-def input_reasons(card, spacing_xyz, size_xyz, sample: np.ndarray) -> list[str]:
-    """Why an input lies outside the model's world, from its intensities and geometry (empty when it does not)."""
-    reasons = []
+def modality_note(card, low: float, high: float) -> str:
+    """The note for intensities not of the model's modality, saying what they look like instead."""
+    lo, hi = LOW_PERCENTILE[card.modality]
+    if card.modality == "CT":
+        looks = "are within [0, 1]" if high <= 1.0 else "look like MRI, or a CT without its HU rescale"
+        return (f"intensities do not look like CT in Hounsfield units (1st percentile {low:g}, not below {hi:g} "
+                f"as the air around a body is; they {looks}): '{card.id}' is a CT model, check the modality")
+    return (f"intensities look like CT (1st percentile {low:g}, below {lo:g}), not {card.modality}: "
+            f"'{card.id}' is an {card.modality} model, check the modality")
+
+
+def input_reasons(card, spacing_xyz, size_xyz, sample: np.ndarray) -> tuple[list[str], list[str]]:
+    """Why an input lies outside the model's world, from its intensities and geometry (empty when it does not),
+    and the notes that say it at length for the user."""
+    reasons, notes = [], []
     expected = LOW_PERCENTILE.get(card.modality)
     if expected is not None and sample.size:
-        low = float(np.percentile(sample, 1))
+        low, high = (float(v) for v in np.percentile(sample, [1, 99]))
         lo, hi = expected
         if not lo <= low <= hi:
             reasons.append(f"intensities not like {card.modality} (1st percentile {low:g})")
+            notes.append(modality_note(card, low, high))
     bounds = SPACING.get(card.modality)
     if bounds is not None:
         (in_lo, in_hi), (z_lo, z_hi) = bounds
@@ -72,7 +85,7 @@ def input_reasons(card, spacing_xyz, size_xyz, sample: np.ndarray) -> list[str]:
         if min(extent) < field:
             reasons.append(f"field of view {extent[0]:.0f} x {extent[1]:.0f} mm is smaller than the "
                            f"{field:.0f} mm the model reads")
-    return reasons
+    return reasons, notes
 
 
 def organ_reasons(voxels: dict[str, int], voxel_ml: float) -> list[str]:

@@ -121,8 +121,7 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     batch = int(card.input.get("batch_slices", 8))
     sample = domain.sample_of(volume)
     domain.check_coding(card, sample)
-    outside = domain.input_reasons(card, image.GetSpacing(), image.GetSize(), sample)
-    notes = _plausibility_notes(card, sample)
+    outside, notes = domain.input_reasons(card, image.GetSpacing(), image.GetSize(), sample)
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     confidence = quality.Confidence(card.num_classes)
@@ -188,23 +187,6 @@ def _uncrop(logits: np.ndarray, shape: tuple, box: tuple[slice, slice]) -> np.nd
 
 # Logit margin given to background outside a search window: a softmax probability of 1 - 1e-13.
 BACKGROUND_MARGIN = 30.0
-
-
-def _plausibility_notes(card: ModelCard, sample: np.ndarray) -> list[str]:
-    """Warnings for inputs that read fine but may not be what the model was made for."""
-    expected = domain.LOW_PERCENTILE.get(card.modality)
-    if expected is None:
-        return []
-    low, high = (float(v) for v in np.percentile(sample, [1, 99]))
-    lo, hi = expected
-    if lo <= low <= hi:
-        return []
-    if card.modality == "CT":
-        looks = "are within [0, 1]" if high <= 1.0 else "look like MRI, or a CT without its HU rescale"
-        return [f"intensities do not look like CT in Hounsfield units (1st percentile {low:g}, not below {hi:g} "
-                f"as the air around a body is; they {looks}): '{card.id}' is a CT model, check the modality"]
-    return [f"intensities look like CT (1st percentile {low:g}, below {lo:g}), not {card.modality}: "
-            f"'{card.id}' is an {card.modality} model, check the modality"]
 
 
 def _array_geometry_warnings(shape, spacing, direction) -> None:
