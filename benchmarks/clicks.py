@@ -3,7 +3,8 @@
 First click at the object's deepest point, each next one at the deepest point of the larger error (positive
 for a missed part, negative for a false one), up to 20 clicks per object. Reports Dice after 1/3/5 clicks,
 NoC@85/90 (clicks to reach IoU 0.85/0.90; 20 when never reached), failures (IoU 0.85 never reached), for
-every structure including the one left out of training, against a non-learned baseline: seeded region growing
+the issue's structures on held-out patients and, on TotalSegmentator subject s0009 (never trained on), for the
+structures left out of training beside trained ones of the same volume, against a non-learned baseline: seeded region growing
 from the same clicker (the union of SimpleITK ConfidenceConnected regions, one per positive click; where the
 region grown from the negatives overlaps it, each pixel goes to its nearest click). Also the time per click,
 and slice propagation on the held-out ACDC volumes.
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 
 from LightSegLib.interactive import InteractiveSession
 from LightSegLib.lab.interactive.clicker import dice, iou, next_click
-from LightSegLib.lab.interactive.data import STRUCTURES, load_slices, object_mask, objects
+from LightSegLib.lab.interactive.data import BENCHMARK, LABELS, S0009, load_slices, object_mask, objects
 
 MAX_CLICKS = 20
 
@@ -112,7 +113,7 @@ def propagation(model, threads: int, cfg: dict) -> dict:
     dices, rates = [], []
     for entry in read_split(Path(cfg["data"]["acdc"]), "validation"):
         image = sitk.ReadImage(entry["image"])
-        lv = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"])) == STRUCTURES["lv"][1]
+        lv = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"])) == LABELS["acdc"]["lv"]
         zs = np.flatnonzero(lv.reshape(len(lv), -1).any(1))
         mid = int(zs[len(zs) // 2])
         seed = np.zeros_like(lv)
@@ -143,20 +144,28 @@ def main(argv=None) -> dict:
     report = {"model": args.model, "threads": args.threads, "left_out": cfg["data"].get("left_out", []),
               "structures": {}}
     times = []
-    for name in STRUCTURES:
+    held_out = [s for s in slices if s.source != "s0009"]
+    volume = [s for s in slices if s.source == "s0009"]
+    runs = [(name, name, held_out) for name in BENCHMARK] + [(f"s0009 {name}", name, volume) for name in S0009]
+    for key, name, part in runs:
         learned, baseline = [], []
-        for i in pick(slices, name, args.limit):
-            s, gt = slices[i], object_mask(slices[i], name)
+        for i in pick(part, name, args.limit):
+            s, gt = part[i], object_mask(part[i], name)
             image = sitk.GetImageFromArray(s.image.astype(np.float32))
             session = InteractiveSession(image, model=args.model, threads=args.threads)
             learned.append((run_clicker(session, gt, times), gt))
             baseline.append((run_clicker(RegionGrowing(s.image), gt), gt))
-        report["structures"][name] = {"clicks": summarise(learned), "region_growing": summarise(baseline)}
-        print(name, json.dumps(report["structures"][name]), flush=True)
+        report["structures"][key] = {"clicks": summarise(learned), "region_growing": summarise(baseline),
+                                     "left_out": name in report["left_out"]}
+        print(key, json.dumps(report["structures"][key]), flush=True)
+    on_volume = {k: v for k, v in report["structures"].items() if k.startswith("s0009 ")}
+    report["left_out_vs_trained"] = {
+        side: round(float(np.median([v["clicks"]["noc@85"] for v in on_volume.values() if v["left_out"] == out])), 2)
+        for side, out in (("left_out_noc@85", True), ("trained_noc@85", False))}
     report["seconds_per_click"] = {"median": round(float(np.median(times)), 4),
                                    "p95": round(float(np.percentile(times, 95)), 4)}
     report["propagation"] = propagation(args.model, args.threads, cfg)
-    print(json.dumps({k: report[k] for k in ("seconds_per_click", "propagation")}))
+    print(json.dumps({k: report[k] for k in ("left_out_vs_trained", "seconds_per_click", "propagation")}))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return report

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from ... import interactive as ia
 from .clicker import interior_points, next_click, outside_points
-from .data import STRUCTURES, Slice, load_slices, object_mask, objects
+from .data import BENCHMARK, Slice, load_slices, object_mask, objects, superpixel_slice
 
 
 def sample_window(gt: np.ndarray, rng: np.random.Generator) -> ia.Window:
@@ -95,13 +95,29 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
     def say(text: str) -> None:
         log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
-    structures = [n for n in STRUCTURES if n not in cfg["data"].get("left_out", [])]
+    left_out = set(cfg["data"].get("left_out", []))
     slices = load_slices(cfg, "train")
-    pool = {n: [o for o in objects(slices, [n])] for n in structures}
-    say(f"training objects: {', '.join(f'{n} {len(v)}' for n, v in pool.items())} "
-        f"(left out: {', '.join(cfg['data'].get('left_out', [])) or 'none'})")
+    names = sorted({n for s in slices for n in s.names} - left_out)
+    found = objects(slices, names)
+    pool = {n: [i for i, m in found if m == n] for n in names}
+    structures = [n for n in names if pool[n]]
+    groups = {"benchmark": [n for n in structures if n in BENCHMARK],
+              "other": [n for n in structures if n not in BENCHMARK]}
+    mix = dict(t.get("mix", {"benchmark": 1.0}))
+    say(f"training objects: {', '.join(f'{n} {len(pool[n])}' for n in groups['benchmark'])}; "
+        f"{len(groups['other'])} other structures, {sum(len(pool[n]) for n in groups['other'])} objects; "
+        f"mix {mix} (left out: {', '.join(sorted(left_out)) or 'none'})")
+
+    def draw():
+        group = rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values()))
+        if group == "superpixel":
+            s = superpixel_slice(slices[rng.integers(len(slices))], rng)
+            return None if s is None else make_sample(s, "superpixel", rng)
+        name = groups[group][rng.integers(len(groups[group]))]
+        return make_sample(slices[pool[name][rng.integers(len(pool[name]))]], name, rng)
 
     arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU only shortens it
     net = build(arch)
     opt = torch.optim.AdamW(net.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     step, seconds = 0, 0.0
@@ -110,15 +126,22 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        for group in opt.param_groups:  # the config's rate holds on resume: a lower one finishes a run
+            group["lr"] = float(t["lr"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
         say(f"resumed at step {step}")
+    net.to(device)
+    for state in opt.state.values():  # a checkpoint written on one device resumes on the other
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
     rng = np.random.default_rng(int(t.get("seed", 0)) + step)
     batch, max_rounds, drop = int(t["batch"]), int(t["max_rounds"]), float(t["drop_prev"])
     every = float(t["checkpoint_minutes"]) * 60
     saved, started, running = time.time(), time.time() - seconds, []
 
     def save() -> None:
-        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "architecture": arch, "step": step,
+        state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "optimizer": opt.state_dict(), "architecture": arch, "step": step,
                  "seconds": time.time() - started, "config": cfg, "task": "click-refine",
                  "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS, "structures": structures}
         torch.save(state, out / "last.tmp")
@@ -127,9 +150,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
     while step < int(t["steps"]):
         samples = []
         while len(samples) < batch:
-            name = structures[rng.integers(len(structures))]
-            i, _ = pool[name][rng.integers(len(pool[name]))]
-            s = make_sample(slices[i], name, rng)
+            s = draw()
             if s is not None:
                 samples.append(s)
         prevs = [s[1] for s in samples]
@@ -137,15 +158,15 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         net.train()
         with torch.no_grad():
             for _ in range(rounds):
-                prob = net(torch.from_numpy(batch_input(samples, prevs))).sigmoid()[:, 0].numpy()
+                prob = net(torch.from_numpy(batch_input(samples, prevs)).to(device)).sigmoid()[:, 0].cpu().numpy()
                 for b, (_, _, gt, pos, neg) in enumerate(samples):
                     click = next_click(prob[b] > 0.5, gt)
                     if click is not None:
                         (pos if click[1] else neg).append(click[0])
                     prevs[b] = prob[b]
         prevs = [np.zeros_like(p) if rng.random() < drop else p for p in prevs]
-        x = torch.from_numpy(batch_input(samples, prevs))
-        target = torch.from_numpy(np.stack([s[2] for s in samples])[:, None].astype(np.float32))
+        x = torch.from_numpy(batch_input(samples, prevs)).to(device)
+        target = torch.from_numpy(np.stack([s[2] for s in samples])[:, None].astype(np.float32)).to(device)
         logits = net(x)
         loss = loss_fn(logits, target)
         opt.zero_grad()
