@@ -4,9 +4,10 @@ Inference needs numpy, SimpleITK and ONNX Runtime only. A classification model's
 ``logits`` (N, classes) and ``cam`` (N, classes, h, w), the class activation map; the card's ``threshold`` is the
 probability of its ``positive`` label above which that label is given.
 
-Every answer carries a quality estimate where the model has an appearance model beside it
-(``<id>.appearance.onnx``, built by ``benchmarks/cxr_appearance.py``): whether the input looks like the images the
-classifier was trained on at all. Its probability cannot say so (a CT slice got PNEUMONIA with p = 0.89).
+Every answer carries a quality estimate where the registry names an appearance model for it (``appearance_file``,
+checked against its ``appearance_sha256``; ``<id>.appearance.onnx``, built by ``benchmarks/cxr_appearance.py``):
+whether the input looks like the images the classifier was trained on at all. Its probability cannot say so (a CT
+slice got PNEUMONIA with p = 0.89).
 """
 from __future__ import annotations
 
@@ -131,9 +132,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-APPEARANCE_SUFFIX = ".appearance.onnx"
-
-
 class Appearance:
     """How far an input lies from the training images: a principal-component model of the classifier's own input
     (ONNX outputs ``inside`` and ``outside``, each 1.0 on average over the training images) and the limits chosen
@@ -193,12 +191,12 @@ class Classifier:
         from .inference import OnnxRunner, default_threads
 
         if card.task != "classification":
-            raise LightSegError(f"model '{card.id}' is a {card.task} segmentation model, not a classifier")
+            raise LightSegError(f"model '{card.id}' is a {card.task} model, not a classifier: see 'lightseg models'")
         self.card = card
         self.runner = OnnxRunner(card.verified_path(), threads or default_threads())
         self.positive = card.classes.index(card.positive)
-        appearance = card.folder / f"{card.id}{APPEARANCE_SUFFIX}"
-        self.appearance = Appearance(appearance, threads or default_threads()) if appearance.is_file() else None
+        self.appearance = (Appearance(card.verified_path("appearance_file"), threads or default_threads())
+                           if "appearance_file" in card.entry else None)
 
     def __call__(self, array: np.ndarray, threshold: float | None = None, path=None) -> Classification:
         from .cxr_prep import prepare

@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import LightSegError
 
 STATUSES = ("stable", "preview", "reference")
+#: the task of click models: they refine one object from clicks (LightSegLib.interactive), never run on a whole image
+INTERACTIVE = "interactive"
 
 
 def _resources_dir() -> Path:
@@ -73,17 +75,24 @@ class ModelCard:
         return "int8_file" in self.entry
 
     def verified_path(self, key: str = "file") -> Path:
-        """The model file, after checking it exists and matches the registry's sha256."""
+        """A file of the model (``file``, ``int8_file``, ``appearance_file``), after checking it exists and
+        matches the registry's sha256 for it (``sha256``, ``int8_sha256``, ``appearance_sha256``)."""
         path = self.path(key)
         if key in self._verified:
             return path
         if not path.is_file():
             raise LightSegError(f"model file for '{self.id}' is missing: {path}")
-        expected = self.entry.get("int8_sha256" if key == "int8_file" else "sha256")
-        if expected and key != "torch_file" and sha256_of(path) != expected:
+        expected = self.entry.get(sha256_key(key))
+        if expected and sha256_of(path) != expected:
             raise LightSegError(f"model file for '{self.id}' is corrupt (sha256 mismatch): {path}")
         self._verified.add(key)
         return path
+
+
+def sha256_key(key: str) -> str:
+    """The entry field holding the sha256 of the file named by ``key``: ``file`` -> ``sha256``, ``X_file`` ->
+    ``X_sha256`` (the torch checkpoint has none: it is not shipped)."""
+    return "sha256" if key == "file" else f"{key.removesuffix('_file')}_sha256"
 
 
 SCHEMA = RESOURCES / "Models" / "models.schema.json"
@@ -145,14 +154,18 @@ def read_registry(folder: Path | None = None) -> dict:
 _READ: dict = {}  # (path, mtime, size) -> the registry text last read and checked there
 
 
-def list_models(include_reference: bool = True, folder: Path | None = None) -> list[ModelCard]:
+def list_models(include_reference: bool = True, folder: Path | None = None,
+                include_interactive: bool = False) -> list[ModelCard]:
+    """The models run on a whole image (segmenters, classifiers); click models only with ``include_interactive``,
+    so a model picker, the demo or a loop over labels never meets a model without labels."""
     folder = Path(folder) if folder else models_dir()
     cards = [ModelCard(m, folder) for m in read_registry(folder)["models"]]
-    return [c for c in cards if include_reference or c.status != "reference"]
+    return [c for c in cards if (include_reference or c.status != "reference")
+            and (include_interactive or c.task != INTERACTIVE)]
 
 
 def get_model(model_id: str, folder: Path | None = None) -> ModelCard:
-    cards = list_models(folder=folder)
+    cards = list_models(folder=folder, include_interactive=True)
     for card in cards:
         if card.id == model_id:
             return card
@@ -166,4 +179,16 @@ def get_segmenter(model_id: str, folder: Path | None = None) -> ModelCard:
     if card.task == "classification":
         raise LightSegError(f"'{model_id}' classifies 2D radiographs, it does not segment: use "
                             f"'lightseg classify --model {model_id}'")
+    if card.task == INTERACTIVE:
+        raise LightSegError(f"'{model_id}' refines one object from clicks, it does not segment a whole image: use "
+                            f"'lightseg refine IMAGE OUTPUT --click i,j,k'")
+    return card
+
+
+def get_click_model(model_id: str, folder: Path | None = None) -> ModelCard:
+    """A click model's card; another model's id is refused in one line."""
+    card = get_model(model_id, folder)
+    if card.task != INTERACTIVE:
+        raise LightSegError(f"'{model_id}' is a {card.task} model, not a click model (task '{INTERACTIVE}'): see "
+                            "'lightseg models'")
     return card

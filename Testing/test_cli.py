@@ -294,6 +294,48 @@ def test_help_lists_every_command():
     assert all(name in listed for name in COMMANDS), run.stdout
 
 
+def test_click_models_are_listed_apart_and_refused_by_segment(capsys, volume, tmp_path):
+    """A click model has no labels: whole-image lists (the demo, Slicer's picker) never meet it, `lightseg models`
+    shows it in its own table, and `segment` names the command that runs it."""
+    from LightSegLib.registry import INTERACTIVE, get_model, list_models
+
+    clicks = [c.id for c in list_models(include_interactive=True) if c.task == INTERACTIVE]
+    assert clicks and not [c for c in list_models() if c.task == INTERACTIVE]
+    assert main(["models"]) == 0
+    whole, apart = capsys.readouterr().out.split("\nclick models", 1)
+    ids = [{line.split()[0] for line in part.splitlines() if line[:1].strip()} for part in (whole, apart)]
+    assert not ids[0] & set(clicks) and set(clicks) <= ids[1], (whole, apart)
+    card = get_model(clicks[0])
+    assert card.verified_path() and card.input["crop"] > 0 and "labels" not in card.entry
+    out = tmp_path / "out.nii.gz"
+    assert_user_error(capsys, ["segment", "--model", clicks[0], volume, out], "use 'lightseg refine", no_file=out)
+
+
+def test_a_classifiers_appearance_model_is_checked_against_the_registry(capsys, tmp_path, monkeypatch):
+    """The appearance model decides whether an X-ray is "quality ok": the registry writer records its sha256 as it
+    does the weights', and the classifier refuses a changed file in one line instead of trusting it."""
+    from LightSegLib.classify import Classifier
+    from LightSegLib.lab.publish.writer import attach_file, register_model
+    from LightSegLib.registry import get_model, sha256_of
+
+    shipped = get_model("pneumonia-cxr")
+    assert shipped.entry["appearance_sha256"] == sha256_of(shipped.path("appearance_file"))
+    for name in (shipped.file, shipped.appearance_file):
+        shutil.copy(shipped.folder / name, tmp_path / name)
+    register_model({k: v for k, v in shipped.entry.items() if not k.startswith("appearance_")}, tmp_path)
+    assert Classifier(get_model("pneumonia-cxr", tmp_path), threads=1).appearance is None  # none named: none run
+    entry = attach_file("pneumonia-cxr", "appearance", tmp_path / shipped.appearance_file, tmp_path)
+    assert entry["appearance_sha256"] == shipped.entry["appearance_sha256"]
+    assert Classifier(get_model("pneumonia-cxr", tmp_path), threads=1).appearance is not None
+    with open(tmp_path / shipped.appearance_file, "ab") as f:
+        f.write(b"\0")
+    xray = tmp_path / "xray.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((64, 64), 100, np.uint8)), str(xray))
+    monkeypatch.setenv("LIGHTSEG_MODELS_DIR", str(tmp_path))
+    assert_user_error(capsys, ["classify", "--model", "pneumonia-cxr", xray],
+                      f"model file for 'pneumonia-cxr' is corrupt (sha256 mismatch): {tmp_path / shipped.appearance_file}")
+
+
 def test_models_speed_names_the_instruction_set_it_was_measured_with():
     from LightSegLib.commands.models import speed_text
     from LightSegLib.registry import ModelCard, get_model

@@ -8,7 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ...registry import get_model, models_dir, read_registry, validate, validated_stamp
+from ...errors import LightSegError
+from ...registry import get_model, models_dir, read_registry, sha256_of, sha256_key, validate, validated_stamp
 
 
 def register_model(entry: dict, folder: Path | None = None) -> None:
@@ -25,6 +26,17 @@ def update_model(model_id: str, folder: Path | None = None, **fields) -> dict:
     entry = {**get_model(model_id, folder).entry, **fields}
     register_model(entry, folder)
     return entry
+
+
+def attach_file(model_id: str, role: str, path, folder: Path | None = None) -> dict:
+    """Record a file the model needs beside its weights (``role`` "appearance": the classifier's appearance model;
+    "int8") as ``ROLE_file`` and its ``ROLE_sha256``, so the runtime verifies it where it loads it."""
+    folder = Path(folder) if folder else models_dir()
+    path = Path(path)
+    if path.resolve().parent != folder.resolve():
+        raise LightSegError(f"{path} is not in the models folder {folder}: the registry names files beside it")
+    key = f"{role}_file"
+    return update_model(model_id, folder, **{key: path.name, sha256_key(key): sha256_of(path)})
 
 
 def _write(document: dict, folder: Path) -> None:
