@@ -23,6 +23,7 @@ COMMANDS = {
     "segment": "segment",
     "models": "models",
     "classify": "classify",
+    "refine": "refine",
     "demo": "demo",
     "cardiac-function": "cardiac_function",
     "batch": "batch",

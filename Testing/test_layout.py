@@ -148,8 +148,8 @@ def extension_install(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_extension_layout_runs_every_runtime_command(extension_install, tmp_path):
-    """`lightseg models`, `segment`, `classify`, `cardiac-function` and `demo` from the extension's files alone, with a
-    Python that has only numpy, SimpleITK, onnxruntime, jsonschema and tqdm."""
+    """`lightseg models`, `segment`, `classify`, `cardiac-function`, `refine` and `demo` from the extension's files
+    alone, with a Python that has only numpy, SimpleITK, onnxruntime, jsonschema and tqdm."""
     install, python = extension_install
     env = {**CLEAN_ENV, "PYTHONPATH": str(install), "PYTHONNOUSERSITE": "1"}
 
@@ -168,6 +168,7 @@ def test_the_extension_layout_runs_every_runtime_command(extension_install, tmp_
     models = lightseg("models")
     assert models.returncode == 0 and "liver-ct" in models.stdout and "s/volume measured on" in models.stdout, (
         models.stdout + models.stderr)
+    assert "\nclick-refine " in models.stdout.split("\nclick models", 1)[1], models.stdout
     samples = install / "Resources" / "Samples"
     for phase in ("ED", "ES"):
         run = lightseg("segment", "--model", "cardiac-acdc", "--threads", "1",
@@ -176,6 +177,11 @@ def test_the_extension_layout_runs_every_runtime_command(extension_install, tmp_
     function = lightseg("cardiac-function", "--json", "--ed", tmp_path / "ED.nii.gz", "--es", tmp_path / "ES.nii.gz")
     assert function.returncode == 0, function.stderr
     assert 10 < json.loads(function.stdout)["lv_ef_percent"] < 80, function.stdout  # patient002: dilated, EF ~28%
+    # the click model shipped beside the others: the LV from one click at its deepest point on slice 5, propagated
+    refined = lightseg("refine", samples / "acdc_patient002_ED.nii.gz", tmp_path / "lv.nii.gz", "--click", "108,127,5",
+                       "--propagate", "--threads", "1", "--json")
+    assert refined.returncode == 0, refined.stderr
+    assert json.loads(refined.stdout)["voxels"] > 5000 and (tmp_path / "lv.nii.gz").is_file(), refined.stdout
     demo = lightseg("demo", "--out", tmp_path / "demo", "--threads", "2")
     assert demo.returncode == 0, demo.stderr
     assert len(list((tmp_path / "demo").glob("*.seg.nrrd"))) >= 3, sorted((tmp_path / "demo").iterdir())

@@ -35,8 +35,8 @@ def test_wheel_carries_registry_models_and_samples(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     from LightSegLib.registry import list_models
 
-    shipped = {f"LightSegLib/Resources/Models/{c.entry[k]}" for c in list_models() for k in ("file", "int8_file")
-               if k in c.entry}
+    shipped = {f"LightSegLib/Resources/Models/{c.entry[k]}" for c in list_models(include_interactive=True)
+               for k in ("file", "int8_file", "appearance_file") if k in c.entry}
     expected = shipped | {"LightSegLib/Resources/Models/models.json", "LightSegLib/Resources/Models/models.schema.json",
                           f"LightSegLib/Resources/Samples/{SAMPLE.name}"}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"

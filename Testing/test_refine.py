@@ -1,0 +1,159 @@
+"""`lightseg refine`: one object from clicks with the shipped click model, on real held-out data: the figures, the
+labels it must leave alone, the grid it writes on, the click files it reads, and one-line refusals."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO, shared
+from LightSegLib.cli import main
+from LightSegLib.interactive import deepest_point
+
+SAMPLE = REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz"
+SAMPLE_LABEL = REPO / "Resources" / "Samples" / "acdc_patient002_ED_label.nii.gz"
+LV = 3
+
+
+def dice(a, b) -> float:
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def deepest_clicks(mask: np.ndarray, slices) -> list[str]:
+    """``--click i,j,k`` arguments at the object's deepest point on each of ``slices``."""
+    args = []
+    for z in slices:
+        y, x = deepest_point(mask[z])
+        args += ["--click", f"{x},{y},{z}"]
+    return args
+
+
+def refine(capsys, *args) -> dict:
+    code = main(["refine", *map(str, args), "--threads", "2", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def read(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_lv_of_held_out_acdc_volumes_from_three_clicks_and_propagation(capsys, tmp_path):
+    """Three clicks (the LV's deepest point on its first, middle and last slice) and --propagate on each of the 10
+    held-out ACDC validation ED volumes: measured with click-refine 0.1.0 Dice 0.934 mean, 0.875 lowest
+    (patient030); asserted with margin."""
+    root = shared("acdc")
+    cases = [e for e in json.loads((root / "dataset.json").read_text())["validation"] if e["phase"] == "ED"]
+    scores = []
+    for entry in cases:
+        image = root / entry["image"]
+        lv = read(root / entry["label"]) == LV
+        zs = np.flatnonzero(lv.reshape(len(lv), -1).any(1))
+        out = tmp_path / f"{image.name.split('.')[0]}_lv.nii.gz"
+        info = refine(capsys, image, out, *deepest_clicks(lv, [zs[0], zs[len(zs) // 2], zs[-1]]), "--propagate")
+        got = read(out)
+        assert set(np.unique(got)) <= {0, 1} and info["voxels"] == int(got.sum()) and info["clicks"] == 3
+        scores.append(dice(got == 1, lv))
+    assert len(scores) == 10
+    assert np.mean(scores) >= 0.90 and min(scores) >= 0.82, np.round(scores, 3)
+
+
+def test_a_dicom_ct_is_read_as_segment_reads_it_and_the_output_keeps_its_grid(capsys, tmp_path):
+    """A HU CT DICOM series (coded as the training slices were): one click on its middle slice and --propagate
+    give the liver of TotalSegmentator's map (a model's output) with Dice 0.959 measured; the labelmap lies on the
+    series' exact grid."""
+    from LightSegLib.io import read_image
+
+    series = shared("totalseg_example/example_ct_dicom")
+    image = read_image(series)
+    reference = sitk.ReadImage(str(shared("totalseg_example/example_seg_dicom.nii.gz")))
+    liver = sitk.GetArrayFromImage(sitk.Resample(reference, image, sitk.Transform(), sitk.sitkNearestNeighbor)) == 5
+    out = tmp_path / "liver.nrrd"
+    info = refine(capsys, series, out, *deepest_clicks(liver, [len(liver) // 2]), "--propagate", "--label", 5)
+    written = sitk.ReadImage(str(out))
+    assert (written.GetSize(), written.GetSpacing(), written.GetOrigin(), written.GetDirection()) == (
+        image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    got = sitk.GetArrayFromImage(written)
+    assert info["label"] == 5 and info["propagated_slices"] == len(liver) - 1
+    assert dice(got == 5, liver) >= 0.92
+
+
+def test_from_refines_one_label_and_writes_every_other_voxel_back_unchanged(capsys, tmp_path):
+    """An automatic result that missed the LV on one slice: a click there brings it back (Dice 0.86 on that slice
+    measured), only on that slice, only where there was background, and the RV and myocardium are byte-identical."""
+    labels = read(SAMPLE_LABEL)
+    z = 5
+    damaged = labels.copy()
+    damaged[z][damaged[z] == LV] = 0
+    start = sitk.GetImageFromArray(damaged)
+    start.CopyInformation(sitk.ReadImage(str(SAMPLE_LABEL)))
+    sitk.WriteImage(start, str(tmp_path / "auto.nii.gz"))
+    out = tmp_path / "refined.nii.gz"
+    info = refine(capsys, SAMPLE, out, "--from", tmp_path / "auto.nii.gz", "--label", LV,
+                  *deepest_clicks(labels == LV, [z]))
+    got = read(out)
+    assert info["label"] == LV and info["clicks"] == 1
+    changed = got != damaged
+    assert changed[z].any() and not changed[np.arange(len(got)) != z].any()
+    assert set(np.unique(damaged[changed])) == {0} and set(np.unique(got[changed])) == {LV}
+    for other in (1, 2):
+        np.testing.assert_array_equal(got == other, damaged == other)
+    assert dice(got[z] == LV, labels[z] == LV) >= 0.8
+
+
+def test_a_slicer_markups_file_gives_what_the_same_clicks_by_index_give(capsys, tmp_path):
+    """Points in mm from a Slicer .mrk.json (RAS here; the first list adds, a second removes) land on the voxels
+    the --click / --remove indices name, so both outputs are byte-identical."""
+    image = sitk.ReadImage(str(SAMPLE))
+    lv = read(SAMPLE_LABEL) == LV
+    y, x = deepest_point(lv[5])
+    add, remove = (x, y, 5), (x + 40, y, 5)
+
+    def ras(index):
+        lps = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in index))
+        return [-lps[0], -lps[1], lps[2]]
+
+    markups = {"markups": [{"type": "Fiducial", "coordinateSystem": "RAS",
+                            "controlPoints": [{"label": "F-1", "position": ras(add)}]},
+                           {"type": "Fiducial", "coordinateSystem": "RAS",
+                            "controlPoints": [{"label": "F-2", "position": ras(remove)}]}]}
+    (tmp_path / "clicks.mrk.json").write_text(json.dumps(markups))
+    by_file = refine(capsys, SAMPLE, tmp_path / "a.nii.gz", "--clicks", tmp_path / "clicks.mrk.json")
+    by_index = refine(capsys, SAMPLE, tmp_path / "b.nii.gz", "--click", ",".join(map(str, add)),
+                      "--remove", ",".join(map(str, remove)))
+    assert by_file["positive"] == by_index["positive"] == 1 and by_file["negative"] == by_index["negative"] == 1
+    np.testing.assert_array_equal(read(tmp_path / "a.nii.gz"), read(tmp_path / "b.nii.gz"))
+    assert read(tmp_path / "a.nii.gz").sum() > 100
+
+
+def test_refusals_are_one_line_and_write_nothing(capsys, tmp_path):
+    labels = sitk.ReadImage(str(SAMPLE_LABEL))
+    other_grid = sitk.Image(labels)
+    other_grid.SetSpacing((2.0, 2.0, 10.0))
+    sitk.WriteImage(other_grid, str(tmp_path / "other_grid.nii.gz"))
+    (tmp_path / "exists.nii.gz").write_bytes(b"")
+    (tmp_path / "bad.mrk.json").write_text(json.dumps({"markups": [{"coordinateSystem": "IJK", "controlPoints": []}]}))
+    out = tmp_path / "out.nii.gz"
+    click = ["--click", "108,127,5"]
+    cases = [
+        ([SAMPLE, out], "no clicks: give --click I,J,K"),
+        ([SAMPLE, out, "--click", "108,127,10"], "lies outside the image (voxel [108, 127, 10], size [232, 256, 10])"),
+        ([SAMPLE, tmp_path / "exists.nii.gz", *click], "output exists"),
+        ([SAMPLE, SAMPLE, "--overwrite", *click], "is the input"),
+        ([SAMPLE, SAMPLE_LABEL, "--from", SAMPLE_LABEL, "--overwrite", *click], "is the input"),
+        ([SAMPLE, tmp_path / "out.seg.nrrd", *click], "unsupported output type 'out.seg.nrrd'"),
+        ([SAMPLE, out, "--from", SAMPLE_LABEL, *click], "holds labels [1, 2, 3]: name the one to refine with --label N"),
+        ([SAMPLE, out, "--from", SAMPLE_LABEL, "--label", 7, *click], "has no label 7"),
+        ([SAMPLE, out, "--from", tmp_path / "other_grid.nii.gz", "--label", 3, *click], "is not on the image's grid"),
+        ([SAMPLE, out, "--model", "cardiac-acdc", *click], "'cardiac-acdc' is a cardiac model, not a click model"),
+        ([SAMPLE_LABEL, out, *click], "looks like a labelmap"),
+        ([SAMPLE, out, "--clicks", tmp_path / "bad.mrk.json"], "coordinate system 'ijk' (LPS or RAS expected)"),
+        ([tmp_path / "missing.nii.gz", out, *click], "input not found"),
+    ]
+    for args, message in cases:
+        code = main(["refine", *map(str, args)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("lightseg: error:") and message in err[0], (args, err)
+        assert not out.exists() and not (tmp_path / "out.seg.nrrd").exists()
+    assert (tmp_path / "exists.nii.gz").read_bytes() == b""
