@@ -100,9 +100,12 @@ def test_ghost_split_of_the_pruned_resnet_loads_as_the_ghost_spec():
 
 
 # ------------------------------------------------------------------ metrics
-def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("added", [{}, {"appearance": True, "balanced": True, "label_smoothing": 0.1}],
+                         ids=["shipped", "v2"])
+def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_to_the_same_weights(tmp_path, added):
     """The classifier's fit (SGD, epoch cosine, logit distillation, BN L1) on the shared loop: killed in its second
-    epoch and rerun, it ends with the weights and history rows of a run never stopped."""
+    epoch and rerun, it ends with the weights and history rows of a run never stopped; also with the v2 recipe's
+    additions (the appearance chain on radiographs as read, balanced draws, label smoothing)."""
     import torch
 
     from LightSegLib.lab.train.config import load_config
@@ -112,8 +115,12 @@ def test_classifier_training_runs_on_the_trainer_loop_and_a_killed_run_resumes_t
     data = {"x_train": rng.normal(size=(24, 1, 32, 32)).astype(np.float32), "y_train": np.arange(24) % 2,
             "x_val": rng.normal(size=(8, 1, 32, 32)).astype(np.float32), "y_val": np.arange(8) % 2}
     data["x_train"][data["y_train"] == 1] += 0.5
+    if added.get("appearance"):  # 224-px 8-bit radiographs, one class twice the other
+        data["grey_train"] = np.clip(128 + 40 * data.pop("x_train")[:, 0], 0, 255).repeat(7, 1).repeat(7, 2) \
+            .astype(np.uint8)
+        data["y_train"] = (np.arange(24) % 3 > 0).astype(np.int64)
     shipped = stage_settings(load_config(REPO / "configs" / "models" / "pneumonia-cxr.toml"), "compress")
-    cfg = dict(shipped, size=32, epochs=3, batch_size=8, warmup_epochs=1, kd_weight=0.5, bn_l1=1e-4)
+    cfg = dict(shipped, size=32, epochs=3, batch_size=8, warmup_epochs=1, kd_weight=0.5, bn_l1=1e-4, **added)
 
     def net():
         torch.manual_seed(0)
@@ -438,6 +445,15 @@ def test_protocol_figures_threshold_rule_and_temperature_by_hand():
         assert lo <= f[key]["value"] <= hi and hi - lo < 0.1
 
 
+#: Mean and standard deviation of each shift of the first NORMAL image, as the shipped model's protocol record was
+#: scored (pneumonia-cxr.eval.json): the transformations may move, their figures may not.
+SHIFTED_FIRST_NORMAL = {
+    "gamma 0.6": (162.538104, 56.490463), "gamma 1.6": (95.750438, 60.467298), "tone curve": (134.675307, 84.40193),
+    "window 5-95%": (146.786093, 79.280857), "down-up 0.4": (128.904942, 61.184886),
+    "blur 1.5 px": (128.90862, 61.033539), "noise sd 8": (128.905587, 62.485556), "jpeg q20": (128.852479, 62.018383),
+    "other scanner": (110.468391, 60.880792)}
+
+
 @needs_cxr
 def test_shifts_keep_the_image_size_change_it_and_are_the_same_every_run():
     from LightSegLib.classify import read_radiograph
@@ -445,11 +461,85 @@ def test_shifts_keep_the_image_size_change_it_and_are_the_same_every_run():
 
     _, normal = _two_radiographs()
     grey = read_radiograph(normal)
+    assert list(SHIFTS) == list(SHIFTED_FIRST_NORMAL)
     for name, shift in SHIFTS.items():
         once, again = shift(grey, normal.name), shift(grey, normal.name)
         assert once.shape == grey.shape and np.isfinite(once).all(), name
         np.testing.assert_array_equal(once, again)
         assert np.abs(once - grey).mean() > 1.0, name
+        mean, sd = SHIFTED_FIRST_NORMAL[name]
+        assert (once.astype(np.float64).mean(), once.astype(np.float64).std()) == pytest.approx((mean, sd), abs=2e-6), name
+
+
+def _radiograph_like():
+    """224-px, 8-bit grey: a bright body over a darker ramp, with texture (the transformations see real structure)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:224, 0:224]
+    a = 60 + 120 * np.exp(-((xx - 112) ** 2 + (yy - 120) ** 2) / 4000) + 40 * yy / 224 + rng.normal(0, 10, (224, 224))
+    return np.clip(a, 0, 255).astype(np.float32)
+
+
+def test_appearance_draws_every_family_within_its_range_and_repeats_per_seed():
+    from LightSegLib.lab.data import cxr_augment as aug
+
+    a, r = _radiograph_like(), aug.RANGES
+    seen = set()
+    for seed in range(40):
+        out, drawn = aug.appearance(a, np.random.default_rng(seed))
+        again, drawn_again = aug.appearance(a, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, again)
+        assert drawn == drawn_again and out.shape == a.shape and 0.0 <= out.min() and out.max() <= 255.0
+        for name, value in drawn.items():
+            lo, hi = r[name]
+            assert lo <= (value[0] if isinstance(value, tuple) else value) <= hi, (name, value)
+        if not drawn:
+            np.testing.assert_array_equal(out, a)
+        seen |= set(drawn)
+    assert seen == set(r)
+    rng = np.random.default_rng(0)
+    ends = {"gamma": [aug.gamma(a, g) for g in r["gamma"]],
+            "tone curve": [aug.tone_curve(a, w) for w in r["tone curve"]],
+            "window": [aug.window(a, lower, 90.0) for lower in r["window"]],
+            "down-up": [aug.down_up(a, r["down-up"][0])],  # 1.0, the top of its range, keeps the image
+            "blur": [aug.blur(a, s) for s in r["blur"]],
+            "noise": [aug.noise(a, sd, rng) for sd in r["noise"]],
+            "jpeg": [aug.jpeg(a, q) for q in r["jpeg"]]}
+    assert set(ends) == set(r)
+    for name, outs in ends.items():
+        assert all(np.abs(o - a).mean() > 0.1 for o in outs), name
+
+
+def test_balanced_epochs_draw_each_class_equally():
+    import torch
+
+    from LightSegLib.lab.train.cxr import epoch_order
+
+    y = (np.arange(3900) % 4 > 0).astype(np.int64)  # 1:3, as NORMAL:PNEUMONIA nearly is
+    order = epoch_order(y, True, torch.Generator().manual_seed(0)).numpy()
+    assert len(order) == len(y) and abs(y[order].mean() - 0.5) < 0.03
+    plain = epoch_order(y, False, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_array_equal(np.sort(plain), np.arange(len(y)))
+
+
+@needs_cxr
+def test_held_out_part_is_half_the_unseen_children_and_meets_nothing_else():
+    from itertools import combinations
+
+    from LightSegLib.lab.data.cxr import list_images, old_subset, patient_of, split, split_with_held_out, unseen_patients
+
+    items = list_images(CXR)
+    parts = split_with_held_out(items, 0.5, 0.15, 0)
+    assert parts == split_with_held_out(items, 0.5, 0.15, 0)
+    assert {k: len(v) for k, v in parts.items()} == {"train": 3695, "val": 658, "held_out": 863}  # the config's
+    children = {side: {patient_of(p) for p, _ in v} for side, v in parts.items()}
+    for a, b in combinations(children, 2):
+        assert not children[a] & children[b], (a, b)
+    old = {patient_of(p) for p, _ in old_subset(items)}
+    unseen = {patient_of(p) for p, _ in unseen_patients(items, old_subset(items))}
+    assert children["held_out"] <= unseen and not children["held_out"] & old
+    assert len(children["held_out"]) / len(unseen) == pytest.approx(0.5, abs=0.03)
+    assert len(children["val"]) / (len(children["val"]) + len(children["train"])) == pytest.approx(0.15, abs=0.02)
+    assert split_with_held_out(items, 0.0, 0.2, 0) == split(items, 0.2, 0) | {"held_out": []}  # the shipped rule
 
 
 def test_segment_refuses_a_classifier_with_the_command_that_runs_it(tmp_path):

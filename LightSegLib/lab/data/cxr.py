@@ -35,14 +35,35 @@ def list_images(root) -> list[tuple[Path, int]]:
     return items
 
 
+def _draw(salt: str, path: Path) -> float:
+    """A number in [0, 1) fixed by the salt and the image's child: every image of a child draws the same."""
+    digest = hashlib.sha256(f"{salt}:{patient_of(path)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2 ** 32
+
+
 def split(items, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[tuple[Path, int]]]:
     """Deterministic by patient: a patient's hash decides its side, so adding images never moves a patient."""
     out = {"train": [], "val": []}
     for path, label in items:
-        digest = hashlib.sha256(f"{seed}:{patient_of(path)}".encode()).digest()
-        side = "val" if int.from_bytes(digest[:4], "big") / 2 ** 32 < val_fraction else "train"
-        out[side].append((path, label))
+        out["val" if _draw(str(seed), path) < val_fraction else "train"].append((path, label))
     return out
+
+
+def split_with_held_out(items, held_out: float = 0.5, val_fraction: float = 0.15,
+                        seed: int = 0) -> dict[str, list[tuple[Path, int]]]:
+    """train / val / held_out for a model trained on the whole folder, by child.
+
+    ``held_out``: that share of the children the shipped model never saw (``unseen_patients`` of ``old_subset``),
+    drawn by child hash, kept for the final scoring alone, so the shipped model and a new one meet exactly the same
+    unseen children. Every other image is split by child as ``split`` does (``val_fraction``: threshold,
+    temperature, appearance limits, model choice). The held-out draw has its own salt, independent of that split.
+    """
+    unseen = {patient_of(p) for p, _ in unseen_patients(items, old_subset(items))}
+    kept = {patient_of(p) for p, _ in items
+            if patient_of(p) in unseen and _draw(f"{seed}:held-out", p) < held_out}
+    rest = [(p, label) for p, label in items if patient_of(p) not in kept]
+    return split(rest, val_fraction, seed) | {"held_out": [(p, label) for p, label in items
+                                                           if patient_of(p) in kept]}
 
 
 def old_subset(items) -> list[tuple[Path, int]]:
@@ -61,11 +82,30 @@ def unseen_patients(items, seen) -> list[tuple[Path, int]]:
     return [(p, label) for p, label in items if patient_of(p) not in known]
 
 
+#: The Kermany copy's image size; ``load_grey`` brings any other to it.
+SOURCE = 224
+
+
+def load_grey(items) -> tuple[np.ndarray, np.ndarray]:
+    """(N, SOURCE, SOURCE) uint8 radiographs as read (the Kermany JPEGs are 8-bit: 50 KB an image, where float32
+    would take 200) and (N,) int64 labels, for transformations that work before the preprocessing."""
+    from ...classify import read_radiograph
+    from ...cxr_prep import resize
+
+    def grey(path):
+        a = read_radiograph(path)
+        return a if a.shape == (SOURCE, SOURCE) else resize(a, SOURCE)
+
+    return np.stack([np.clip(np.round(grey(p)), 0, 255).astype(np.uint8) for p, _ in items]), labels(items)
+
+
 def load(items, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, size, size) float32 network inputs and (N,) int64 labels, through the inference preprocessing."""
     from ...cxr_prep import prepare
     from ...classify import read_radiograph
 
-    x = np.concatenate([prepare(read_radiograph(p), size) for p, _ in items])
-    y = np.array([label for _, label in items], dtype=np.int64)
-    return x, y
+    return np.concatenate([prepare(read_radiograph(p), size) for p, _ in items]), labels(items)
+
+
+def labels(items) -> np.ndarray:
+    return np.array([label for _, label in items], dtype=np.int64)

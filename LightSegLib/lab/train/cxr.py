@@ -27,16 +27,29 @@ from ..compress.bottleneck_prune import prune_bottlenecks
 from ..compress.distill.logits import LogitKD
 from ..compress.ghost_convert import convert_checkpoint_net
 from ..compress.prune import bn_l1_penalty
+from ...cxr_prep import prepare
 from ..data import cxr as radiographs
+from ..data.cxr_augment import appearance
 from ..nets import build
 from ..nets.blocks import count_params
 from .trainer import Every, Recipe, ResumableState, cpu_has_bf16, train_loop
 
+#: Keys a recipe may add to ``[data]`` and ``[train]``, at the values the shipped recipe
+#: (``configs/models/pneumonia-cxr.toml``, which has none of them) ran with: ``held_out``, the share of the
+#: children the shipped model never saw kept out for the final scoring (``cxr.split_with_held_out``);
+#: ``label_smoothing`` of the cross-entropy; ``balanced``, each epoch's images drawn with equal weight per class
+#: (with replacement) for the 1:2.9 imbalance of the whole folder; ``appearance``, each training image through a
+#: random chain of the protocol's transformation families (``cxr_augment.appearance``) before its preprocessing.
+ADDED_KEYS = {"data": {"held_out": 0.0},
+              "train": {"label_smoothing": 0.0, "balanced": False, "appearance": False}}
+
+
 def stage_settings(cfg: dict, stage: str) -> dict:
     """The flat settings ``fit`` reads and a checkpoint records as its ``config``: the data and train sections,
     with the compress section over them for ``compress`` (``data`` is the dataset folder)."""
-    data = cfg["data"]
-    flat = {"data": data["dataset"], "size": data["size"], "val_fraction": data["val_fraction"], **cfg["train"]}
+    data = ADDED_KEYS["data"] | cfg["data"]
+    flat = {"data": data["dataset"], "size": data["size"], "val_fraction": data["val_fraction"],
+            "held_out": data["held_out"], **ADDED_KEYS["train"], **cfg["train"]}
     return flat | cfg["compress"] if stage == "compress" else flat
 
 
@@ -49,18 +62,35 @@ def final_checkpoint(run: Path, stage: str) -> Path:
 
 
 def load_data(cfg: dict, cache_dir: Path) -> dict:
-    """Train/val arrays through the inference preprocessing, cached as npz in the run folder."""
-    cache = cache_dir / f"cxr_{cfg['size']}_{cfg['seed']}_{cfg['val_fraction']}.npz"
+    """Train/val arrays, cached as npz in the run folder: the validation images (and the training images, without
+    ``appearance``) through the inference preprocessing; with it, the training images as read (``grey_train``),
+    as the appearance chain works on the radiograph before its preprocessing."""
+    appearance = cfg["appearance"]
+    cache = cache_dir / (f"cxr_{cfg['size']}_{cfg['seed']}_{cfg['val_fraction']}_{cfg['held_out']}"
+                         f"{'_grey' if appearance else ''}.npz")
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         return {k: z[k] for k in z.files}
-    parts = radiographs.split(radiographs.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
+    parts = radiographs.split_with_held_out(radiographs.list_images(cfg["data"]), cfg["held_out"],
+                                            cfg["val_fraction"], cfg["seed"])
     out = {}
-    for side in ("train", "val"):
-        out[f"x_{side}"], out[f"y_{side}"] = radiographs.load(parts[side], cfg["size"])
+    out["x_val"], out["y_val"] = radiographs.load(parts["val"], cfg["size"])
+    if appearance:
+        out["grey_train"], out["y_train"] = radiographs.load_grey(parts["train"])
+    else:
+        out["x_train"], out["y_train"] = radiographs.load(parts["train"], cfg["size"])
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
+
+
+def epoch_order(y: np.ndarray, balanced: bool, generator) -> torch.Tensor:
+    """One epoch's image indices (as many as images): a permutation, or with ``balanced`` a draw with replacement
+    that gives each class the same expected share."""
+    if not balanced:
+        return torch.randperm(len(y), generator=generator)
+    counts = np.bincount(y)
+    return torch.multinomial(torch.from_numpy(1.0 / counts[y]), len(y), replacement=True, generator=generator)
 
 
 def augmenter(size: int, seed: int):
@@ -111,8 +141,8 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
     bf16 = cpu_has_bf16()
     last = out_dir / "last.pt"
     history = torch.load(last, map_location="cpu", weights_only=False)["history"] if last.exists() else []
-    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    steps = len(x_train) // cfg["batch_size"]
+    y_train = torch.from_numpy(data["y_train"])
+    steps = len(y_train) // cfg["batch_size"]
     kd_weight = cfg["kd_weight"] if teacher is not None else 0.0
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
@@ -124,10 +154,17 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
             epoch, step = divmod(it, steps)
             if step == 0:
                 aug = augmenter(cfg["size"], cfg["seed"] * 1000 + epoch)
-                order = torch.randperm(len(x_train),
-                                       generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
+                order = epoch_order(data["y_train"], cfg["balanced"],
+                                    torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
+                rng = np.random.default_rng([cfg["seed"], epoch])
             idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
-            yield torch.stack([aug(x_train[i]).as_tensor() for i in idx]).float(), y_train[idx]
+            yield torch.stack([aug(network_input(int(i), rng)).as_tensor() for i in idx]).float(), y_train[idx]
+
+    def network_input(i: int, rng) -> torch.Tensor:
+        if not cfg["appearance"]:
+            return torch.from_numpy(data["x_train"][i])
+        return torch.from_numpy(prepare(appearance(data["grey_train"][i].astype(np.float32), rng)[0],
+                                        cfg["size"])[0])
 
     def distillation(image, label, logits):
         with torch.no_grad():
@@ -144,7 +181,8 @@ def fit(net, cfg: dict, data: dict, out_dir: Path, spec: dict, teacher=None, log
         history.append(row)
         log(json.dumps(row))
 
-    recipe = Recipe(batches=batches, loss_fn=lambda logits, y: (1 - kd_weight) * F.cross_entropy(logits.float(), y),
+    recipe = Recipe(batches=batches, loss_fn=lambda logits, y: (1 - kd_weight) * F.cross_entropy(
+                        logits.float(), y, label_smoothing=cfg["label_smoothing"]),
                     extra_loss=distillation if kd_weight > 0 else None,
                     penalty=(lambda m: bn_l1_penalty(m, cfg["bn_l1"])) if cfg["bn_l1"] > 0 else None,
                     optimizer=lambda params: torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True,
@@ -171,7 +209,11 @@ def load_net(path):
 
 
 def _start(cfg: dict) -> None:
+    """Threads as the config says, for torch and for SimpleITK (the appearance chain and the preprocessing)."""
+    import SimpleITK as sitk
+
     torch.set_num_threads(int(cfg["train"]["threads"]))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(cfg["train"]["threads"]))
     torch.manual_seed(int(cfg["train"]["seed"]))
 
 
