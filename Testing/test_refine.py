@@ -157,3 +157,66 @@ def test_refusals_are_one_line_and_write_nothing(capsys, tmp_path):
         assert code == 2 and len(err) == 1 and err[0].startswith("lightseg: error:") and message in err[0], (args, err)
         assert not out.exists() and not (tmp_path / "out.seg.nrrd").exists()
     assert (tmp_path / "exists.nii.gz").read_bytes() == b""
+
+
+def test_publishing_a_click_checkpoint_replaces_its_entry_through_the_writer(tmp_path):
+    """The workshop's publish step, run twice as a new checkpoint would be: the ONNX beside models.json, one entry
+    with its sha256, the status from the issue's targets on the bench JSON (the shipped model's own figures, then
+    the same with every target met), a card whose table is those figures; a bench of other weights is refused
+    and changes nothing; the other entries stay as they were."""
+    torch = pytest.importorskip("torch")
+    import shutil
+    import tomllib
+
+    from LightSegLib import interactive as ia
+    from LightSegLib.errors import LightSegError
+    from LightSegLib.lab.interactive import publish as pub
+    from LightSegLib.lab.interactive.export import export
+    from LightSegLib.lab.nets import build
+    from LightSegLib.registry import get_model, read_registry, sha256_of
+
+    for name in ("acdc", "lits_liver_2d", "nih_pancreas_2d"):
+        shared(name)
+    cfg = tomllib.loads(pub.RECIPE.read_text())
+    cfg["data"] = {k: str((REPO / v).resolve()) if isinstance(v, str) and "/" in v else v for k, v in cfg["data"].items()}
+    arch = {"name": "unet", "widths": [4, 8], "fold": 2, "in_channels": ia.CHANNELS, "num_classes": 1}
+    torch.save({"model": build(arch).state_dict(), "architecture": arch, "task": ia.MODEL_ID, "step": 12,
+                "seconds": 90.0, "config": cfg, "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS,
+                "structures": ["rv", "myocardium", "lv", "liver", "pancreas"]}, tmp_path / "last.pt")
+    export(tmp_path / "last.pt", tmp_path / "click.onnx")
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "Resources" / "Models" / "models.json", models)
+    before = {m["id"]: m for m in read_registry(models)["models"]}
+    shipped = get_model(ia.MODEL_ID).entry["metrics"]
+    bench = {"model": str(tmp_path / "click.onnx"), "threads": 2, "left_out": shipped["left_out"],
+             "structures": {k: {"clicks": v, "region_growing": shipped["region_growing"][k]}
+                            for k, v in shipped["structures"].items()},
+             "seconds_per_click": shipped["seconds_per_click"], "propagation": shipped["propagation"]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    entry = pub.publish(tmp_path / "last.pt", tmp_path / "bench.json", models, log=lambda _: None)
+    assert entry["status"] == "preview" and entry["sha256"] == sha256_of(models / "click-refine.onnx")
+    card = (models / "click-refine.md").read_text()
+    liver = shipped["structures"]["liver"]
+    assert f"| liver | {liver['objects']} | {liver['dice@1']:g} | {liver['dice@3']:g} |" in card
+    assert "IRCADb terms): internal use only" in card and "{{" not in card
+    assert f"--checkpoint {(tmp_path / 'last.pt').as_posix()} --bench {(tmp_path / 'bench.json').as_posix()}" in card
+
+    for name, key, bound, at_most in pub.TARGETS:  # every target met; the left-out structure as good as the rest
+        bench["structures"][name]["clicks"][key] = bound
+    for figures in bench["structures"].values():
+        figures["clicks"]["noc@85"] = min(figures["clicks"]["noc@85"], 3.0)
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    entry = pub.publish(tmp_path / "last.pt", tmp_path / "bench.json", models, log=lambda _: None)
+    assert entry["status"] == "stable" and "caveat" not in entry
+    assert "every target holds" in (models / "click-refine.md").read_text()
+
+    registry = (models / "models.json").read_text()
+    bench["model"] = str(get_model(ia.MODEL_ID).path())  # the shipped weights, not these
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    with pytest.raises(LightSegError, match="not these weights"):
+        pub.publish(tmp_path / "last.pt", tmp_path / "bench.json", models, log=lambda _: None)
+    assert (models / "models.json").read_text() == registry and not list(models.glob(".*staged*"))
+    after = {m["id"]: m for m in read_registry(models)["models"]}
+    assert {k: v for k, v in after.items() if k != ia.MODEL_ID} == {k: v for k, v in before.items() if k != ia.MODEL_ID}
+    assert after[ia.MODEL_ID] == entry
