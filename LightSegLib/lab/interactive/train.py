@@ -126,8 +126,6 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        for group in opt.param_groups:  # the config's rate holds on resume: a lower one finishes a run
-            group["lr"] = float(t["lr"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
         say(f"resumed at step {step}")
     net.to(device)
@@ -147,7 +145,13 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         torch.save(state, out / "last.tmp")
         (out / "last.tmp").replace(last)
 
+    def rate(at: int) -> float:
+        """``lr`` until the first of ``lr_drops`` ([step, rate] pairs), then each drop's rate from its step."""
+        return next((float(r) for s, r in sorted(t.get("lr_drops", []), reverse=True) if at >= int(s)), float(t["lr"]))
+
     while step < int(t["steps"]):
+        for group in opt.param_groups:
+            group["lr"] = rate(step)
         samples = []
         while len(samples) < batch:
             s = draw()
