@@ -542,6 +542,23 @@ def test_held_out_part_is_half_the_unseen_children_and_meets_nothing_else():
     assert split_with_held_out(items, 0.0, 0.2, 0) == split(items, 0.2, 0) | {"held_out": []}  # the shipped rule
 
 
+def test_card_template_protocol_fields_come_from_the_eval_record_as_the_card_gives_them():
+    """Every ``{{protocol_*}}`` field of the card template is computed from the protocol's record, and the published
+    card's protocol table is what the record gives."""
+    import re
+
+    from LightSegLib.lab.cxr_protocol import card_fields
+
+    models = REPO / "Resources" / "Models"
+    fields = card_fields(json.loads((models / "pneumonia-cxr.eval.json").read_text()))
+    template = (REPO / "configs" / "cards" / "pneumonia-cxr.md.in").read_text()
+    assert set(re.findall(r"{{(protocol_[^}]+)}}", template)) == set(fields)
+    card = (models / "pneumonia-cxr.md").read_text()
+    rows = fields["protocol_table"].splitlines()[2:]
+    assert len(rows) == 4 and all(row in card for row in rows)
+    assert fields["protocol_rule_threshold"] == "0.047" and fields["protocol_decision"].startswith("keep")
+
+
 def test_segment_refuses_a_classifier_with_the_command_that_runs_it(tmp_path):
     proc = lightseg("segment", "--model", "pneumonia-cxr", REPO / "Resources" / "Samples" / "acdc_patient002_ED.nii.gz",
                     tmp_path / "out.nii.gz")

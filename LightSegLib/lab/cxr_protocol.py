@@ -254,3 +254,57 @@ def decide(result: dict) -> str:
     if meets("rule") and not meets("card"):
         return f"replace the card's threshold {result['card_threshold']:.3f} by {result['rule_threshold']:.3f}"
     return f"keep the card's threshold {result['card_threshold']:.3f}"
+
+
+# ---------------------------------------------------------------- the card
+def card_fields(result: dict) -> dict[str, str]:
+    """The card template's ``{{protocol_*}}`` fields from an ``evaluate`` record (``ID.eval.json``): the figures of
+    "New patients and shifted images", none typed in."""
+    def ci(f, key):
+        lo, hi = f[key]["ci95"]
+        return f"{f[key]['value']:.3f} ({lo:.3f}-{hi:.3f})"
+
+    names = {"validation": "validation", "new_patients": "new patients"}
+    card = {s: result[s]["card"] for s in names}
+    parts = {(s, part): f"{name}, shifted" if part == "shifted (pooled)" else name
+             for s, name in names.items() for part in ("as read", "shifted (pooled)")}
+    rows = [f"| set, at the card's threshold {result['card_threshold']:.3f} | images | accuracy | sensitivity | "
+            "specificity | ROC AUC | acc @ test mix | ECE |", "|---|---|---|---|---|---|---|---|"]
+    rows += [f"| {label} | {f['images']:,} | {ci(f, 'accuracy')} | {ci(f, 'sensitivity')} | {ci(f, 'specificity')} "
+             f"| {ci(f, 'auc')} | {f['accuracy_at_test_prevalence']['value']:.3f} | {f['ece']:.3f} |"
+             for (s, part), label in parts.items() for f in [card[s][part]]]
+    base = card["validation"]["as read"]
+    drops = "; ".join(f"{label}: accuracy {100 * (f['accuracy']['value'] - base['accuracy']['value']):+.1f} points, "
+                      f"specificity {100 * (f['specificity']['value'] - base['specificity']['value']):+.1f}"
+                      for (s, part), label in list(parts.items())[1:] for f in [card[s][part]])
+    worst = min(SHIFTS, key=lambda s: card["validation"]["per shift"][s]["specificity"]["value"])
+    new = result["new_patients"]
+    new_shifted = card["new_patients"]["shifted (pooled)"]
+    ece = ", ".join(f"{label} {card[s][part]['ece']:.3f} -> "
+                    f"{result[s]['temperature']['ece_as_read' if part == 'as read' else 'ece_shifted']:.3f}"
+                    for (s, part), label in parts.items())
+    helps = new["temperature"]["ece_as_read"] < card["new_patients"]["as read"]["ece"]
+    at = {t: f"on new patients sensitivity {ci(new[t]['as read'], 'sensitivity')}, specificity "
+             f"{ci(new[t]['as read'], 'specificity')}" for t in ("rule", "0.5")}
+    return {
+        "protocol_validation": f"{base['images']:,} images, {base['children']:,} children",
+        "protocol_new_patients": (f"{new['card']['as read']['images']:,} images "
+                                  f"({new['card']['as read']['images'] - new['card']['as read']['pneumonia']:,} "
+                                  f"NORMAL, {new['card']['as read']['pneumonia']:,} PNEUMONIA, "
+                                  f"{new['card']['as read']['children']:,} children)"),
+        "protocol_new_shifted": (f"every {result['new_patients_shifted_every']}th image "
+                                 f"({new_shifted['images'] // len(SHIFTS):,}, {new_shifted['children']:,} children)"),
+        "protocol_table": "\n".join(rows),
+        "protocol_drops": drops,
+        "protocol_worst_shift": (f"{worst} (specificity {card['validation']['per shift'][worst]['specificity']['value']:.3f}"
+                                 f" on validation, {card['new_patients']['per shift'][worst]['specificity']['value']:.3f}"
+                                 " on new patients)"),
+        "protocol_rule_threshold": f"{result['rule_threshold']:.3f}",
+        "protocol_at_rule": (f"{at['rule']}, accuracy {ci(new['rule']['as read'], 'accuracy')}; shifted: sensitivity "
+                             f"{ci(new['rule']['shifted (pooled)'], 'sensitivity')}, specificity "
+                             f"{ci(new['rule']['shifted (pooled)'], 'specificity')}"),
+        "protocol_decision": result["decision"],
+        "protocol_at_0.5": at["0.5"],
+        "protocol_calibration": (f"T = {result['temperature']:.2f}: ECE {ece}. It "
+                                 + ("lowers" if helps else "does not lower") + " the ECE on new patients."),
+    }
