@@ -28,20 +28,20 @@ REPO = Path(__file__).resolve().parents[3]
 CARD = REPO / "configs" / "cards" / f"{ia.MODEL_ID}.json"
 RECIPE = REPO / "configs" / "models" / f"{ia.MODEL_ID}.toml"
 
-#: config key of a data source -> (what it holds, its terms)
+#: config key of a data source -> (its name, what it holds, its terms)
 SOURCES = {
-    "acdc": ("ACDC cine MRI, RV / myocardium / LV cavities, manual labels",
+    "acdc": ("ACDC", "cine MRI, RV / myocardium / LV cavities, manual labels",
              "research, non-commercial use only; cite Bernard et al., IEEE TMI 37(11), 2018"),
-    "lits": ("LiTS (MSD Task03) liver, 8-bit axial CT slices (about clip(HU, 0, 255)), manual labels",
+    "lits": ("LiTS (MSD Task03)", "liver, 8-bit axial CT slices (about clip(HU, 0, 255)), manual labels",
              "CC BY-NC-SA 4.0 (non-commercial, share-alike); cite Bilic et al., Medical Image Analysis 84, 2023"),
-    "nih": ("NIH Pancreas-CT, 8-bit axial CT slices, manual labels checked by a radiologist",
+    "nih": ("NIH Pancreas-CT", "8-bit axial CT slices, manual labels checked by a radiologist",
             "CC BY 3.0 (TCIA); cite Roth et al., MICCAI 2015"),
-    "ircadb": ("3D-IRCADb-01 patient 17, HU CT, the liver on every third axial slice, manual labels",
+    "ircadb": ("3D-IRCADb-01", "patient 17, HU CT, the liver on every third axial slice, manual labels",
                "CC BY-NC-ND (IRCADb terms): internal use only"),
-    "totalseg": ("TotalSegmentator's example torso CT (HU, 3 mm) and its v1 class map: a model's output, not manual",
+    "totalseg": ("TotalSegmentator example CT", "torso, HU, 3 mm, with its v1 class map: a model's output, not manual",
                  "Apache-2.0 (TotalSegmentator repository); the labels are TotalSegmentator's output"),
-    "s0009": ("TotalSegmentator subject s0009 (HU CT, expert-reviewed labels): benchmark only, never trained on",
-              "CC BY 4.0; cite Wasserthal et al., Radiology: Artificial Intelligence, 2023"),
+    "s0009": ("TotalSegmentator subject s0009", "HU CT with expert-reviewed labels",
+              "CC BY 4.0; cite Wasserthal et al., Radiology: Artificial Intelligence, 2023 (benchmark only)"),
 }
 
 #: the issue's targets: (structure in the bench JSON, figure, bound, True where the figure must stay at most it)
@@ -121,10 +121,10 @@ def data_markdown(cfg: dict) -> str:
 
     d = cfg["data"]
     lines = []
-    for key, (what, _) in SOURCES.items():
+    for key, (name, what, _) in SOURCES.items():
         if not d.get(key):
             continue
-        root = Path(d[key])
+        root = REPO / d[key]  # a config's relative paths are the repository root's
         if key == "acdc":
             patients = {p: len({Path(e["image"]).name.split("_")[0] for e in read_split(root, p)})
                         for p in ("training", "validation")}
@@ -139,7 +139,7 @@ def data_markdown(cfg: dict) -> str:
             part = "never trained on: left-out and trained structures are measured side by side on it"
         else:
             part = "trained on (no part of it is in the benchmark)"
-        lines.append(f"- {what}: {part}.")
+        lines.append(f"- {name}, {what}: {part}.")
     mix = cfg["train"].get("mix")
     if mix:
         lines.append("- Each training sample is drawn from " + ", ".join(f"{k} objects {v:g}" for k, v in mix.items())
@@ -151,8 +151,8 @@ def data_markdown(cfg: dict) -> str:
 def licences(cfg: dict) -> tuple[str, str]:
     """(the card's bullet list, the registry's one-line licence) for the sources the config names."""
     used = [(key, SOURCES[key]) for key in SOURCES if cfg["data"].get(key)]
-    bullets = "\n".join(f"- {what.split(',')[0]}: {terms}" for _, (what, terms) in used)
-    line = ("Weights derived from " + "; ".join(f"{what.split(',')[0]} ({terms})" for key, (what, terms) in used
+    bullets = "\n".join(f"- {name}: {terms}" for _, (name, _, terms) in used)
+    line = ("Weights derived from " + "; ".join(f"{name} ({terms})" for key, (name, _, terms) in used
                                                   if key != "s0009")
             + ". Research use only, not for clinical decisions.")
     return bullets, line
