@@ -156,10 +156,22 @@ def deepest_point(mask2d: np.ndarray) -> tuple[int, int]:
 
 # ---- the session -------------------------------------------------------------------------------------
 
-def default_model() -> Path:
-    from .registry import get_model
+def registered_model(model_id: str = MODEL_ID):
+    """The card and verified ONNX file of a registered click model, which must encode crops as this runtime
+    does (a model trained with another crop, disk or CT coding would answer nonsense without an error)."""
+    from .registry import get_click_model
 
-    return get_model(MODEL_ID).verified_path()
+    card = get_click_model(model_id)
+    expected = {"crop": CROP, "channels": CHANNELS, "disk_radius": DISK_RADIUS, "ct_window": list(CT_WINDOW)}
+    differ = {k: card.input.get(k) for k, v in expected.items() if card.input.get(k) != v}
+    if differ:
+        raise LightSegError(f"model '{card.id}' was trained with {differ}; this LightSeg encodes clicks as "
+                            f"{ {k: expected[k] for k in differ} }: install the matching LightSeg")
+    return card, card.verified_path()
+
+
+def default_model() -> Path:
+    return registered_model()[1]
 
 
 @dataclass

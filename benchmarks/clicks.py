@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LightSegLib.interactive import InteractiveSession
+from LightSegLib.machine import machine, machine_line
 from LightSegLib.lab.interactive.clicker import dice, iou, next_click
 from LightSegLib.lab.interactive.data import BENCHMARK, LABELS, S0009, load_slices, object_mask, objects
 
@@ -141,7 +142,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     cfg = tomllib.loads(Path(args.config).read_text())
     slices = load_slices(cfg, "test")
-    report = {"model": args.model, "threads": args.threads, "left_out": cfg["data"].get("left_out", []),
+    report = {"model": args.model, "threads": args.threads, "limit": args.limit,
+              "machine": machine_line(machine(), args.threads), "left_out": cfg["data"].get("left_out", []),
               "structures": {}}
     times = []
     held_out = [s for s in slices if s.source != "s0009"]

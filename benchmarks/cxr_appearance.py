@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LightSegLib.lab import cxr_appearance  # noqa: E402
+from LightSegLib.lab.publish.writer import attach_file  # noqa: E402
 from LightSegLib.registry import get_model  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -32,6 +33,7 @@ def main() -> None:
     start = time.perf_counter()
     record = cxr_appearance.build(args.shared / "chest_xray" / "train", args.shared, REPO, int(card.input["size"]),
                                   card.folder / f"{card.id}.appearance.onnx", args.record)
+    attach_file(card.id, "appearance", card.folder / f"{card.id}.appearance.onnx", card.folder)
     for name, r in record["check"].items():
         print(f"{name}: {r['flagged']} of {r['images']} flagged")
     print(json.dumps(record["limits"]), f"{time.perf_counter() - start:.0f} s")

@@ -138,21 +138,14 @@ def model_path(model: str | None) -> tuple[Path, object]:
     """The ONNX file of a click model (an id, default the shipped one, or a file) and its card (None for a file).
     A registered model must encode crops as this runtime does."""
     from .. import interactive as ia
-    from ..registry import get_click_model
 
     if model and model.endswith(".onnx"):
         path = Path(model)
         if not path.is_file():
             raise LightSegError(f"model file not found: {path}")
         return path, None
-    card = get_click_model(model or ia.MODEL_ID)
-    expected = {"crop": ia.CROP, "channels": ia.CHANNELS, "disk_radius": ia.DISK_RADIUS,
-                "ct_window": list(ia.CT_WINDOW)}
-    differ = {k: card.input.get(k) for k, v in expected.items() if card.input.get(k) != v}
-    if differ:
-        raise LightSegError(f"model '{card.id}' was trained with {differ}; this LightSeg encodes clicks as "
-                            f"{ {k: expected[k] for k in differ} }: install the matching LightSeg")
-    return card.verified_path(), card
+    card, path = ia.registered_model(model or ia.MODEL_ID)
+    return path, card
 
 
 def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, threads: int, label: int,

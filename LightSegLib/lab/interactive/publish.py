@@ -239,7 +239,7 @@ def publish(checkpoint, bench_path, folder=None, log=print) -> dict:
 
 def commands(checkpoint, bench_path, bench: dict) -> list[str]:
     run = Path(checkpoint).parent.as_posix()
-    limit = max(r["clicks"]["objects"] for r in bench["structures"].values())
+    limit = bench.get("limit") or max(r["clicks"]["objects"] for r in bench["structures"].values())
     return [f"nice -n 15 .venv/bin/python -m LightSegLib.lab.interactive.train --config "
             f"{RECIPE.relative_to(REPO).as_posix()} --out {run} --resume",
             f".venv/bin/python -m LightSegLib.lab.interactive.export {Path(checkpoint).as_posix()} "

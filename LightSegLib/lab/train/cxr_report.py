@@ -25,7 +25,7 @@ from ...registry import ModelCard, models_dir, sha256_of
 from ..data import cxr as radiographs
 from ..export import count_macs, parity
 from ..nets.blocks import count_params
-from ..publish.writer import register_model
+from ..publish.writer import attach_file, register_model
 from .cxr import final_checkpoint, load_net, roc_auc
 
 
@@ -299,5 +299,8 @@ def publish(cfg: dict, run: Path, config_path) -> None:
     spec = torch.load(compressed, map_location="cpu", weights_only=False)["spec"]
     entry = registry_entry(summary, card_path, onnx_path, spec, settings["status"], reproduce_line(config_path, run))
     register_model(entry, folder)
+    appearance = folder / f"{card['id']}.appearance.onnx"  # made from the inputs, not the weights: it carries over
+    if appearance.is_file():
+        attach_file(card["id"], "appearance", appearance, folder)
     (folder / card["card"]).write_text(card_markdown(summary, entry, card_path.with_suffix(".md.in")))
     print(f"registered {card['id']} ({settings['status']}); card {folder / card['card']}")
