@@ -1,7 +1,7 @@
-"""The page: Slicer's own slice and 3D views (trame-slicer) beside a panel to open a volume, pick a model, segment
-and download. Everything done to the scene goes through LightSegLogic (the Slicer module's logic: the child
-process, its progress and cancel, the result's named segments, the CLI's reader and writers); this file holds
-layout and events only."""
+"""The page: Slicer's own slice and 3D views (trame-slicer) beside a panel to open a volume, pick a model, segment,
+refine a segment with clicks and download. Everything done to the scene goes through LightSegLogic (the Slicer
+module's logic: the child process, its progress and cancel, the result's named segments, the CLI's reader and
+writers, the click controller); this file holds layout and events only."""
 from __future__ import annotations
 
 import asyncio
@@ -10,12 +10,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from LightSegLib import model_text
 from LightSegLib.errors import LightSegError
 from LightSegLib.registry import get_model
 from LightSegLib.segments import named_segments
-from LightSegLogic import JobState, LightSegLogic
+from LightSegLogic import JobState, LightSegLogic, SegmentClicks
 from slicer import vtkMRMLSliceNode
+from vtkmodules.vtkCommonCore import vtkCommand
 from trame.app import get_server
 from trame.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame.widgets import html
@@ -27,6 +29,9 @@ from .files import Workspace
 
 POLL_S = 0.1
 SURFACES_AFTER_S = 0.5
+CLICK_PRIORITY = 10.0  # before Slicer's slice interactor style, so a click in click mode neither pans nor windows
+CLICK_HELP = {"add": "Click in a slice view: a click adds, Shift- or Ctrl-click removes.",
+              "remove": "Click in a slice view: a click removes."}
 DOWNLOADS = {"seg.nrrd": "application/octet-stream", "nii.gz": "application/gzip"}
 
 
@@ -55,6 +60,8 @@ class LightSegWebApp:
         self.opened: dict[str, Opened] = {}
         self.job = None
         self.waiting: deque = deque()  # (volume ID, model id) in the order Segment was clicked
+        self.clicks: SegmentClicks | None = None
+        self._click_observers: list = []  # (interactor, tag) while click mode is on
         self._init_state()
         self._build_ui()
         self.ctrl.trigger("lightseg_upload")(self.upload)
@@ -62,6 +69,9 @@ class LightSegWebApp:
         self.state.change("data_pick")(self._on_data_pick)
         self.state.change("volume_id")(self._on_volume_pick)
         self.state.change("model_id")(self._on_model_pick)
+        self.state.change("click_mode")(self._on_click_mode)
+        self.state.change("click_segment")(self._on_click_choice)
+        self.state.change("click_action")(self._on_click_choice)
 
     # ------------------------------------------------------------------------------------------------ state
     def _init_state(self) -> None:
@@ -78,6 +88,7 @@ class LightSegWebApp:
         s.running, s.progress, s.status, s.waiting = False, 0, "Open a volume to start.", []
         s.legend, s.quality, s.quality_ok, s.shown_at = [], "", True, ""
         s.has_result, s.classification = False, ""
+        s.click_mode, s.click_segments, s.click_segment, s.click_action, s.click_status = False, [], None, "add", ""
         s.cardiac_choices, s.cardiac_ed, s.cardiac_es, s.cardiac_rows, s.cardiac_notes = [], None, None, [], ""
         self._on_model_pick(s.model_id)
 
@@ -224,9 +235,14 @@ class LightSegWebApp:
         """Legend (names, colours, volumes), quality line and downloads for the shown volume."""
         segmentation = self.slicer.scene.GetNodeByID(opened.segmentationID) if opened.segmentationID else None
         self.state.has_result = segmentation is not None
+        self.state.click_mode = False
         if segmentation is None:
             self.state.legend, self.state.quality, self.state.shown_at = [], "", ""
             return
+        ids = segmentation.GetSegmentation().GetSegmentIDs()
+        self.state.click_segments = [{"value": i, "title": segmentation.GetSegmentation().GetSegment(i).GetName()}
+                                     for i in ids]
+        self.state.click_segment = ids[0] if ids else None
         volumes = (opened.summary or {}).get("volumes_ml", {})
         self.state.legend = [{"name": s["name"], "color": "#" + "".join(f"{round(c * 255):02x}" for c in s["color"]),
                               "ml": f"{volumes[s['name']]:.1f} mL" if s["name"] in volumes else ""}
@@ -309,6 +325,99 @@ class LightSegWebApp:
                 ("Myocardial mass (ED)", r.lv_myocardial_mass_g, None, "g"))]
         self.state.cardiac_notes = " | ".join(r.notes)
 
+    # ------------------------------------------------------------------------------------------------ clicks
+    def _on_click_mode(self, click_mode, **_):
+        """In click mode a left click in a slice view refines the chosen segment (LightSegLogic.SegmentClicks)."""
+        for interactor, tag in self._click_observers:
+            interactor.RemoveObserver(tag)
+        self._click_observers = []
+        if not click_mode:
+            self.state.click_status = ""
+            return
+        for view in self.slicer.view_manager.get_slice_views():
+            interactor = view.interactor()
+            tag = interactor.AddObserver(vtkCommand.LeftButtonPressEvent,
+                                         lambda *_, v=view: self._on_slice_click(v), CLICK_PRIORITY)
+            self._click_observers.append((interactor, tag))
+        self._click_controller()
+
+    def _on_click_choice(self, **_):
+        if self.state.click_mode and self._click_controller() is not None:
+            self._show_clicks(CLICK_HELP[self.state.click_action])
+
+    def _click_controller(self) -> SegmentClicks | None:
+        """The controller for the shown volume's chosen segment (made again when either changes)."""
+        opened = self.opened.get(self.state.volume_id)
+        scene = self.slicer.scene
+        if opened is None or opened.segmentationID is None or not self.state.click_segment:
+            return None
+        key = (scene.GetNodeByID(opened.volumeID), scene.GetNodeByID(opened.segmentationID), self.state.click_segment)
+        c = self.clicks
+        if c is None or (c.volume_node, c.segmentation_node, c.segment_id) != key:
+            try:
+                self.clicks = SegmentClicks(*key, threads=self.logic.threads or 2)
+            except LightSegError as err:  # no click model installed
+                self.state.error = str(err)
+                self.state.click_mode = False
+                return None
+            self._show_clicks(CLICK_HELP[self.state.click_action])
+        return self.clicks
+
+    def _on_slice_click(self, view) -> None:
+        interactor = view.interactor()
+        for observed, tag in self._click_observers:  # the click is ours: the slice view does not pan or window
+            if observed is interactor:
+                interactor.GetCommand(tag).SetAbortFlag(1)
+        clicks = self._click_controller()
+        if clicks is None:
+            return
+        x, y = interactor.GetEventPosition()
+        ras = view.get_view_node().GetXYToRAS().MultiplyPoint((x, y, 0.0, 1.0))[:3]
+        ijk = clicks.ras_to_ijk(ras)
+        with self.state:
+            if not clicks.inside(ijk):
+                self._show_clicks("That point is outside the volume.")
+                return
+            positive = self.state.click_action == "add" and not (interactor.GetShiftKey() or interactor.GetControlKey())
+            started = time.perf_counter()
+            clicks.write(clicks.click(ijk, positive))
+            self._show_clicks(f"{'Added' if positive else 'Removed'} at R {ras[0]:.1f}, A {ras[1]:.1f}, "
+                              f"S {ras[2]:.1f} mm, voxel ({ijk[0]}, {ijk[1]}, {ijk[2]}) in "
+                              f"{time.perf_counter() - started:.2f} s")
+
+    def click_undo(self) -> None:
+        clicks = self._click_controller()
+        if clicks is None:
+            return
+        labelmap = clicks.undo()
+        if labelmap is None:
+            self._show_clicks("Nothing to undo.")
+            return
+        clicks.write(labelmap)
+        self._show_clicks("Undone.")
+
+    def click_propagate(self, direction: int) -> None:
+        clicks = self._click_controller()
+        if clicks is None:
+            return
+        started = time.perf_counter()
+        try:
+            clicks.write(clicks.propagate(direction))
+        except LightSegError as err:
+            self._show_clicks(str(err))
+            return
+        self._show_clicks(f"Propagated {'up' if direction > 0 else 'down'} in {time.perf_counter() - started:.2f} s")
+
+    def _show_clicks(self, message: str) -> None:
+        """The segment's size as the scene holds it (and in the legend), then what the last action did."""
+        clicks = self.clicks
+        name = clicks.segmentation_node.GetSegmentation().GetSegment(clicks.segment_id).GetName()
+        voxels = clicks.voxels()
+        ml = voxels * float(np.prod(clicks.volume_node.GetSpacing())) / 1000.0
+        self.state.click_status = f"{name}: {voxels} voxels, {ml:.1f} mL. {message}"
+        self.state.legend = [{**item, "ml": f"{ml:.1f} mL"} if item["name"] == name else item
+                             for item in self.state.legend]
+
     # ------------------------------------------------------------------------------------------------ layout
     def _build_ui(self) -> None:
         limit_mb = self.workspace.max_upload_bytes / 1e6
@@ -360,6 +469,23 @@ class LightSegWebApp:
                             v3.VBtn(f".{fmt}", prepend_icon="mdi-download", size="small", id=f"download-{fmt.split('.')[0]}",
                                     click=f"utils.download(download_name + '.{fmt}', "
                                           f"trigger('lightseg_download', ['{fmt}']), '{mime}')")
+                    v3.VSwitch(label="Refine with clicks", v_model=("click_mode",), density="compact", color="primary",
+                               hide_details=True, id="click-mode", disabled=("running",))
+                    with html.Div(v_if="click_mode", id="clicks", classes="d-flex flex-column", style="gap: 6px"):
+                        v3.VSelect(label="Segment", items=("click_segments",), v_model=("click_segment",),
+                                   density="compact", hide_details=True, id="click-segment")
+                        with v3.VBtnToggle(v_model=("click_action",), mandatory=True, density="compact",
+                                           color="primary", variant="outlined", divided=True):
+                            v3.VBtn("+ add", value="add", size="small", id="click-add")
+                            v3.VBtn("- remove", value="remove", size="small", id="click-remove")
+                        with html.Div(classes="d-flex", style="gap: 8px"):
+                            v3.VBtn("Undo", click=self.click_undo, size="small", id="click-undo",
+                                    prepend_icon="mdi-undo")
+                            v3.VBtn("Propagate up", click=(self.click_propagate, "[1]"), size="small",
+                                    id="propagate-up")
+                            v3.VBtn("Propagate down", click=(self.click_propagate, "[-1]"), size="small",
+                                    id="propagate-down")
+                        html.Div("{{ click_status }}", classes="text-caption", id="click-status")
                 html.Div("{{ classification }}", v_if="classification", id="classification")
                 with html.Div(v_if="cardiac_choices.length > 1", id="cardiac"):
                     html.Div("Cardiac function", classes="text-subtitle-2")

@@ -184,7 +184,7 @@ def mrml(monkeypatch):
 
 @pytest.mark.slicer
 def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):
-    """The effect's MRML side (LightSeg/LightSegClicks.SegmentClicks) on a real scene: a click writes the selected
+    """The effect's MRML side (LightSegLogic.clicks.SegmentClicks) on a real scene: a click writes the selected
     segment through an oriented labelmap on the volume's grid, other segments keep every voxel, and a change made
     outside the session (the editor's undo) is where the next click starts from."""
     import sys
@@ -192,7 +192,7 @@ def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):
     import slicer
 
     sys.path.insert(0, str(REPO / "LightSeg"))
-    from LightSegClicks import SegmentClicks
+    from LightSegLogic import SegmentClicks
 
     path = shared("acdc/imagesTr/patient028_frame01.nii.gz")
     volume = mrml.volumes.AddArchetypeVolume(str(path), "cine")

@@ -1,7 +1,7 @@
 """The web app (``lightseg web``) in a real browser: Debian's Chromium, headless, driven by Playwright (no browser
 download), against the server started as a user starts it. The page is checked as a user sees it: the legend, the
 quality line, the segment colour in the slice view where the reference label is, the downloads against the CLI's
-own output, a damaged upload's one line, and Cancel.
+own output, a damaged upload's one line, Cancel, and a segment refined with clicks and undone.
 
 Set LIGHTSEG_WEB_SCREENSHOTS=docs/img to refresh the documentation's screenshots from this run.
 """
@@ -29,6 +29,7 @@ CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip("needs Debian's chromium (`make env` installs it)", allow_module_level=True)
 
+from LightSegLib.errors import LightSegError  # noqa: E402
 from LightSegLib.model_text import selector_label  # noqa: E402
 from LightSegLib.registry import get_model  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -267,3 +268,139 @@ def test_a_chest_xray_gets_the_cli_label_and_its_activation_map(page, tmp_path):
     deadline = time.time() + 20
     while np.abs(axial(page) - before).mean() < 5:  # the activation map laid over the radiograph
         assert time.time() < deadline, "the activation map never reached the slice view"
+
+
+def click_count(page) -> tuple[int, str]:
+    """The refined segment's voxel count as the server read it from the segmentation node, and the whole line."""
+    text = page.inner_text("#click-status")
+    return int(re.search(r": (\d+) voxels", text).group(1)), text
+
+
+def after(page, action, before: str, timeout_s: float = 30) -> tuple[int, str]:
+    """Do ``action``; the click line once the server has answered it (it always changes the line)."""
+    action()
+    page.wait_for_function(f"document.querySelector('#click-status').innerText != {json.dumps(before)}",
+                           timeout=timeout_s * 1000)
+    return click_count(page)
+
+
+TINT_AT = """([x, y, color]) => {
+    const img = document.querySelector('img.image-display-area');
+    if (!img || !img.complete || !img.naturalWidth) return false;
+    const canvas = document.createElement('canvas');
+    canvas.width = 5; canvas.height = 5;
+    const k = img.naturalWidth / img.clientWidth;
+    canvas.getContext('2d').drawImage(img, x * k - 2, y * k - 2, 5, 5, 0, 0, 5, 5);
+    const px = canvas.getContext('2d').getImageData(0, 0, 5, 5).data;
+    const mean = [0, 1, 2].map(c => px.filter((_, i) => i % 4 === c).reduce((a, b) => a + b, 0) / 25);
+    const m = (mean[0] + mean[1] + mean[2]) / 3, cm = (color[0] + color[1] + color[2]) / 3;
+    const dir = color.map(c => c - cm), norm = Math.hypot(...dir);
+    return mean.reduce((a, v, i) => a + (v - m) * dir[i] / norm, 0) > 15;
+}"""
+
+
+def wait_for_tint(page, x: int, y: int, color, timeout_s: float = 10) -> None:
+    """Until the frame the page shows has the colour at (x, y) of the axial view (checked at every animation frame,
+    in the page: a screenshot per check would take longer than what is measured)."""
+    page.wait_for_function(TINT_AT, arg=[x, y, list(color)], polling="raf", timeout=timeout_s * 1000)
+
+
+def seconds_to_new_frame(page, action) -> float:
+    """Seconds from ``action`` to the next frame of the axial view in the page (the same stack's own latency, beside
+    which a click's is read)."""
+    shown = page.evaluate("document.querySelector('img.image-display-area').src")
+    started = time.perf_counter()
+    action()
+    page.wait_for_function("src => document.querySelector('img.image-display-area').src != src", arg=shown,
+                           polling="raf", timeout=10_000)
+    return round(time.perf_counter() - started, 3)
+
+
+def shift_click(page, x: float, y: float) -> None:
+    page.keyboard.down("Shift")
+    page.mouse.click(x, y)
+    page.keyboard.up("Shift")
+
+
+def clicked_ras(text: str) -> list[float]:
+    return [float(v) for v in re.search(r"at R (\S+), A (\S+), S (\S+) mm", text).groups()]
+
+
+def outside_point(image: np.ndarray, color) -> tuple[int, int]:
+    """An untinted body pixel (soft tissue grey) of the view, far from the segment's colour, nearest the centre."""
+    from scipy import ndimage
+
+    tinted = np.array([[tint_towards(px, color) > 15 for px in row] for row in image[::4, ::4]])
+    far = ndimage.distance_transform_edt(~tinted) * 4 > 40
+    grey = image[::4, ::4]
+    body = (grey.mean(-1) > 90) & (grey.mean(-1) < 200) & (np.ptp(grey, -1) < 4)
+    ys, xs = np.nonzero(far & body)
+    assert ys.size, "no body pixel away from the segment in the view"
+    h, w = tinted.shape
+    nearest = int(np.argmin((ys - h / 2) ** 2 + (xs - w / 2) ** 2))
+    return int(ys[nearest] * 4), int(xs[nearest] * 4)
+
+
+def test_clicks_refine_the_liver_and_undo_restores_it(page, shots, tmp_path):
+    """Refine with clicks on the bundled CT: a Shift-click inside the liver removes, a click outside it adds, where
+    the reference says those points are; each click reaches the slice view; Undo gives back the CLI's exact labels."""
+    try:
+        get_model("click-refine")
+    except LightSegError:
+        pytest.skip("no click model is registered (click-refine): the registry has none to refine with")
+    ct = tmp_path / "ct_clicks.nii.gz"
+    shutil.copy(CT, ct)
+    open_file(page, ct)
+    choose_model(page, "liver-ct")
+    liver = get_model("liver-ct").labels[0]["color"]
+    segment_and_wait_until_shown(page, liver)
+    _, centred_at = shown_point(page)
+    page.click("#click-mode")
+    page.wait_for_function("document.querySelector('#click-status')?.innerText.includes('voxels')",
+                           timeout=30_000)
+    original, line = click_count(page)
+    view = page.locator("img.image-display-area").first
+    box = view.bounding_box()
+
+    removed, line = after(page, lambda: shift_click(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2),
+                          line)
+    assert line.split(". ", 1)[1].startswith("Removed") and removed < original
+    ras = clicked_ras(line)
+    assert reference_value_at(CT_REFERENCE, ras) == LIVER_IN_REFERENCE, ras
+    assert np.linalg.norm(np.subtract(ras, centred_at)) < 4.5, (ras, centred_at)  # the view's centre, within a voxel
+    restored, line = after(page, lambda: page.click("#click-undo"), line)
+    assert restored == original
+    _, line = after(page, lambda: page.click("#click-remove"), line)  # the toggle instead of the modifier:
+    again, line = after(page, lambda: page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2),
+                        line)
+    assert line.split(". ", 1)[1].startswith("Removed") and again == removed  # the same click, the same answer
+    restored, line = after(page, lambda: page.click("#click-undo"), line)
+    assert restored == original
+    _, line = after(page, lambda: page.click("#click-add"), line)
+
+    y, x = outside_point(axial(page), liver)
+    clicked = time.perf_counter()
+    added, line = after(page, lambda: page.mouse.click(box["x"] + x, box["y"] + y), line)
+    assert line.split(". ", 1)[1].startswith("Added") and added > original
+    assert reference_value_at(CT_REFERENCE, clicked_ras(line)) != LIVER_IN_REFERENCE
+    wait_for_tint(page, x, y, liver)
+    TIMINGS["click_to_screen_s"] = round(time.perf_counter() - clicked, 3)
+    TIMINGS["click_server_s"] = float(re.search(r"in (\S+) s", line).group(1))
+    page.screenshot(path=str(shots / "web_clicks.png"))
+
+    restored, line = after(page, lambda: page.click("#click-undo"), line)
+    assert restored == original
+    unchanged, line = after(page, lambda: page.click("#click-undo"), line)
+    assert line.endswith("Nothing to undo.") and unchanged == original
+    grown, line = after(page, lambda: page.click("#propagate-up"), line)
+    assert grown >= original and "Propagated up" in line, line  # propagation only adds
+    TIMINGS["propagate_server_s"] = float(re.search(r"in (\S+) s", line).group(1))
+    restored, line = after(page, lambda: page.click("#click-undo"), line)
+    assert restored == original
+
+    cli = lightseg("segment", "--model", "liver-ct", "--threads", "2", CT, tmp_path / "cli.nii.gz")
+    assert cli.returncode == 0, cli.stderr
+    assert_same_labels(download(page, "#download-nii", tmp_path / "web.nii.gz"), tmp_path / "cli.nii.gz")
+    page.locator(".slice-slider .v-slider-thumb").first.focus()
+    TIMINGS["slice_step_idle_s"] = seconds_to_new_frame(page, lambda: page.keyboard.press("PageUp"))
+    page.click("#click-mode")

@@ -5,6 +5,7 @@
 - results.py: the job's labelmap into MRML as named segments, on the input's grid and beside it in the hierarchy
 - classification.py: a radiograph classified in-process, its activation map as a volume
 - install.py: packages inference needs that Slicer lacks, installed only through the caller's installer
+- clicks.py: ``SegmentClicks``, one segment refined with clicks (the Slicer effect and the web app drive it)
 - measures.py: label arrays from segmentations, Dice against a reference, the cardiac function table
 The words describing a model are LightSegLib.model_text, shared with ``lightseg models``.
 
@@ -23,10 +24,11 @@ except ImportError:  # running from a source checkout: LightSegLib sits two fold
 from LightSegLib.errors import LightSegError
 
 from .classification import ClassificationResult
+from .clicks import SegmentClicks
 from .install import MissingDependencyError, missingPackages
 from .job import JobState, SegmentationJob
 from .logic import LightSegLogic, OutputExistsError
 from .process import ProcessRunner
 
 __all__ = ["ClassificationResult", "JobState", "LightSegError", "LightSegLogic", "MissingDependencyError",
-           "OutputExistsError", "ProcessRunner", "SegmentationJob", "missingPackages"]
+           "OutputExistsError", "ProcessRunner", "SegmentClicks", "SegmentationJob", "missingPackages"]
