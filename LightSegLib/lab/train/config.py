@@ -86,19 +86,31 @@ CLASSIFIER = {
     "compress": ("ratios", "epochs", "lr", "warmup_epochs", "bn_l1", "kd_weight", "kd_temperature"),
     "publish": ("card", "status", "plots"),
 }
+#: Keys a classifier's recipe may leave out, at the values the shipped recipe (configs/models/pneumonia-cxr.toml,
+#: which has none of them) ran with: ``held_out``, the share of the children the shipped model never saw kept out
+#: for the final scoring (``lab.data.cxr.split_with_held_out``); ``label_smoothing`` of the cross-entropy;
+#: ``balanced``, each epoch's images drawn with equal weight per class (with replacement); ``appearance``, each
+#: training image through a random chain of the protocol's transformation families (``lab.data.cxr_augment``).
+CLASSIFIER_OPTIONAL = {"data": {"held_out": 0.0},
+                       "train": {"label_smoothing": 0.0, "balanced": False, "appearance": False}}
 
 
 def _classifier(path: Path, raw: dict) -> dict:
-    """Every section and key of ``CLASSIFIER``, none else: a typo would otherwise train another recipe."""
+    """Every section and key of ``CLASSIFIER``, none else but ``CLASSIFIER_OPTIONAL``'s (filled in where left
+    out): a typo would otherwise train another recipe."""
     sections = set(raw) - {"task"}
     wrong = sorted(sections ^ set(CLASSIFIER))
     if wrong:
         raise LightSegError(f"config {path}: a classifier's config has the sections {', '.join(CLASSIFIER)} "
                             f"(not: {', '.join(wrong)})")
     for section, keys in CLASSIFIER.items():
-        wrong = sorted(set(raw[section]) ^ set(keys))
+        optional = CLASSIFIER_OPTIONAL.get(section, {})
+        wrong = sorted((set(raw[section]) - set(optional)) ^ set(keys))
         if wrong:
-            raise LightSegError(f"config {path}: [{section}] has the keys {', '.join(keys)} (not: {', '.join(wrong)})")
+            may = f", and may have {', '.join(optional)}" if optional else ""
+            raise LightSegError(f"config {path}: [{section}] has the keys {', '.join(keys)}{may} "
+                                f"(not: {', '.join(wrong)})")
+        raw[section] = optional | raw[section]
     return raw
 
 

@@ -34,22 +34,12 @@ from ..nets import build
 from ..nets.blocks import count_params
 from .trainer import Every, Recipe, ResumableState, cpu_has_bf16, train_loop
 
-#: Keys a recipe may add to ``[data]`` and ``[train]``, at the values the shipped recipe
-#: (``configs/models/pneumonia-cxr.toml``, which has none of them) ran with: ``held_out``, the share of the
-#: children the shipped model never saw kept out for the final scoring (``cxr.split_with_held_out``);
-#: ``label_smoothing`` of the cross-entropy; ``balanced``, each epoch's images drawn with equal weight per class
-#: (with replacement) for the 1:2.9 imbalance of the whole folder; ``appearance``, each training image through a
-#: random chain of the protocol's transformation families (``cxr_augment.appearance``) before its preprocessing.
-ADDED_KEYS = {"data": {"held_out": 0.0},
-              "train": {"label_smoothing": 0.0, "balanced": False, "appearance": False}}
-
-
 def stage_settings(cfg: dict, stage: str) -> dict:
     """The flat settings ``fit`` reads and a checkpoint records as its ``config``: the data and train sections,
     with the compress section over them for ``compress`` (``data`` is the dataset folder)."""
-    data = ADDED_KEYS["data"] | cfg["data"]
+    data = cfg["data"]
     flat = {"data": data["dataset"], "size": data["size"], "val_fraction": data["val_fraction"],
-            "held_out": data["held_out"], **ADDED_KEYS["train"], **cfg["train"]}
+            "held_out": data["held_out"], **cfg["train"]}
     return flat | cfg["compress"] if stage == "compress" else flat
 
 
