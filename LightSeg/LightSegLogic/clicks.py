@@ -10,6 +10,8 @@ import vtk
 from LightSegLib.interactive import InteractiveSession
 from vtk.util import numpy_support
 
+from .measures import exportedSegments
+
 
 class SegmentClicks:
     """One segment of a segmentation node refined on the grid of its source volume node.
@@ -38,19 +40,11 @@ class SegmentClicks:
 
     def segment_array(self) -> np.ndarray:
         """The segment as it is in the scene, [k, j, i] 0/1 on the volume's grid."""
-        scene = self.segmentation_node.GetScene()
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(self.segment_id)
-        label = slicer.vtkMRMLLabelMapVolumeNode()
-        scene.AddNode(label)
-        try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                    self.segmentation_node, ids, label, self.volume_node):
-                return np.zeros(self.session.mask.shape, np.uint8)
-            values = numpy_support.vtk_to_numpy(label.GetImageData().GetPointData().GetScalars())
-            return (values.reshape(self.session.mask.shape) > 0).astype(np.uint8)
-        finally:
-            scene.RemoveNode(label)
+        exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, [self.segment_id],
+                                    self.volume_node)
+        if exported is None:
+            return np.zeros(self.session.mask.shape, np.uint8)
+        return (exported.reshape(self.session.mask.shape) > 0).astype(np.uint8)
 
     def voxels(self) -> int:
         """How many voxels the segment has in the scene (its layer is read in place, nothing exported)."""

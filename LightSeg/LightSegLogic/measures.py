@@ -17,29 +17,39 @@ def labelArray(scene, segmentationNode, referenceVolumeNode, valuesByName: dict)
     get the given values, others are left out. Works for sequence data nodes too."""
     wanted = {name.strip().lower(): value for name, value in valuesByName.items()}
     segmentation = segmentationNode.GetSegmentation()
-    ids = vtk.vtkStringArray()
-    values = []
+    ids, values = [], []
     for i in range(segmentation.GetNumberOfSegments()):
         value = wanted.get(segmentation.GetNthSegment(i).GetName().strip().lower())
         if value is not None:
-            ids.InsertNextValue(segmentation.GetNthSegmentID(i))
+            ids.append(segmentation.GetNthSegmentID(i))
             values.append(value)
     if not values:
         raise LightSegError(f"'{segmentationNode.GetName()}' has no segment named "
                             f"{', '.join(valuesByName)}")
+    exported = exportedSegments(scene, segmentationNode, ids, referenceVolumeNode)
+    if exported is None:
+        raise LightSegError("could not export the segments to a labelmap")
+    out = np.zeros(exported.shape, np.uint8)
+    for order, value in enumerate(values, start=1):  # exported values follow the order of ids
+        out[exported == order] = value
+    return out
+
+
+def exportedSegments(scene, segmentationNode, segmentIds: list, referenceVolumeNode) -> np.ndarray | None:
+    """The segments as a [k, j, i] array on the reference volume's grid, the n-th id as value n; None where
+    Slicer cannot export them. A temporary labelmap node carries them and leaves the scene again."""
+    ids = vtk.vtkStringArray()
+    for segmentId in segmentIds:
+        ids.InsertNextValue(segmentId)
     label = slicer.vtkMRMLLabelMapVolumeNode()
     scene.AddNode(label)
     try:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                 segmentationNode, ids, label, referenceVolumeNode):
-            raise LightSegError("could not export the segments to a labelmap")
+            return None
         dims = label.GetImageData().GetDimensions()
         exported = numpy_support.vtk_to_numpy(label.GetImageData().GetPointData().GetScalars())
-        exported = exported.reshape(dims[2], dims[1], dims[0])
-        out = np.zeros(exported.shape, np.uint8)
-        for order, value in enumerate(values, start=1):  # exported values follow the order of ids
-            out[exported == order] = value
-        return out
+        return exported.reshape(dims[2], dims[1], dims[0])
     finally:
         scene.RemoveNode(label)
 
