@@ -186,7 +186,7 @@ def test_lightseg_train_runs_the_classifier_stages_of_its_config(tmp_path):
 
 
 def test_threshold_and_calibration_metrics_by_hand():
-    from LightSegLib.lab.train.cxr_report import confusion, ece, roc_curve, youden_threshold
+    from LightSegLib.lab.binary_metrics import confusion, ece, roc_curve, youden_threshold
 
     prob = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9])
     y = np.array([0, 0, 1, 1, 0, 1])
@@ -422,9 +422,8 @@ def test_old_subset_is_the_shipped_models_data_and_new_patients_are_unseen():
 
 
 def test_protocol_figures_threshold_rule_and_temperature_by_hand():
-    from LightSegLib.lab.cxr_protocol import (fit_temperature, figures, logit, rank_auc,
-                                              threshold_for_specificity)
-    from LightSegLib.lab.train.cxr_report import roc_curve
+    from LightSegLib.lab.binary_metrics import rank_auc, roc_curve
+    from LightSegLib.lab.cxr_protocol import fit_temperature, figures, logit, threshold_for_specificity
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 3, 4000)

@@ -3,12 +3,14 @@ validation part drawn from the training pool says.
 
 Why: pneumonia-cxr 0.1.0 scored accuracy 0.972 on its validation part (393 images of children split off the 2,000
 it was trained from) and 0.856 on the Kermany test split scored independently; the threshold tuned on the
-validation part did not transfer. The protocol scores the shipped ONNX model through the runtime
-(``LightSegLib.classify.Classifier``, images read from their files) on three sets:
+validation part did not transfer. The protocol scores a registered ONNX model through the runtime
+(``LightSegLib.classify.Classifier``, images read from their files) on three sets, drawn by the split its recipe
+trained with (``recipe``: the config its ``reproduce`` line names):
 
-- ``validation``: the old subset's validation part (``cxr.split(cxr.old_subset(...))``), as the card did;
-- ``new_patients``: every image of the full training split whose child has no image in the old subset, so no image
-  of that child was seen in training, threshold choice or calibration;
+- ``validation``: the validation part of that split, which chose the card's threshold;
+- ``new_patients``: children the model never saw: the split's held-out part, or for 0.1.0 (no held-out part,
+  trained when the folder held the old subset) every image whose child has no image in the old subset; no image of
+  those children was seen in training, threshold choice or calibration;
 - ``shifted``: each set again through every transformation of ``SHIFTS``, as another scanner, another processing
   chain or another export would give it. The transformations and their parameters were fixed in this file before
   anything was scored, and are not tuned on any result.
@@ -24,15 +26,21 @@ shifted check and written down before ``evaluate`` computes any figure of a new 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 
 from ..classify import Classifier, read_radiograph
+from ..errors import LightSegError
 from ..machine import machine
 from ..registry import get_model
+from .binary_metrics import confusion, ece, rank_auc
 from .data import cxr as radiographs
 from .data import cxr_augment as shift
+from .train.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: The issue's targets; the rule below is written against the specificity target.
 TARGETS = {"accuracy": 0.92, "sensitivity": 0.95, "specificity": 0.85, "auc": 0.97}
@@ -69,21 +77,7 @@ SHIFTS = {
 
 
 # ---------------------------------------------------------------- figures
-def rank_auc(prob: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count half): fast enough for a thousand bootstrap rounds."""
-    from scipy.stats import rankdata
-
-    pos = y == 1
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = rankdata(prob)
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def _point(prob: np.ndarray, y: np.ndarray, threshold: float) -> dict:
-    from .train.cxr_report import confusion
-
     c = confusion(prob, y, threshold)
     return {"accuracy": c["accuracy"], "sensitivity": c["sensitivity"], "specificity": c["specificity"],
             "accuracy_at_test_prevalence": TEST_PREVALENCE * c["sensitivity"]
@@ -92,8 +86,6 @@ def _point(prob: np.ndarray, y: np.ndarray, threshold: float) -> dict:
 
 def figures(prob, y, children, threshold: float, rounds: int = 1000, seed: int = 0) -> dict:
     """Point figures at ``threshold``, their 95% intervals (bootstrap over children) and the ECE."""
-    from .train.cxr_report import confusion, ece
-
     prob, y, children = np.asarray(prob, float), np.asarray(y), np.asarray(children)
     point = _point(prob, y, threshold)
     ids, inverse = np.unique(children, return_inverse=True)
@@ -136,12 +128,38 @@ def with_temperature(prob, t: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- scoring
-def sets(root) -> dict[str, list[tuple[Path, int]]]:
-    """The shipped model's validation part (its config's split of the old subset) and the new patients."""
+def recipe(entry: dict) -> dict:
+    """The split a registered classifier was trained with, from the config its ``reproduce`` line trains from
+    (``--config``, relative to the repository): ``held_out``, ``val_fraction``, ``seed`` and that config."""
+    words = shlex.split(entry["reproduce"])
+    if "--config" not in words:
+        raise LightSegError(f"{entry['id']}: its reproduce line names no --config, so its split is unknown")
+    config = words[words.index("--config") + 1]
+    cfg = load_config(REPO / config)
+    return {"config": config, "held_out": float(cfg["data"]["held_out"]),
+            "val_fraction": float(cfg["data"]["val_fraction"]), "seed": int(cfg["train"]["seed"])}
+
+
+def sets(root, split: dict) -> dict[str, list[tuple[Path, int]]]:
+    """The validation part of the model's split and its new patients: with a held-out part
+    (``cxr.split_with_held_out``), that part; without one (0.1.0, trained when the folder held the old subset),
+    every image whose child has no image in the old subset."""
     items = radiographs.list_images(root)
+    if split["held_out"] > 0:
+        parts = radiographs.split_with_held_out(items, split["held_out"], split["val_fraction"], split["seed"])
+        return {"validation": parts["val"], "new_patients": parts["held_out"]}
     old = radiographs.old_subset(items)
-    return {"validation": radiographs.split(old, 0.2, 0)["val"],
+    return {"validation": radiographs.split(old, split["val_fraction"], split["seed"])["val"],
             "new_patients": radiographs.unseen_patients(items, old)}
+
+
+def new_patients_rule(split: dict) -> str:
+    """What ``sets`` takes as new patients, for the card."""
+    if split["held_out"] > 0:
+        return (f"the held-out part of the model's split: {split['held_out']:.0%} of the children 0.1.0 never saw, "
+                "drawn by child hash and used for nothing before this scoring (`cxr.split_with_held_out`)")
+    return ("the images of the full 5,216-image training split whose child has no image in the 2,000 the model was "
+            "trained from (`cxr.unseen_patients`)")
 
 
 def score(classifier: Classifier, items, shift: str | None = None) -> list[float]:
@@ -188,24 +206,23 @@ def report_set(record: dict, thresholds: dict, temperature: float) -> dict:
                      "shifted (pooled)": figures(*pooled, t),
                      "per shift": {s: figures(record["prob"][s], y_shifted, children_shifted, t, rounds=200)
                                    for s in SHIFTS}}
-    from .train.cxr_report import ece
-
     out["temperature"] = {"T": temperature,
                           "ece_as_read": ece(with_temperature(record["prob"]["none"], temperature), y)[0],
                           "ece_shifted": ece(with_temperature(pooled[0], temperature), pooled[1])[0]}
     return out
 
 
-def fix(root, out: Path, threads: int = 2, log=print) -> dict:
+def fix(root, out: Path, threads: int = 2, model: str = "pneumonia-cxr", log=print) -> dict:
     """Step 1, before any new patient is scored: the validation part and its shifted check, the rule's threshold
     and the temperature, written to ``out``."""
-    card = get_model("pneumonia-cxr")
+    card = get_model(model)
+    split = recipe(card.entry)
     classifier = Classifier(card, threads=threads)
-    validation = sets(root)["validation"]
+    validation = sets(root, split)["validation"]
     log(f"validation: {len(validation)} images")
     record = score_set(classifier, validation, log=log)
     prob, y, _ = _pooled(record)
-    fixed = {"model": card.id, "version": card.version, "sha256": card.sha256, "rule": THRESHOLD_RULE,
+    fixed = {"model": card.id, "version": card.version, "sha256": card.sha256, "split": split, "rule": THRESHOLD_RULE,
              "shifts": list(SHIFTS), "card_threshold": float(card.threshold),
              "rule_threshold": threshold_for_specificity(prob, y, TARGETS["specificity"]),
              "temperature": fit_temperature(record["prob"]["none"], record["labels"]),
@@ -215,30 +232,36 @@ def fix(root, out: Path, threads: int = 2, log=print) -> dict:
     return fixed
 
 
-def score_new_patients(root, out: Path, threads: int = 2, log=print) -> dict:
+def score_new_patients(root, out: Path, threads: int = 2, model: str = "pneumonia-cxr", log=print) -> dict:
     """The new patients' probabilities, as read and shifted, and nothing computed from them (it may run beside
     ``fix``: no figure of a new patient exists before ``evaluate``)."""
-    card = get_model("pneumonia-cxr")
-    new = sets(root)["new_patients"]
+    card = get_model(model)
+    split = recipe(card.entry)
+    new = sets(root, split)["new_patients"]
     log(f"new patients: {len(new)} images, every {NEW_SHIFTED_EVERY}th under the shifts")
     record = score_set(Classifier(card, threads=threads), new, NEW_SHIFTED_EVERY, log)
-    out.write_text(json.dumps({"sha256": card.sha256, "shifts": list(SHIFTS), "new_patients": record}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"sha256": card.sha256, "split": split, "shifts": list(SHIFTS), "new_patients": record}))
     return record
 
 
 def evaluate(fixed_path: Path, scored_path: Path, out: Path) -> dict:
-    """Every figure of the protocol, at the thresholds ``fix`` wrote down."""
+    """Every figure of the protocol, at the thresholds ``fix`` wrote down; ``sha256`` names the ONNX file scored,
+    so a card is filled only from the record of its own weights."""
     fixed, scored = json.loads(Path(fixed_path).read_text()), json.loads(Path(scored_path).read_text())
-    card = get_model("pneumonia-cxr")
-    if {fixed["sha256"], scored["sha256"]} != {card.sha256} or fixed["shifts"] != list(SHIFTS) != scored["shifts"]:
-        raise SystemExit(f"{fixed_path} or {scored_path} is of another model or other shifts: run them again")
+    card = get_model(fixed["model"])
+    if ({fixed["sha256"], scored["sha256"]} != {card.sha256} or fixed["split"] != scored["split"]
+            or not fixed["shifts"] == list(SHIFTS) == scored["shifts"]):
+        raise LightSegError(f"{fixed_path} or {scored_path} is of other weights, another split or other shifts "
+                            f"than the registered {card.id}: run fix and score again")
     thresholds = {"card": fixed["card_threshold"], "rule": fixed["rule_threshold"], "0.5": 0.5}
-    result = {k: fixed[k] for k in ("model", "version", "sha256", "rule", "shifts", "card_threshold",
+    result = {k: fixed[k] for k in ("model", "version", "sha256", "split", "rule", "shifts", "card_threshold",
                                     "rule_threshold", "temperature", "machine", "threads")}
     result["new_patients_shifted_every"] = NEW_SHIFTED_EVERY
     result["validation"] = report_set(fixed["validation"], thresholds, fixed["temperature"])
     result["new_patients"] = report_set(scored["new_patients"], thresholds, fixed["temperature"])
     result["decision"] = decide(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     return result
 
@@ -288,7 +311,7 @@ def card_fields(result: dict) -> dict[str, str]:
              f"{ci(new[t]['as read'], 'specificity')}" for t in ("rule", "0.5")}
     return {
         "protocol_validation": f"{base['images']:,} images, {base['children']:,} children",
-        "protocol_new_patients": (f"{new['card']['as read']['images']:,} images "
+        "protocol_new_patients": (f"{new_patients_rule(result['split'])}: {new['card']['as read']['images']:,} images "
                                   f"({new['card']['as read']['images'] - new['card']['as read']['pneumonia']:,} "
                                   f"NORMAL, {new['card']['as read']['pneumonia']:,} PNEUMONIA, "
                                   f"{new['card']['as read']['children']:,} children)"),

@@ -21,11 +21,14 @@ from torch import nn
 from ...classify import Classifier, read_radiograph
 from ...errors import LightSegError
 from ...machine import machine, machine_line
-from ...registry import ModelCard, models_dir, sha256_of
+from ...registry import ModelCard, get_model, models_dir, sha256_of
+from ..binary_metrics import confusion, ece, roc_curve, youden_threshold
+from ..cxr_protocol import REPO, card_fields, recipe
 from ..data import cxr as radiographs
 from ..export import count_macs, parity
 from ..nets.blocks import count_params
 from ..publish.writer import attach_file, register_model
+from .config import load_config
 from .cxr import final_checkpoint, load_net, roc_auc
 
 
@@ -50,43 +53,7 @@ def export(net, path: Path, size: int) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- metrics
-def confusion(prob: np.ndarray, y: np.ndarray, threshold: float) -> dict:
-    pred = prob >= threshold
-    tp, tn = int((pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
-    fp, fn = int((pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
-    return {"accuracy": (tp + tn) / len(y), "sensitivity": tp / max(1, tp + fn), "specificity": tn / max(1, tn + fp),
-            "tp": tp, "tn": tn, "fp": fp, "fn": fn}
-
-
-def roc_curve(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false-positive rate, true-positive rate, thresholds), one point per distinct score, descending."""
-    thresholds = np.unique(prob)[::-1]
-    tpr = np.array([((prob >= t) & (y == 1)).sum() / max(1, (y == 1).sum()) for t in thresholds])
-    fpr = np.array([((prob >= t) & (y == 0)).sum() / max(1, (y == 0).sum()) for t in thresholds])
-    return np.r_[0.0, fpr, 1.0], np.r_[0.0, tpr, 1.0], np.r_[1.0, thresholds, 0.0]
-
-
-def youden_threshold(prob: np.ndarray, y: np.ndarray) -> float:
-    fpr, tpr, thr = roc_curve(prob, y)
-    return float(thr[int(np.argmax(tpr - fpr))])
-
-
-def ece(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
-    """Expected calibration error of the positive-class probability, and the reliability table."""
-    edges = np.linspace(0, 1, bins + 1)
-    rows, total = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (prob >= lo) & ((prob < hi) if hi < 1 else (prob <= hi))
-        if not inside.any():
-            continue
-        mean_p, frac = float(prob[inside].mean()), float(y[inside].mean())
-        rows.append({"bin": [float(lo), float(hi)], "n": int(inside.sum()), "mean_probability": mean_p,
-                     "positive_fraction": frac})
-        total += inside.sum() / len(y) * abs(mean_p - frac)
-    return float(total), rows
-
-
+# ---------------------------------------------------------------- threshold
 def bootstrap_threshold(prob: np.ndarray, y: np.ndarray, rounds: int = 500, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     thresholds, oob_acc = [], []
@@ -95,7 +62,8 @@ def bootstrap_threshold(prob: np.ndarray, y: np.ndarray, rounds: int = 500, seed
         left = np.setdiff1d(np.arange(len(y)), idx)
         t = youden_threshold(prob[idx], y[idx])
         thresholds.append(t)
-        oob_acc.append(confusion(prob[left], y[left], t)["accuracy"])
+        if len(left):  # a resample of a few images may draw every one of them
+            oob_acc.append(confusion(prob[left], y[left], t)["accuracy"])
     q = lambda a: [float(v) for v in np.percentile(a, [5, 50, 95])]  # noqa: E731
     return {"rounds": rounds, "threshold_p5_p50_p95": q(thresholds), "out_of_bag_accuracy_p5_p50_p95": q(oob_acc)}
 
@@ -184,7 +152,8 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     compressed, c_ckpt = load_net(compressed_ckpt)
     cfg = c_ckpt["config"]
     size = int(cfg["size"])
-    parts = radiographs.split(radiographs.list_images(cfg["data"]), cfg["val_fraction"], cfg["seed"])
+    parts = radiographs.split_with_held_out(radiographs.list_images(cfg["data"]), cfg["held_out"],
+                                            cfg["val_fraction"], cfg["seed"])
     val_paths = [p for p, _ in parts["val"]]
     y = np.array([label for _, label in parts["val"]])
     files = {"baseline": export(baseline, run_dir / "baseline.onnx", size), "compressed": export(compressed, onnx_out, size)}
@@ -204,7 +173,7 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     comp["bootstrap"] = bootstrap_threshold(np.array(comp["probabilities"]), y)
     latency = side_by_side_latency(files, size, threads)
     summary = {"machine": machine(), "threads": threads, "size": size, "validation_images": len(y),
-               "validation_positive": int(y.sum()), "latency": latency,
+               "validation_positive": int(y.sum()), "held_out_images": len(parts["held_out"]), "latency": latency,
                "points": json.loads((Path(compressed_ckpt).parent / "points.json").read_text())
                if (Path(compressed_ckpt).parent / "points.json").is_file() else None,
                "results": results, "ratios": c_ckpt.get("ratios")}
@@ -227,7 +196,9 @@ def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, 
         "file": onnx_path.name, "sha256": sha256_of(onnx_path), "params": comp["params"], "macs": comp["macs"],
         "architecture": spec, "reproduce": reproduce,
         "metrics": {"split": f"validation ({summary['validation_images']} images by patient, "
-                             f"{summary['validation_positive']} pneumonia)",
+                             f"{summary['validation_positive']} pneumonia"
+                             + (f"; {summary['held_out_images']} images of other children held out for the "
+                                "protocol)" if summary["held_out_images"] else ")"),
                     "validation": _fig(comp), "baseline_validation": _fig(summary["results"]["baseline"]),
                     "threshold_bootstrap": comp["bootstrap"], "points": summary["points"],
                     "latency_ms_per_image": summary["latency"], "machine": summary["machine"],
@@ -236,10 +207,13 @@ def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, 
     return entry
 
 
-def card_markdown(summary: dict, entry: dict, template: Path) -> str:
-    """``configs/cards/ID.md.in`` with its ``{{name}}`` fields filled from the measured summary."""
-    b, c = summary["results"]["baseline"], summary["results"]["compressed"]
-    lat = summary["latency"]
+def card_markdown(entry: dict, template: Path, protocol: dict | None) -> str:
+    """``configs/cards/ID.md.in`` with its ``{{name}}`` fields filled from the registry entry's measurements, and
+    the protocol section (between ``<!-- protocol -->`` and ``<!-- /protocol -->``) from ``protocol``, the
+    ``ID.eval.json`` record, if it scored these very weights; otherwise that section says it has not."""
+    m = entry["metrics"]
+    b, c = m["baseline_validation"], m["validation"]
+    lat = m["latency_ms_per_image"]
 
     def row(name, r, ms):
         t = r["at_threshold"]
@@ -251,31 +225,55 @@ def card_markdown(summary: dict, entry: dict, template: Path) -> str:
         "| model | params | MACs | ONNX file | latency (median) | accuracy | sensitivity | specificity | ROC AUC | ECE "
         "| threshold |", "|---|---|---|---|---|---|---|---|---|---|---|",
         row("ResNet50 (uncompressed)", b, lat["baseline"]["median_ms"]),
-        row("pneumonia-cxr (pruned + Ghost, fine-tuned)", c, lat["compressed"]["median_ms"])])
+        row(f"{entry['id']} (pruned + Ghost, fine-tuned)", c, lat["compressed"]["median_ms"])])
     at05 = "\n".join(f"- {name}: accuracy {r['at_0.5']['accuracy']:.3f}, sensitivity {r['at_0.5']['sensitivity']:.3f}, "
                      f"specificity {r['at_0.5']['specificity']:.3f}" for name, r in (("ResNet50", b),
-                                                                                    ("pneumonia-cxr", c)))
+                                                                                    (entry["id"], c)))
     points = "\n".join(["| point | params | validation accuracy (p >= 0.5) | ROC AUC |", "|---|---|---|---|"]
                        + [f"| {p['point']} | {p['params']:,} | {p['val_acc']:.3f} | {p['val_auc']:.4f} |"
-                          for p in summary["points"] or []])
-    boot = c["bootstrap"]
+                          for p in m["points"] or []])
+    boot = m["threshold_bootstrap"]
     fields = {
         "table": table, "at_0.5": at05, "points": points,
-        "machine": machine_line(summary["machine"], summary["threads"]),
+        "machine": machine_line(m["machine"], m["threads"]),
         "speedup": f"{lat['baseline']['median_ms'] / lat['compressed']['median_ms']:.1f}",
         "threshold": f"{c['threshold']:.3f}",
         "boot_threshold": ", ".join(f"{v:.3f}" for v in boot["threshold_p5_p50_p95"]),
         "boot_accuracy": ", ".join(f"{v:.3f}" for v in boot["out_of_bag_accuracy_p5_p50_p95"]),
-        "ratios": ", ".join(str(r) for r in summary["ratios"]), "size": str(summary["size"]),
-        "validation_images": str(summary["validation_images"]), "reproduce": entry["reproduce"],
-        "status": entry["status"],
+        "ratios": ", ".join(str(r) for r in load_config(REPO / recipe(entry)["config"])
+                            ["compress"]["ratios"]),
+        "size": str(entry["input"]["size"]), "split": m["split"], "training_data": entry["training_data"],
+        "reproduce": entry["reproduce"], "status": entry["status"],
     }
     text = Path(template).read_text()
+    head, rest = text.split("<!-- protocol -->\n")
+    section, tail = rest.split("<!-- /protocol -->\n")
+    if protocol is not None and protocol["sha256"] == entry["sha256"]:
+        fields |= card_fields(protocol)
+    else:
+        section = (f"The protocol has not scored these weights (sha256 {entry['sha256'][:12]}) yet: "
+                   f"`python benchmarks/cxr_protocol.py fix --model {entry['id']} --out runs/cxr_protocol/fixed.json`"
+                   f" and `score --model {entry['id']} --out runs/cxr_protocol/new.json`, then `evaluate "
+                   f"runs/cxr_protocol/fixed.json runs/cxr_protocol/new.json --out "
+                   f"Resources/Models/{entry['id']}.eval.json --card` fill this section.\n\n")
+    text = head + section + tail
     for key, value in fields.items():
         text = text.replace("{{" + key + "}}", value)
     if "{{" in text:
         raise LightSegError(f"{template}: unfilled field {text[text.index('{{'):text.index('{{') + 30]}")
     return text
+
+
+def write_card(model_id: str, folder: Path | None = None) -> Path:
+    """Render the registered classifier's card beside it, from its entry and ``ID.eval.json`` (no retraining):
+    the template is the one its recipe's ``[publish] card`` names."""
+    card = get_model(model_id, folder)
+    cfg = load_config(REPO / recipe(card.entry)["config"])
+    record = card.folder / f"{model_id}.eval.json"
+    protocol = json.loads(record.read_text()) if record.is_file() else None
+    out = card.folder / card.entry["card"]
+    out.write_text(card_markdown(card.entry, (REPO / cfg["publish"]["card"]).with_suffix(".md.in"), protocol))
+    return out
 
 
 def reproduce_line(config_path, run) -> str:
@@ -302,5 +300,4 @@ def publish(cfg: dict, run: Path, config_path) -> None:
     appearance = folder / f"{card['id']}.appearance.onnx"  # made from the inputs, not the weights: it carries over
     if appearance.is_file():
         attach_file(card["id"], "appearance", appearance, folder)
-    (folder / card["card"]).write_text(card_markdown(summary, entry, card_path.with_suffix(".md.in")))
-    print(f"registered {card['id']} ({settings['status']}); card {folder / card['card']}")
+    print(f"registered {card['id']} ({settings['status']}); card {write_card(card['id'], folder)}")
