@@ -59,6 +59,7 @@ def test_v2_recipe_publishes_a_card_the_protocol_then_fills_from_its_own_record(
     text = (models / card.entry["card"]).read_text()
     assert "{{" not in text and f"has not scored these weights (sha256 {card.sha256[:12]})" in text
     assert "New patients and shifted images" in text and "| validation |" not in text
+    assert "baseline: 1 epochs in" in text and "compress: 1 epochs in" in text  # from the checkpoints
 
     split = cxr_protocol.recipe(card.entry)
     assert (split["held_out"], split["val_fraction"], split["seed"]) == (0.5, 0.15, 0)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ...classify import Classifier, read_radiograph
 from ...errors import LightSegError
-from ...machine import machine, machine_line
+from ...machine import machine, machine_line, widest_isa
 from ...registry import ModelCard, get_model, models_dir, sha256_of
 from ..binary_metrics import confusion, ece, roc_curve, youden_threshold
 from ..cxr_protocol import REPO, card_fields, recipe
@@ -146,6 +146,12 @@ def evaluate(prob: np.ndarray, y: np.ndarray, threshold: float | None = None) ->
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
 
 
+def training_time(ckpt: dict) -> dict:
+    """A stage's epochs and its hours, summed from the per-epoch times its checkpoint's history recorded (a resumed
+    run counts each epoch once)."""
+    return {"epochs": len(ckpt["history"]), "hours": sum(row["seconds"] for row in ckpt["history"]) / 3600}
+
+
 def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: Path, plots_dir: Path, card: dict,
            threads: int = 2, log=print) -> dict:
     baseline, b_ckpt = load_net(baseline_ckpt)
@@ -173,6 +179,7 @@ def report(baseline_ckpt: Path, compressed_ckpt: Path, onnx_out: Path, run_dir: 
     comp["bootstrap"] = bootstrap_threshold(np.array(comp["probabilities"]), y)
     latency = side_by_side_latency(files, size, threads)
     summary = {"machine": machine(), "threads": threads, "size": size, "validation_images": len(y),
+               "training": {"baseline": training_time(b_ckpt), "compress": training_time(c_ckpt)},
                "validation_positive": int(y.sum()), "held_out_images": len(parts["held_out"]), "latency": latency,
                "points": json.loads((Path(compressed_ckpt).parent / "points.json").read_text())
                if (Path(compressed_ckpt).parent / "points.json").is_file() else None,
@@ -202,6 +209,7 @@ def registry_entry(summary: dict, card_path: Path, onnx_path: Path, spec: dict, 
                     "validation": _fig(comp), "baseline_validation": _fig(summary["results"]["baseline"]),
                     "threshold_bootstrap": comp["bootstrap"], "points": summary["points"],
                     "latency_ms_per_image": summary["latency"], "machine": summary["machine"],
+                    "training": summary["training"],
                     "threads": summary["threads"], "macs_input_hw": [summary["size"], summary["size"]]},
     })
     return entry
@@ -233,9 +241,19 @@ def card_markdown(entry: dict, template: Path, protocol: dict | None) -> str:
                        + [f"| {p['point']} | {p['params']:,} | {p['val_acc']:.3f} | {p['val_auc']:.4f} |"
                           for p in m["points"] or []])
     boot = m["threshold_bootstrap"]
+    machine_text = machine_line(m["machine"], m["threads"])
+    if widest_isa(machine_text) == "AVX-512":
+        machine_text += (". This CPU has AVX-512; ONNX Runtime picks its kernels by CPUID and cannot be held to "
+                         "AVX2, so a laptop without AVX-512 will be slower")
+    if "training" in m:
+        trained = ("Training time, summed from each epoch's time in the checkpoints (on the machine and load it ran "
+                   "on): " + "; ".join(f"{stage}: {t['epochs']} epochs in {t['hours']:.1f} h"
+                                      for stage, t in m["training"].items()) + ".")
+    else:
+        trained = "This version's publish recorded no training time."
     fields = {
         "table": table, "at_0.5": at05, "points": points,
-        "machine": machine_line(m["machine"], m["threads"]),
+        "machine": machine_text, "training_time": trained,
         "speedup": f"{lat['baseline']['median_ms'] / lat['compressed']['median_ms']:.1f}",
         "threshold": f"{c['threshold']:.3f}",
         "boot_threshold": ", ".join(f"{v:.3f}" for v in boot["threshold_p5_p50_p95"]),
