@@ -284,13 +284,14 @@ def card_markdown(entry: dict, template: Path, protocol: dict | None) -> str:
 
 def write_card(model_id: str, folder: Path | None = None) -> Path:
     """Render the registered classifier's card beside it, from its entry and ``ID.eval.json`` (no retraining):
-    the template is the one its recipe's ``[publish] card`` names."""
+    the template is ``ID.md.in`` beside the card JSON its recipe's ``[publish] card`` names, so a new version's
+    JSON (its version, its data) shares the model's template."""
     card = get_model(model_id, folder)
     cfg = load_config(REPO / recipe(card.entry)["config"])
     record = card.folder / f"{model_id}.eval.json"
     protocol = json.loads(record.read_text()) if record.is_file() else None
     out = card.folder / card.entry["card"]
-    out.write_text(card_markdown(card.entry, (REPO / cfg["publish"]["card"]).with_suffix(".md.in"), protocol))
+    out.write_text(card_markdown(card.entry, (REPO / cfg["publish"]["card"]).parent / f"{model_id}.md.in", protocol))
     return out
 
 
