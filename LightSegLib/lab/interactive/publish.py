@@ -158,12 +158,19 @@ def licences(cfg: dict) -> tuple[str, str]:
     return bullets, line
 
 
-def training_text(ckpt: dict) -> str:
+def training_text(ckpt: dict, history: str = "") -> str:
+    """The run as the checkpoint records it; ``history`` (the card JSON's) says what a resumed run's checkpoint
+    cannot: how the steps before its last config were trained."""
     t = ckpt["config"]["train"]
+    drops = "".join(f", {float(r):g} from step {int(s):,}" for s, r in t.get("lr_drops", []))
+    weights = t.get("weights")
     return (f"{ckpt['step']:,} steps of {t['batch']} crops in {ckpt.get('seconds', 0) / 60:.0f} minutes "
             f"(config: {t.get('threads', 1)} CPU thread(s); a lent GPU is used where there is one), up to "
             f"{t['max_rounds']} click rounds without gradient per sample, the previous mask dropped with probability "
-            f"{t['drop_prev']:g}, learning rate {t['lr']:g}.")
+            f"{t['drop_prev']:g}, learning rate {t['lr']:g}{drops}"
+            + (", structures drawn in the proportions " + ", ".join(f"{k} {v:g}" for k, v in weights.items())
+               + " (others 1)" if weights else "") + "."
+            + (f" {history}" if history else ""))
 
 
 def config_note(cfg: dict) -> str:
@@ -255,7 +262,7 @@ def build_entry(ckpt: dict, bench: dict, bench_path, checkpoint, onnx: Path, fac
     rows = check_targets(bench, facts["bytes"])
     cfg = ckpt["config"]
     trained = ", ".join(ckpt.get("structures", []))
-    entry = dict(template)
+    entry = {k: v for k, v in template.items() if k != "history"}  # the history is the card's, not the registry's
     entry.update({
         "status": "stable" if all(met for _, _, met in rows) else "preview",
         "input": {"crop": ia.CROP, "channels": ia.CHANNELS, "disk_radius": ia.DISK_RADIUS,
@@ -288,8 +295,8 @@ def render_card(entry: dict, ckpt: dict, checkpoint, bench: dict, bench_path, fo
     size = (folder / entry["file"]).stat().st_size
     rows = check_targets(bench, size)
     missed = [name for name, _, met in rows if not met]
-    machine_text = bench.get("machine") or (f"{machine_line(machine())} (the bench JSON names no machine: this is "
-                                            "the machine the card was published on)")
+    machine_text = bench.get("machine") or (f"{machine_line(machine())}; {bench['threads']} threads (the bench JSON "
+                                            "names no machine: this is the machine the card was published on)")
     arch = ckpt["architecture"]
     values = {
         "status": entry["status"], "version": entry["version"], "crop": str(ia.CROP), "channels": str(ia.CHANNELS),
@@ -299,7 +306,7 @@ def render_card(entry: dict, ckpt: dict, checkpoint, bench: dict, bench_path, fo
         "megabytes": f"{size / 1e6:.1f}",
         "data": data_markdown(cfg), "trained": ", ".join(ckpt.get("structures", [])) or "-",
         "left_out": ", ".join(cfg["data"].get("left_out", [])) or "none",
-        "training": training_text(ckpt), "bench": Path(bench_path).as_posix(), "threads": str(bench["threads"]),
+        "training": training_text(ckpt, json.loads(CARD.read_text()).get("history", "")), "bench": Path(bench_path).as_posix(),
         "machine": machine_text, "figures": figures_markdown(bench), "timing": timing_markdown(bench),
         "targets": "\n".join(["| target | measured | met |", "|---|---|---|"]
                              + [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows]),

@@ -43,7 +43,7 @@ def distorted(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def make_sample(s: Slice, name: str, rng: np.random.Generator):
+def make_sample(s: Slice, name: str, rng: np.random.Generator, prev_mask: float = 0.25):
     """(image crop, prev crop, gt crop, positives, negatives) in crop pixels, or None if the crop lost the object."""
     gt_full = object_mask(s, name)
     w = sample_window(gt_full, rng)
@@ -56,7 +56,7 @@ def make_sample(s: Slice, name: str, rng: np.random.Generator):
     if rng.random() < 0.5:
         image, gt, others = image[:, ::-1], gt[:, ::-1], others[:, ::-1]
     image = ia.scale_intensity(image) ** rng.uniform(0.7, 1.4)
-    if rng.random() < 0.25:
+    if rng.random() < prev_mask:  # a previous mask to correct: as when refining a result or propagating
         prev = distorted(gt, rng)
         positives, negatives = interior_points(gt, 1, rng), []
     else:
@@ -104,17 +104,24 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
     groups = {"benchmark": [n for n in structures if n in BENCHMARK],
               "other": [n for n in structures if n not in BENCHMARK]}
     mix = dict(t.get("mix", {"benchmark": 1.0}))
+    prev_mask = float(t.get("prev_mask", 0.25))
+    weights = dict(t.get("weights", {}))  # within a group, structures drawn in these proportions (default 1 each)
     say(f"training objects: {', '.join(f'{n} {len(pool[n])}' for n in groups['benchmark'])}; "
         f"{len(groups['other'])} other structures, {sum(len(pool[n]) for n in groups['other'])} objects; "
-        f"mix {mix} (left out: {', '.join(sorted(left_out)) or 'none'})")
+        f"mix {mix}, weights {weights or 'equal'} (left out: {', '.join(sorted(left_out)) or 'none'})")
 
     def draw():
         group = rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values()))
         if group == "superpixel":
             s = superpixel_slice(slices[rng.integers(len(slices))], rng)
-            return None if s is None else make_sample(s, "superpixel", rng)
-        name = groups[group][rng.integers(len(groups[group]))]
-        return make_sample(slices[pool[name][rng.integers(len(pool[name]))]], name, rng)
+            return None if s is None else make_sample(s, "superpixel", rng, prev_mask)
+        names_in = groups[group]
+        if weights:
+            w = np.array([float(weights.get(n, 1.0)) for n in names_in])
+            name = names_in[rng.choice(len(names_in), p=w / w.sum())]
+        else:
+            name = names_in[rng.integers(len(names_in))]
+        return make_sample(slices[pool[name][rng.integers(len(pool[name]))]], name, rng, prev_mask)
 
     arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU only shortens it
