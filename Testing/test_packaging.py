@@ -96,3 +96,19 @@ def test_a_plain_install_says_which_commands_need_the_training_install(installed
         "lightseg: error: 'lightseg train' needs the training install (torch, monai, torch_pruning, onnx missing): "
         "pip install 'lightseglib[train]'"], train.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_plain_install_says_a_cohort_needs_the_cluster_install(installed, tmp_path):
+    """`lightseg batch` without Dask and pandas: one line naming what is missing and the extra, nothing written."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    shutil.copy(SAMPLE, cohort / SAMPLE.name)
+    out = tmp_path / "results"
+    run = subprocess.run([str(installed / "bin" / "lightseg"), "batch", str(cohort), str(out), "--model", "cardiac-acdc"],
+                         cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("lightseg: error: cohorts need the cluster install (dask, distributed, pandas missing)")
+    assert "pip install 'lightseglib[cluster]'" in line, line
+    assert not out.exists()
