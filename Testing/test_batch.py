@@ -133,14 +133,17 @@ def test_interrupted_run_resumed_does_only_the_missing_cases(client, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "LightSegLib.cli", "batch", "--model", FAST,
                              "--workers", "1", "--progress", "none", str(cohort), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
+    started = time.monotonic()
+    deadline, sent = started + 240, None
     while time.monotonic() < deadline and proc.poll() is None:
         if rows_in(out) >= 4:
             proc.send_signal(signal.SIGINT)
+            sent = (rows_in(out), round(time.monotonic() - started, 1))
             break
         time.sleep(0.05)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    got, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (f"exit {proc.returncode}; SIGINT sent at (rows, seconds) {sent}; rows now "
+                                    f"{rows_in(out)}; stdout {got!r}; stderr {err!r}")
     with open(out / "results.csv") as f:
         first = list(csv.DictReader(f))
     assert 4 <= len(first) < 20, len(first)
