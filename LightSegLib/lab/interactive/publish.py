@@ -169,7 +169,8 @@ def training_text(ckpt: dict, history: str = "") -> str:
             f"{t['max_rounds']} click rounds without gradient per sample, the previous mask dropped with probability "
             f"{t['drop_prev']:g}, learning rate {t['lr']:g}{drops}"
             + (", structures drawn in the proportions " + ", ".join(f"{k} {v:g}" for k, v in weights.items())
-               + " (others 1)" if weights else "") + "."
+               + " (others 1)" if weights else "")
+            + (f", {float(t['prev_mask']):g} of samples correcting a previous mask" if "prev_mask" in t else "") + "."
             + (f" {history}" if history else ""))
 
 
@@ -306,7 +307,8 @@ def render_card(entry: dict, ckpt: dict, checkpoint, bench: dict, bench_path, fo
         "megabytes": f"{size / 1e6:.1f}",
         "data": data_markdown(cfg), "trained": ", ".join(ckpt.get("structures", [])) or "-",
         "left_out": ", ".join(cfg["data"].get("left_out", [])) or "none",
-        "training": training_text(ckpt, json.loads(CARD.read_text()).get("history", "")), "bench": Path(bench_path).as_posix(),
+        "training": training_text(ckpt, json.loads(CARD.read_text()).get("history", "")),
+        "bench": Path(bench_path).as_posix(),
         "machine": machine_text, "figures": figures_markdown(bench), "timing": timing_markdown(bench),
         "targets": "\n".join(["| target | measured | met |", "|---|---|---|"]
                              + [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows]),
