@@ -26,6 +26,13 @@ class Grow(nn.Module):
         return 40.0 * (grown + x[:, 2:3] - 2.0 * x[:, 3:4] - 0.5)
 
 
+class ShiftRight(nn.Module):
+    """The previous mask moved 6 crop pixels to the right: an answer that is not mirror-symmetric."""
+
+    def forward(self, x):
+        return 40.0 * (torch.roll(x[:, 1:2], 6, dims=3) - 0.5)
+
+
 class Nothing(nn.Module):
     def forward(self, x):
         return x[:, :1] * 0.0 - 20.0
@@ -35,7 +42,7 @@ class Nothing(nn.Module):
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("click_models")
     return {name: export_onnx(net, folder / f"{name}.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
-            for name, net in (("grow", Grow()), ("nothing", Nothing()))}
+            for name, net in (("grow", Grow()), ("nothing", Nothing()), ("shift", ShiftRight()))}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +141,24 @@ def test_propagate_stops_where_the_net_finds_nothing(acdc, models):
     filled = np.flatnonzero(out.reshape(len(out), -1).any(1))
     assert list(filled) == [z - 2, z - 1, z]
     assert np.array_equal(session.undo(), start)
+
+
+def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(models):
+    """A net that moves the mask rightwards: alone it moves the propagated disk; averaged with its answer on the
+    mirrored crop (flipped back), the pixels only one answer keeps fall to 0.5, below the threshold, so what is left
+    is where both agree: a symmetric outline about the disk's centre, on no side of it."""
+    yy, xx = np.mgrid[:96, :96]
+    disk = ((yy - 48) ** 2 + (xx - 40) ** 2 <= 15 ** 2).astype(np.uint8)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((2, 96, 96)).astype(np.float32))
+    centres = {}
+    for flip in (False, True):
+        session = ia.InteractiveSession(image, model=models["shift"], threads=1, flip=flip)
+        session.start_from(np.stack([disk, np.zeros_like(disk)]))
+        moved = session.propagate(1)[1].astype(bool)
+        assert moved.any() and moved.sum() <= disk.sum()
+        centres[flip] = np.argwhere(moved).mean(0)
+    assert centres[False][1] > 40 + 1.5  # the net's own answer: the disk moved right
+    assert np.allclose(centres[True], [48, 40], atol=0.5)  # the mean of both: centred where the disk was
 
 
 def test_export_of_a_click_checkpoint(tmp_path):

@@ -109,7 +109,10 @@ def figures_markdown(bench: dict) -> str:
 
 def timing_markdown(bench: dict) -> str:
     click, prop = bench["seconds_per_click"], bench["propagation"]
-    return (f"Time per click (the whole `click()`, 1-3 net calls): median {click['median']:g} s, 95th percentile "
+    answers = {True: "each answer the mean of the crop's and its mirror image's, as the session runs by default",
+               False: "one net call per answer (`--no-flip`), not the session's default mirror averaging"}
+    return (f"Measured with {answers[bench['flip']]}. " if "flip" in bench else "") + (
+            f"Time per click (the whole `click()`, 1-3 net calls): median {click['median']:g} s, 95th percentile "
             f"{click['p95']:g} s. Propagation of the LV from the true mask on the middle slice of each of "
             f"{prop['volumes']} held-out ACDC volumes: Dice {prop['lv_dice_other_slices']:g} on the other slices, "
             f"median {prop['slices_per_second']:g} slices per second.")
