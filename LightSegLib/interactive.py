@@ -201,6 +201,8 @@ class InteractiveSession:
         self.runner = OnnxRunner(model or default_model(), threads)
         self.threshold = threshold
         self.flip = flip
+        batch = self.runner.session.get_inputs()[0].shape[0]
+        self._one_at_a_time = batch == 1  # a model exported with a fixed batch of one reads the mirror apart
         self.mask = np.zeros(self.volume.shape, np.uint8)
         self.clicks: dict[int, _Slice] = {}
         self._undo: list[tuple[np.ndarray, dict]] = []
@@ -241,7 +243,9 @@ class InteractiveSession:
         x = encode(self.volume[z], prev, positives, negatives, window)[None]
         if not self.flip:
             return paste(sigmoid(self.runner(x)[0, 0]), window, prev.shape)
-        logits = self.runner(np.ascontiguousarray(np.concatenate([x, x[..., ::-1]])))[:, 0]
+        pair = np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
+        logits = (np.concatenate([self.runner(pair[:1]), self.runner(pair[1:])]) if self._one_at_a_time
+                  else self.runner(pair))[:, 0]
         prob_crop = (sigmoid(logits[0]) + sigmoid(logits[1][:, ::-1])) / 2
         return paste(prob_crop, window, prev.shape)
 

@@ -143,7 +143,7 @@ def test_propagate_stops_where_the_net_finds_nothing(acdc, models):
     assert np.array_equal(session.undo(), start)
 
 
-def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(models):
+def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(models, tmp_path):
     """A net that moves the mask rightwards: alone it moves the propagated disk; averaged with its answer on the
     mirrored crop (flipped back), the pixels only one answer keeps fall to 0.5, below the threshold, so what is left
     is where both agree: a symmetric outline about the disk's centre, on no side of it."""
@@ -159,6 +159,13 @@ def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(
         centres[flip] = np.argwhere(moved).mean(0)
     assert centres[False][1] > 40 + 1.5  # the net's own answer: the disk moved right
     assert np.allclose(centres[True], [48, 40], atol=0.5)  # the mean of both: centred where the disk was
+
+    fixed = tmp_path / "shift_batch1.onnx"  # a model exported with a batch of one: the two answers read apart
+    torch.onnx.export(ShiftRight(), (torch.zeros(1, ia.CHANNELS, ia.CROP, ia.CROP),), str(fixed),
+                      input_names=["image"], output_names=["logits"], dynamo=False)
+    session = ia.InteractiveSession(image, model=fixed, threads=1)
+    session.start_from(np.stack([disk, np.zeros_like(disk)]))
+    assert np.allclose(np.argwhere(session.propagate(1)[1]).mean(0), centres[True])
 
 
 def test_export_of_a_click_checkpoint(tmp_path):
