@@ -3,8 +3,9 @@
 One object at a time, slice by slice. Each click runs the net on a square crop around the object and the
 clicks, resampled to ``CROP`` pixels (the zoom-in of RITM), so a click costs the same on any image size.
 The net reads four channels: the image crop (percentile-scaled), the current mask, and disks at the positive
-and the negative clicks. A correction changes only the part of the mask connected to the click that asked
-for it; every other pixel keeps its value.
+and the negative clicks. Each answer is the mean over views of the crop in one batch (the window moved by
+a crop pixel, mirrored), which steadies the outline. A correction changes only the part of the mask connected to
+the click that asked for it; every other pixel keeps its value.
 
 The crop and channel encoding below is the contract the click training (the workshop's interactive package) shares:
 change it only together with a retrained model.
@@ -112,10 +113,23 @@ def paste(prob_crop: np.ndarray, window: Window, shape) -> tuple[np.ndarray, tup
     x_lo, x_hi = max(0, int(np.floor(window.x0))), min(w, int(np.ceil(window.x0 + window.side)))
     if y_hi <= y_lo or x_hi <= x_lo:
         return np.zeros((0, 0), np.float32), (slice(0, 0), slice(0, 0))
+    box = (slice(y_lo, y_hi), slice(x_lo, x_hi))
+    return on_box(prob_crop, window, box), box
+
+
+def on_box(prob_crop: np.ndarray, window: Window, box: tuple[slice, slice]) -> np.ndarray:
+    """The crop's probabilities at the image pixels of ``box`` (0 where the window does not reach)."""
     k = CROP / window.side
-    ys = (np.arange(y_lo, y_hi) - window.y0 + 0.5) * k - 0.5
-    xs = (np.arange(x_lo, x_hi) - window.x0 + 0.5) * k - 0.5
-    return bilinear(prob_crop, ys, xs), (slice(y_lo, y_hi), slice(x_lo, x_hi))
+    ys = (np.arange(box[0].start, box[0].stop) - window.y0 + 0.5) * k - 0.5
+    xs = (np.arange(box[1].start, box[1].stop) - window.x0 + 0.5) * k - 0.5
+    return bilinear(prob_crop, ys, xs)
+
+
+def phases(window: Window) -> list[Window]:
+    """The window and its copies moved by one crop pixel down, right and both: half a cell of a net that runs at
+    half the crop's resolution, so the four answers' cells interleave and their mean has a finer outline."""
+    d = window.side / CROP
+    return [Window(window.y0 + a, window.x0 + b, window.side) for a, b in ((0, 0), (d, 0), (0, d), (d, d))]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -187,7 +201,7 @@ class InteractiveSession:
     ``[z, y, x]`` uint8. Every change is undoable; ``reset()`` clears the object."""
 
     def __init__(self, image: sitk.Image, model=None, threads: int = 2, modality: str | None = None,
-                 threshold: float = 0.5, flip: bool = True):
+                 threshold: float = 0.5, flip: bool = True, shift: bool = True):
         from .inference import OnnxRunner
 
         array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -201,8 +215,9 @@ class InteractiveSession:
         self.runner = OnnxRunner(model or default_model(), threads)
         self.threshold = threshold
         self.flip = flip
+        self.shift = shift
         batch = self.runner.session.get_inputs()[0].shape[0]
-        self._one_at_a_time = batch == 1  # a model exported with a fixed batch of one reads the mirror apart
+        self._one_at_a_time = batch == 1  # a model exported with a fixed batch of one reads each view apart
         self.mask = np.zeros(self.volume.shape, np.uint8)
         self.clicks: dict[int, _Slice] = {}
         self._undo: list[tuple[np.ndarray, dict]] = []
@@ -238,16 +253,23 @@ class InteractiveSession:
 
     # -- the net
     def _predict(self, z: int, prev: np.ndarray, positives, negatives, window: Window):
-        """With ``flip``, the mean of the net's answers on the crop and its mirror image: one batch of two, which
-        smooths the outline's pixel-level errors (chosen on training patients' objects, not the benchmark's)."""
-        x = encode(self.volume[z], prev, positives, negatives, window)[None]
-        if not self.flip:
-            return paste(sigmoid(self.runner(x)[0, 0]), window, prev.shape)
-        pair = np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
-        logits = (np.concatenate([self.runner(pair[:1]), self.runner(pair[1:])]) if self._one_at_a_time
-                  else self.runner(pair))[:, 0]
-        prob_crop = (sigmoid(logits[0]) + sigmoid(logits[1][:, ::-1])) / 2
-        return paste(prob_crop, window, prev.shape)
+        """The mean of the net's answers over views of the crop, in one batch: with ``shift`` the window's four
+        ``phases``, with ``flip`` each also mirrored. Both smooth the outline's pixel-level errors (each chosen on
+        training patients' objects, never the benchmark's)."""
+        windows = phases(window) if self.shift else [window]
+        x = np.stack([encode(self.volume[z], prev, positives, negatives, w) for w in windows])
+        if self.flip:
+            x = np.concatenate([x, x[..., ::-1]])
+        x = np.ascontiguousarray(x)
+        logits = (np.concatenate([self.runner(x[k:k + 1]) for k in range(len(x))]) if self._one_at_a_time
+                  else self.runner(x))[:, 0]
+        probs = sigmoid(logits)
+        if self.flip:
+            probs = (probs[:len(windows)] + probs[len(windows):, :, ::-1]) / 2
+        total, box = paste(probs[0], window, prev.shape)
+        for w, p in zip(windows[1:], probs[1:]):
+            total = total + on_box(p, w, box)
+        return total / len(windows), box
 
     def _infer(self, z: int, prev: np.ndarray, positives, negatives, anchor) -> np.ndarray:
         """The object's probability on slice ``z``; zooms onto the object until the crop holds it whole."""

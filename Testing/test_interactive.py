@@ -33,6 +33,14 @@ class ShiftRight(nn.Module):
         return 40.0 * (torch.roll(x[:, 1:2], 6, dims=3) - 0.5)
 
 
+class Coarse(nn.Module):
+    """The previous mask read at half the crop's resolution (2 x 2 cells), as a net that runs folded answers."""
+
+    def forward(self, x):
+        cells = nn.functional.avg_pool2d(x[:, 1:2], 2)
+        return 40.0 * (nn.functional.interpolate(cells, scale_factor=2.0, mode="nearest") - 0.5)
+
+
 class Nothing(nn.Module):
     def forward(self, x):
         return x[:, :1] * 0.0 - 20.0
@@ -42,7 +50,8 @@ class Nothing(nn.Module):
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("click_models")
     return {name: export_onnx(net, folder / f"{name}.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
-            for name, net in (("grow", Grow()), ("nothing", Nothing()), ("shift", ShiftRight()))}
+            for name, net in (("grow", Grow()), ("nothing", Nothing()), ("shift", ShiftRight()),
+                                  ("coarse", Coarse()))}
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +175,23 @@ def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(
     session = ia.InteractiveSession(image, model=fixed, threads=1)
     session.start_from(np.stack([disk, np.zeros_like(disk)]))
     assert np.allclose(np.argwhere(session.propagate(1)[1]).mean(0), centres[True])
+
+
+def test_phase_averaging_gives_a_coarse_net_a_finer_outline(models):
+    """A net that answers in 2 x 2 crop-pixel cells outlines a large disk in steps of about 7 image pixels; the mean
+    of its answers on the window moved by one crop pixel (half a cell) down, right and both follows the disk more
+    closely, and moves nothing (the four answers are registered back to the same image pixels)."""
+    yy, xx = np.mgrid[:512, :512]
+    disk = (yy - 250) ** 2 + (xx - 262) ** 2 <= 150 ** 2
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((2, 512, 512)).astype(np.float32))
+    found = {}
+    for shift in (False, True):
+        session = ia.InteractiveSession(image, model=models["coarse"], threads=1, flip=False, shift=shift)
+        session.start_from(np.stack([disk, np.zeros_like(disk)]).astype(np.uint8))
+        found[shift] = session.propagate(1, max_slices=1)[1].astype(bool)
+    errors = {k: int((v ^ disk).sum()) for k, v in found.items()}
+    assert errors[True] < 0.8 * errors[False], errors
+    assert np.allclose(np.argwhere(found[True]).mean(0), [250, 262], atol=0.5)
 
 
 def test_export_of_a_click_checkpoint(tmp_path):

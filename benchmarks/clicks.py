@@ -7,8 +7,8 @@ the issue's structures on held-out patients and, on TotalSegmentator subject s00
 structures left out of training beside trained ones of the same volume, against a non-learned baseline: seeded region growing
 from the same clicker (the union of SimpleITK ConfidenceConnected regions, one per positive click; where the
 region grown from the negatives overlaps it, each pixel goes to its nearest click). Also the time per click,
-and slice propagation on the held-out ACDC volumes. The session runs as users get it (mirror averaging on), unless
-``--no-flip``.
+and slice propagation on the held-out ACDC volumes. The session runs as users get it (each answer the mean over
+the window's four phases and their mirror images), unless ``--no-shift`` / ``--no-flip``.
 
     .venv/bin/python benchmarks/clicks.py --model runs/click/click-refine.onnx --threads 2 [--limit 40] [--json out.json]
 """
@@ -108,7 +108,7 @@ def pick(slices, structure: str, limit: int) -> list[int]:
     return [found[int(k)] for k in np.linspace(0, len(found) - 1, limit).round()]
 
 
-def propagation(model, threads: int, cfg: dict, flip: bool = True) -> dict:
+def propagation(model, threads: int, cfg: dict, views: dict) -> dict:
     """LV on each held-out ACDC volume: the true mask on the middle slice, propagated both ways."""
     from LightSegLib.lab.data.msd import read_split
 
@@ -120,7 +120,7 @@ def propagation(model, threads: int, cfg: dict, flip: bool = True) -> dict:
         mid = int(zs[len(zs) // 2])
         seed = np.zeros_like(lv)
         seed[mid] = lv[mid]
-        session = InteractiveSession(image, model=model, threads=threads, flip=flip)
+        session = InteractiveSession(image, model=model, threads=threads, **views)
         session.start_from(seed)
         t = time.perf_counter()
         session.propagate(1)
@@ -141,12 +141,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--limit", type=int, default=40, help="objects per structure")
     parser.add_argument("--json")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
-                        help="one net call per answer instead of the mean with the mirror image's")
+                        help="no mean with the mirror image's answer")
+    parser.add_argument("--no-shift", dest="shift", action="store_false",
+                        help="the window alone, not the mean over its four phases (moved by one crop pixel)")
     args = parser.parse_args(argv)
     cfg = tomllib.loads(Path(args.config).read_text())
+    views = {"flip": args.flip, "shift": args.shift}
     slices = load_slices(cfg, "test")
     report = {"model": args.model, "threads": args.threads, "limit": args.limit,
-              "machine": machine_line(machine(), args.threads), "flip": args.flip,
+              "machine": machine_line(machine(), args.threads), "flip": args.flip, "shift": args.shift,
               "left_out": cfg["data"].get("left_out", []), "structures": {}}
     times = []
     held_out = [s for s in slices if s.source != "s0009"]
@@ -157,7 +160,7 @@ def main(argv=None) -> dict:
         for i in pick(part, name, args.limit):
             s, gt = part[i], object_mask(part[i], name)
             image = sitk.GetImageFromArray(s.image.astype(np.float32))
-            session = InteractiveSession(image, model=args.model, threads=args.threads, flip=args.flip)
+            session = InteractiveSession(image, model=args.model, threads=args.threads, **views)
             learned.append((run_clicker(session, gt, times), gt))
             baseline.append((run_clicker(RegionGrowing(s.image), gt), gt))
         report["structures"][key] = {"clicks": summarise(learned), "region_growing": summarise(baseline),
@@ -169,7 +172,7 @@ def main(argv=None) -> dict:
         for side, out in (("left_out_noc@85", True), ("trained_noc@85", False))}
     report["seconds_per_click"] = {"median": round(float(np.median(times)), 4),
                                    "p95": round(float(np.percentile(times, 95)), 4)}
-    report["propagation"] = propagation(args.model, args.threads, cfg, args.flip)
+    report["propagation"] = propagation(args.model, args.threads, cfg, views)
     print(json.dumps({k: report[k] for k in ("left_out_vs_trained", "seconds_per_click", "propagation")}))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -109,10 +109,13 @@ def figures_markdown(bench: dict) -> str:
 
 def timing_markdown(bench: dict) -> str:
     click, prop = bench["seconds_per_click"], bench["propagation"]
-    answers = {True: "each answer the mean of the crop's and its mirror image's, as the session runs by default",
-               False: "one net call per answer (`--no-flip`), not the session's default mirror averaging"}
-    return (f"Measured with {answers[bench['flip']]}. " if "flip" in bench else "") + (
-            f"Time per click (the whole `click()`, 1-3 net calls): median {click['median']:g} s, 95th percentile "
+    phases = "the window's four phases (moved by one crop pixel)"
+    answer = {(True, True): f"each answer the mean over {phases} and their mirror images",
+              (True, False): f"each answer the mean over {phases}",
+              (False, True): "each answer the mean of the crop's and its mirror image's",
+              (False, False): "one net call per answer"}[(bool(bench.get("shift")), bool(bench.get("flip")))]
+    return (f"Measured with {answer}. " if "flip" in bench else "") + (
+            f"Time per click (the whole `click()`, 1-3 batched net calls): median {click['median']:g} s, 95th percentile "
             f"{click['p95']:g} s. Propagation of the LV from the true mask on the middle slice of each of "
             f"{prop['volumes']} held-out ACDC volumes: Dice {prop['lv_dice_other_slices']:g} on the other slices, "
             f"median {prop['slices_per_second']:g} slices per second.")
@@ -220,6 +223,7 @@ def publish(checkpoint, bench_path, folder=None, log=print) -> dict:
 
     folder = Path(folder) if folder else models_dir()
     bench = json.loads(Path(bench_path).read_text())
+    card_facts = json.loads(CARD.read_text())  # the hand-written part of the card: names, licence, history
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     if ckpt.get("task") != ia.MODEL_ID:
         raise LightSegError(f"{checkpoint} is not a click-refinement checkpoint")
@@ -235,14 +239,14 @@ def publish(checkpoint, bench_path, folder=None, log=print) -> dict:
         if not same_model(Path(bench["model"]), staged):
             raise LightSegError(f"{bench_path} measured {bench['model']}, not these weights: run benchmarks/clicks.py "
                                 f"on this checkpoint's export first")
-        entry = build_entry(ckpt, bench, bench_path, checkpoint, staged, facts)
+        entry = build_entry(card_facts, ckpt, bench, bench_path, checkpoint, staged, facts)
         document = read_registry(folder)
         validate({**document, "models": [m for m in document["models"] if m["id"] != ia.MODEL_ID] + [entry]})
         os.replace(staged, target)
     finally:
         staged.unlink(missing_ok=True)
     register_model(entry, folder)
-    card = render_card(entry, ckpt, checkpoint, bench, bench_path, folder)
+    card = render_card(entry, card_facts.get("history", ""), ckpt, checkpoint, bench, bench_path, folder)
     (folder / entry["card"]).write_text(card)
     log(f"registered {entry['id']} {entry['version']} ({entry['status']}): {target}, card {folder / entry['card']}")
     return entry
@@ -261,8 +265,7 @@ def commands(checkpoint, bench_path, bench: dict) -> list[str]:
             f"--bench {Path(bench_path).as_posix()}"]
 
 
-def build_entry(ckpt: dict, bench: dict, bench_path, checkpoint, onnx: Path, facts: dict) -> dict:
-    template = json.loads(CARD.read_text())
+def build_entry(template: dict, ckpt: dict, bench: dict, bench_path, checkpoint, onnx: Path, facts: dict) -> dict:
     rows = check_targets(bench, facts["bytes"])
     cfg = ckpt["config"]
     trained = ", ".join(ckpt.get("structures", []))
@@ -293,7 +296,7 @@ def build_entry(ckpt: dict, bench: dict, bench_path, checkpoint, onnx: Path, fac
     return entry
 
 
-def render_card(entry: dict, ckpt: dict, checkpoint, bench: dict, bench_path, folder: Path) -> str:
+def render_card(entry: dict, history: str, ckpt: dict, checkpoint, bench: dict, bench_path, folder: Path) -> str:
     """``configs/cards/click-refine.md.in`` with every figure filled in from the entry, checkpoint and bench."""
     cfg = ckpt["config"]
     size = (folder / entry["file"]).stat().st_size
@@ -310,7 +313,7 @@ def render_card(entry: dict, ckpt: dict, checkpoint, bench: dict, bench_path, fo
         "megabytes": f"{size / 1e6:.1f}",
         "data": data_markdown(cfg), "trained": ", ".join(ckpt.get("structures", [])) or "-",
         "left_out": ", ".join(cfg["data"].get("left_out", [])) or "none",
-        "training": training_text(ckpt, json.loads(CARD.read_text()).get("history", "")),
+        "training": training_text(ckpt, history),
         "bench": Path(bench_path).as_posix(),
         "machine": machine_text, "figures": figures_markdown(bench), "timing": timing_markdown(bench),
         "targets": "\n".join(["| target | measured | met |", "|---|---|---|"]

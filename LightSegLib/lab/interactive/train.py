@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ... import interactive as ia
-from ..train.config import _read as read_config  # TOML with `extends`, as every recipe of the workshop
+from ..train.config import read_toml  # TOML with `extends`, as every recipe of the workshop
 from .clicker import interior_points, next_click, outside_points
 from .data import BENCHMARK, Slice, load_slices, object_mask, objects, superpixel_slice
 
@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    train(read_config(Path(args.config)), Path(args.out), args.resume)
+    train(read_toml(Path(args.config)), Path(args.out), args.resume)
 
 
 if __name__ == "__main__":

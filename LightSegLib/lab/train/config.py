@@ -60,7 +60,7 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read(path: Path, chain: tuple = ()) -> dict:
+def read_toml(path: Path, chain: tuple = ()) -> dict:
     """The file's TOML on top of the file it ``extends`` (a path relative to it): a variant config (a wider
     teacher, a longer budget) states only what differs, so the shared data and schedule live in one place."""
     if not path.is_file():
@@ -76,7 +76,7 @@ def _read(path: Path, chain: tuple = ()) -> dict:
         return raw
     if not isinstance(base, str):
         raise LightSegError(f"config {path}: 'extends' must be a file name, not {base!r}")
-    return _merge(_read(path.parent / base, chain + (path.resolve(),)), raw)
+    return _merge(read_toml(path.parent / base, chain + (path.resolve(),)), raw)
 
 
 CLASSIFIER = {
@@ -116,7 +116,7 @@ def _classifier(path: Path, raw: dict) -> dict:
 
 def load_config(path) -> dict:
     path = Path(path)
-    raw = _read(path)
+    raw = read_toml(path)
     task = raw.get("task", "segmentation")
     if task == "classification":
         return _classifier(path, raw)
