@@ -51,7 +51,7 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("click_models")
     return {name: export_onnx(net, folder / f"{name}.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
             for name, net in (("grow", Grow()), ("nothing", Nothing()), ("shift", ShiftRight()),
-                                  ("coarse", Coarse()))}
+                              ("coarse", Coarse()))}
 
 
 @pytest.fixture(scope="module")

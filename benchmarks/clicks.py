@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     views = {"flip": args.flip, "shift": args.shift}
     slices = load_slices(cfg, "test")
     report = {"model": args.model, "threads": args.threads, "limit": args.limit,
-              "machine": machine_line(machine(), args.threads), "flip": args.flip, "shift": args.shift,
+              "machine": machine_line(machine(), args.threads), **views,
               "left_out": cfg["data"].get("left_out", []), "structures": {}}
     times = []
     held_out = [s for s in slices if s.source != "s0009"]
