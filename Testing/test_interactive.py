@@ -206,6 +206,40 @@ def test_export_of_a_click_checkpoint(tmp_path):
     assert facts["max_abs_diff"] < 1e-4 and facts["bytes"] > 0 and facts["macs"] > 0
 
 
+def test_a_refined_net_seeded_from_a_shipped_onnx_answers_as_it_did_and_then_learns(tmp_path):
+    """A run whose checkpoint is gone continues from the ONNX file: the folded net's weights with a full-resolution
+    refiner added (zero at first) answer as the file does, the refiner takes gradient, and a run is never overwritten."""
+    import onnxruntime as ort
+
+    from LightSegLib.errors import LightSegError
+    from LightSegLib.lab.export import load_checkpoint
+    from LightSegLib.lab.interactive.seed import seed
+    from LightSegLib.lab.nets import build
+
+    arch = {"name": "unet", "widths": [4, 8], "fold": 2}
+    torch.manual_seed(0)
+    source = build(dict(arch, in_channels=ia.CHANNELS, num_classes=1))
+    for m in source.modules():  # BN with real statistics, so folding them is not trivial
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    onnx_path = export_onnx(source.eval(), tmp_path / "shipped.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
+    cfg = {"model": dict(arch, refine=6), "train": {"lr": 1e-3}}
+    batches = [np.random.default_rng(k).random((3, ia.CHANNELS, ia.CROP, ia.CROP), dtype=np.float32) for k in range(3)]
+    assert seed(cfg, onnx_path, tmp_path / "run", 500, batches) < 1e-4
+    net, ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 500 and ckpt["architecture"]["refine"] == 6 and net.refiner is not None
+    x = np.random.default_rng(9).random((2, ia.CHANNELS, ia.CROP, ia.CROP), dtype=np.float32)
+    expected = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.no_grad():
+        assert np.abs(net(torch.from_numpy(x)).numpy() - expected).max() < 1e-4
+    net.train()
+    net(torch.from_numpy(x)).mean().backward()
+    assert net.refiner[-1].weight.grad.abs().sum() > 0  # the zero layer learns
+    with pytest.raises(LightSegError, match="overwrite"):
+        seed(cfg, onnx_path, tmp_path / "run", 500, batches)
+
+
 def trained_model():
     """The shipped click model (LIGHTSEG_CLICK_MODEL names another ONNX file to check a run's export)."""
     path = os.environ.get("LIGHTSEG_CLICK_MODEL")
