@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import LightSegError
+from .grid import same_grid
 
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 RV, MYO, LV = 1, 2, 3
@@ -43,14 +44,9 @@ def _ef(edv: float, esv: float) -> float | None:
     return 100.0 * (edv - esv) / edv if edv > 0 else None
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
-
-
 def cardiac_function(ed: sitk.Image, es: sitk.Image) -> CardiacFunction:
-    if not _same_grid(ed, es):
-        raise LightSegError("ED and ES labelmaps are on different grids (size, spacing or direction differ): "
+    if not same_grid(ed, es):
+        raise LightSegError("ED and ES labelmaps are on different grids (size, spacing, origin or direction differ): "
                             "they must come from the same cine series")
     voxel_ml = float(np.prod(ed.GetSpacing())) / 1000.0
     a_ed, a_es = sitk.GetArrayViewFromImage(ed), sitk.GetArrayViewFromImage(es)

@@ -91,6 +91,10 @@ def test_absent_structure_and_mismatched_grids():
     assert result.slices_with["ES LV"] == 1 and result.slices_with["ED LV"] == 2
     with pytest.raises(LightSegError, match="different grids"):
         cardiac_function(img(ed), img(es[:3]))
+    moved = img(es)
+    moved.SetOrigin((0.0, 0.0, 5.0))  # the same size and spacing, five slices away: not the same series
+    with pytest.raises(LightSegError, match="different grids"):
+        cardiac_function(img(ed), moved)
 
 
 @pytest.mark.parametrize("frame", ["frame01", "frame02"])

@@ -111,14 +111,11 @@ def to_index(image: sitk.Image, point: dict) -> tuple[int, int, int]:
 
 def read_start(path: Path, image: sitk.Image, label: int | None) -> tuple[np.ndarray, int]:
     """The labelmap to start from, [z, y, x], on the image's grid, and the label to refine."""
+    from ..grid import same_grid
     from ..io import read_image
 
     mask = read_image(path)
-    same = (mask.GetSize() == image.GetSize()
-            and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-4, atol=1e-6)
-            and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=0, atol=1e-3 * min(image.GetSpacing()))
-            and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4))
-    if not same:
+    if not same_grid(mask, image):
         raise LightSegError(f"{path.name} is not on the image's grid (size {list(mask.GetSize())} vs "
                             f"{list(image.GetSize())}, or spacing, origin or direction differ)")
     array = sitk.GetArrayFromImage(mask)
