@@ -240,6 +240,32 @@ def test_a_refined_net_seeded_from_a_shipped_onnx_answers_as_it_did_and_then_lea
         seed(cfg, onnx_path, tmp_path / "run", 500, batches)
 
 
+def test_training_the_refiner_alone_leaves_the_folded_net_as_it_was(tmp_path):
+    """``train_only = "refiner"`` on real training crops: a few steps change the refiner and nothing of the folded
+    net, its BatchNorm statistics included, and the run resumes from the seeded step."""
+    from LightSegLib.lab.interactive.seed import seed
+    from LightSegLib.lab.interactive.train import train
+    from LightSegLib.lab.nets import build
+
+    data = {"acdc": str(shared("acdc")), "lits": str(shared("lits_liver_2d")), "nih": str(shared("nih_pancreas_2d")),
+            "seed": 0, "lits_test": 20, "nih_test": 10}
+    arch = {"name": "unet", "widths": [4, 8], "fold": 2, "refine": 4}
+    torch.manual_seed(0)
+    source = build(dict(arch, refine=0, in_channels=ia.CHANNELS, num_classes=1)).eval()
+    onnx_path = export_onnx(source, tmp_path / "shipped.onnx", ia.CHANNELS, trace_hw=(ia.CROP, ia.CROP))
+    cfg = {"data": data, "model": arch,
+           "train": {"seed": 0, "threads": 1, "batch": 2, "lr": 1e-2, "steps": 104, "max_rounds": 1,
+                     "drop_prev": 0.15, "checkpoint_minutes": 60, "train_only": "refiner"}}
+    batches = [np.random.default_rng(k).random((2, ia.CHANNELS, ia.CROP, ia.CROP), dtype=np.float32) for k in range(2)]
+    seed(cfg, onnx_path, tmp_path / "run", 100, batches)
+    before = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    train(cfg, tmp_path / "run", resume=True)
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    changed = {k for k in before if not torch.equal(before[k], after["model"][k])}
+    assert after["step"] == 104
+    assert any(k.endswith("weight") for k in changed) and all(k.startswith("refiner.") for k in changed), changed
+
+
 def trained_model():
     """The shipped click model (LIGHTSEG_CLICK_MODEL names another ONNX file to check a run's export)."""
     path = os.environ.get("LIGHTSEG_CLICK_MODEL")

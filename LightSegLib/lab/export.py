@@ -245,6 +245,9 @@ def load_onnx_weights(net, onnx_path, example) -> dict:
 
     graph = onnx.load(str(onnx_path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:  # the exporter shares equal tensors (zero biases, say) through Identity nodes
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
     folded = [(inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 else None)
               for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)

@@ -3,7 +3,8 @@
 The export folded each BatchNorm into its conv; ``warm_start_from_onnx`` re-inflates them from real training crops, so
 the net answers as the ONNX file does (eval mode) and close to it in train mode. Layers of the config's architecture
 that the ONNX file lacks (a full-resolution refiner) keep their fresh initialisation, zero where the architecture
-says so. The checkpoint is written as the trainer writes its own, at ``--step``, with a fresh optimizer.
+says so. The checkpoint is written as the trainer writes its own, at ``--step``, with no optimizer state (the
+trainer starts a fresh one).
 
     python -m LightSegLib.lab.interactive.seed --config configs/models/click-refine.toml --out runs/click6 \\
         --onnx Resources/Models/click-refine.onnx --step 28000
@@ -57,9 +58,8 @@ def seed(cfg: dict, onnx_path: Path, out: Path, step: int, batches=None) -> floa
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("refiner.") for k in missing):
         raise LightSegError(f"{onnx_path} does not fit the config's architecture: {missing or unexpected}")
-    opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["train"]["lr"]), weight_decay=1e-4)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "architecture": arch, "step": int(step),
+    torch.save({"model": net.state_dict(), "optimizer": None, "architecture": arch, "step": int(step),
                 "seconds": 0.0, "config": cfg, "task": "click-refine", "crop": ia.CROP,
                 "disk_radius": ia.DISK_RADIUS, "seeded_from": str(onnx_path)}, out / "last.pt")
     return diff

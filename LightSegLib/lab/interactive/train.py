@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ... import interactive as ia
+from ...errors import LightSegError
 from ..train.config import read_toml  # TOML with `extends`, as every recipe of the workshop
 from .clicker import interior_points, next_click, outside_points
 from .data import BENCHMARK, Slice, load_slices, object_mask, objects, superpixel_slice
@@ -126,13 +127,20 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
     arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU only shortens it
     net = build(arch)
-    opt = torch.optim.AdamW(net.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
+    only = t.get("train_only")  # one top-level part of the net trained alone; the rest frozen, its BatchNorms fixed
+    if only:
+        if not any(name == only for name, _ in net.named_children()):
+            raise LightSegError(f"train_only: the net has no part {only!r}")
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.split(".")[0] == only)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=float(t["lr"]), weight_decay=1e-4)
     step, seconds = 0, 0.0
     last = out / "last.pt"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("optimizer"):  # a seeded checkpoint starts a fresh optimizer
+            opt.load_state_dict(ckpt["optimizer"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
         say(f"resumed at step {step}")
     net.to(device)
@@ -167,6 +175,9 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         prevs = [s[1] for s in samples]
         rounds = int(rng.integers(0, max_rounds + 1))
         net.train()
+        for name, part in net.named_children():
+            if only and name != only:
+                part.eval()
         with torch.no_grad():
             for _ in range(rounds):
                 prob = net(torch.from_numpy(batch_input(samples, prevs)).to(device)).sigmoid()[:, 0].cpu().numpy()
