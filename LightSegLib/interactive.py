@@ -5,7 +5,7 @@ clicks, resampled to ``CROP`` pixels (the zoom-in of RITM), so a click costs the
 The net reads four channels: the image crop (percentile-scaled), the current mask, and disks at the positive
 and the negative clicks. Each answer is the mean over views of the crop in one batch (the window moved by
 a crop pixel, mirrored), which steadies the outline. A correction changes only the part of the mask connected to
-the click that asked for it; every other pixel keeps its value.
+the click that asked for it; every other pixel keeps its value, and locked voxels (another segment's) never change.
 
 The crop and channel encoding below is the contract the click training (the workshop's interactive package) shares:
 change it only together with a retrained model.
@@ -219,6 +219,7 @@ class InteractiveSession:
         batch = self.runner.session.get_inputs()[0].shape[0]
         self._one_at_a_time = batch == 1  # a model exported with a fixed batch of one reads each view apart
         self.mask = np.zeros(self.volume.shape, np.uint8)
+        self.locked = np.zeros(self.volume.shape, bool)
         self.clicks: dict[int, _Slice] = {}
         self._undo: list[tuple[np.ndarray, dict]] = []
 
@@ -250,6 +251,16 @@ class InteractiveSession:
         self.mask = (mask > 0).astype(np.uint8)
         self.clicks = {}
         return self.mask.copy()
+
+    def lock(self, voxels: np.ndarray) -> None:
+        """Voxels no click, box or propagation may change (another segment's or label's), [z, y, x] like the mask:
+        the object neither takes them nor gives them up, so a correction never paints over another structure."""
+        voxels = np.asarray(voxels, bool)
+        if voxels.ndim == 2:
+            voxels = voxels[None]
+        if voxels.shape != self.mask.shape:
+            raise LightSegError(f"locked voxels' shape {voxels.shape} is not the image's {self.mask.shape}")
+        self.locked = voxels.copy()
 
     # -- the net
     def _predict(self, z: int, prev: np.ndarray, positives, negatives, window: Window):
@@ -308,7 +319,8 @@ class InteractiveSession:
         old = self.mask[z].astype(bool)
         prob = self._infer(z, old.astype(np.float32), s.positives, s.negatives, (j, i))
         new = prob > self.threshold
-        new[j, i] = positive  # the clicked pixel always follows the click
+        new[j, i] = positive  # the clicked pixel always follows the click, unless it is locked
+        new = np.where(self.locked[z], old, new)
         change = touching(new != old, (j, i), radius=1.5)
         self.mask[z] = np.where(change, new, old).astype(np.uint8)
         return self.mask.copy()
@@ -332,6 +344,7 @@ class InteractiveSession:
         inside[j0:j1 + 1, i0:i1 + 1] = True
         new = (prob > self.threshold) & inside
         new[centre] = True
+        new = np.where(self.locked[z], self.mask[z] > 0, new)
         self.mask[z] = np.where(inside, touching(new, centre, 1.5), self.mask[z]).astype(np.uint8)
         return self.mask.copy()
 
@@ -354,7 +367,7 @@ class InteractiveSession:
             prev = self.mask[z].astype(bool)
             seed = deepest_point(prev)
             prob = self._infer(z + step, prev.astype(np.float32), [seed], [], seed)
-            new = prob > self.threshold
+            new = (prob > self.threshold) & ~self.locked[z + step]
             if not new.any():
                 break
             new = touching(new, seed, radius=max(2.0, 0.1 * np.sqrt(prev.sum()))) if new[seed] else new

@@ -126,6 +126,26 @@ def test_correction_changes_only_the_connected_region(acdc, models):
     assert np.array_equal(holed[z][~removed], start[z][~removed])  # and nothing grew anywhere
 
 
+def test_locked_voxels_never_change(acdc, models):
+    """Another structure's voxels locked (the RV): a click beside it grows the LV mask up to it and not into it, a
+    click on it changes nothing, and propagation leaves it out on every slice."""
+    image, label = acdc
+    z = middle(label)
+    rv = label == 1
+    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+    session.lock(rv)
+    ring = ndimage.binary_dilation(rv[z], iterations=2) & ~rv[z] & (label[z] == 0)
+    y, x = np.argwhere(ring)[0]
+    mask = session.click((int(x), int(y), z))
+    assert mask[z, y, x] and not (mask.astype(bool) & rv).any()
+    assert (ndimage.binary_dilation(mask[z] > 0, iterations=4) & rv[z]).any()  # it reached the RV's border
+    ry, rx = np.argwhere(rv[z])[0]
+    assert np.array_equal(session.click((int(rx), int(ry), z)), mask)
+    assert not (session.propagate(1, max_slices=2).astype(bool) & rv).any()
+    session.start_from(rv)  # a locked voxel the object holds keeps it, even under a removing click
+    assert session.click((int(rx), int(ry), z), positive=False)[z, ry, rx]
+
+
 def test_box_keeps_the_result_inside(acdc, models):
     image, label = acdc
     z = middle(label)
@@ -334,3 +354,9 @@ def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):
     slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros_like(label, np.uint8), segmentation, lv, volume)
     labelmap = clicks.click((x + 5, y, z))  # the segment was emptied outside: this click starts from nothing
     assert clicks.session.mask[z, y, x + 5] and not clicks.session.mask[z, y, x]
+
+    ry, rx = np.argwhere(label[z] == 1)[0]  # a click on the RV for the LV: the RV's voxels are never taken
+    clicks.write(clicks.click((int(rx), int(ry), z)))
+    written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, lv, volume) > 0
+    assert written.any() and not (written & (label == 1)).any()
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, rv, volume) > 0, label == 1)

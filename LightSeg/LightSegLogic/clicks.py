@@ -1,6 +1,6 @@
 """Click refinement of one segment in MRML: the controller the Slicer effect (LightSegClicks.py) and the web app
 (LightSegWeb) both drive. LightSegLib.interactive.InteractiveSession does the work on the volume's voxels; this joins
-it to a volume node and one segment of a segmentation node, and writes that segment only."""
+it to a volume node and one segment of a segmentation node, and writes that segment only, never over another."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +55,19 @@ class SegmentClicks:
         return int(np.count_nonzero(values == self.segmentation_node.GetSegmentation().GetSegment(
             self.segment_id).GetLabelValue()))
 
+    def other_segments(self) -> np.ndarray:
+        """The voxels any other segment of the node holds, [k, j, i] bool on the volume's grid."""
+        ids = [i for i in self.segmentation_node.GetSegmentation().GetSegmentIDs() if i != self.segment_id]
+        exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, ids,
+                                    self.volume_node) if ids else None
+        if exported is None:
+            return np.zeros(self.session.mask.shape, bool)
+        return exported.reshape(self.session.mask.shape) > 0
+
     def _sync(self) -> None:
+        """Start from the scene: the segment as it is now, and every other segment's voxels locked (a correction
+        never takes a voxel from another segment nor overlaps one, whatever the editor's masking says)."""
+        self.session.lock(self.other_segments())
         current = self.segment_array()
         if not np.array_equal(current, self.session.mask):
             self.session.start_from(current)

@@ -155,6 +155,7 @@ def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, thr
     if labels is None:
         labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
     region = labels == label
+    session.lock((labels != 0) & ~region)  # the object never paints over another label
     if region.any():
         session.start_from(region)
     for positive, index in clicks:
@@ -170,7 +171,7 @@ def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, thr
     obj = session.mask.astype(bool)
     out = labels.copy()
     out[region & ~obj] = 0
-    out[obj & ((labels == 0) | region)] = label  # never over another label
+    out[obj] = label
     return out, int(session.mask.reshape(len(session.mask), -1).any(1).sum()) - before
 
 
