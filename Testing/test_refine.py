@@ -194,12 +194,16 @@ def test_publishing_a_click_checkpoint_replaces_its_entry_through_the_writer(tmp
              "structures": {k: {"clicks": v, "region_growing": shipped["region_growing"][k]}
                             for k, v in shipped["structures"].items()},
              "seconds_per_click": shipped["seconds_per_click"], "propagation": shipped["propagation"]}
+    liver = dict(shipped["structures"]["liver"])  # as today's benchmark writes it: per-object NoC and its interval
+    bench["structures"]["liver"]["clicks"] = dict(liver, **{"noc@85_95ci": [2.1, 3.6],
+                                                            "noc@85_per_object": [1, 2, 5, 3]})
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     entry = pub.publish(tmp_path / "last.pt", tmp_path / "bench.json", models, log=lambda _: None)
     assert entry["status"] == "preview" and entry["sha256"] == sha256_of(models / "click-refine.onnx")
+    assert "noc@85_per_object" not in entry["metrics"]["structures"]["liver"]  # those stay in the bench JSON
     card = (models / "click-refine.md").read_text()
-    liver = shipped["structures"]["liver"]
     assert f"| liver | {liver['objects']} | {liver['dice@1']:g} | {liver['dice@3']:g} |" in card
+    assert f"| {liver['noc@85']:g} (2.1-3.6) |" in card
     assert "IRCADb terms): internal use only" in card and "{{" not in card
     assert f"--checkpoint {(tmp_path / 'last.pt').as_posix()} --bench {(tmp_path / 'bench.json').as_posix()}" in card
 

@@ -102,7 +102,10 @@ def figures_markdown(bench: dict) -> str:
     for name, r in bench["structures"].items():
         c, g = r["clicks"], r["region_growing"]
         out = " (**left out**)" if r.get("left_out", name in bench.get("left_out", [])) else ""
-        lines.append(f"| {name}{out} | {c['objects']} | " + " | ".join(f"{c[k]:g}" for k in keys)
+        cells = [f"{c[k]:g}" for k in keys]
+        if "noc@85_95ci" in c:  # benchmarks since the per-object figures: the mean's 95% bootstrap interval
+            cells[3] += " ({:g}-{:g})".format(*c["noc@85_95ci"])
+        lines.append(f"| {name}{out} | {c['objects']} | " + " | ".join(cells)
                      + f" | {g['noc@85']:g} / {g['dice@5']:g} |")
     return "\n".join(lines)
 
@@ -265,6 +268,11 @@ def commands(checkpoint, bench_path, bench: dict) -> list[str]:
             f"--bench {Path(bench_path).as_posix()}"]
 
 
+def summary(figures: dict) -> dict:
+    """A structure's benchmark figures without the per-object lists (those stay in the bench JSON)."""
+    return {k: v for k, v in figures.items() if not k.endswith("_per_object")}
+
+
 def build_entry(template: dict, ckpt: dict, bench: dict, bench_path, checkpoint, onnx: Path, facts: dict) -> dict:
     rows = check_targets(bench, facts["bytes"])
     cfg = ckpt["config"]
@@ -280,8 +288,8 @@ def build_entry(template: dict, ckpt: dict, bench: dict, bench_path, checkpoint,
                          + (f"; structures trained on: {trained}" if trained else ""),
         "licence": licences(cfg)[1],
         "metrics": {"benchmark": Path(bench_path).as_posix(), "threads": bench["threads"],
-                    "structures": {k: v["clicks"] for k, v in bench["structures"].items()},
-                    "region_growing": {k: v["region_growing"] for k, v in bench["structures"].items()},
+                    "structures": {k: summary(v["clicks"]) for k, v in bench["structures"].items()},
+                    "region_growing": {k: summary(v["region_growing"]) for k, v in bench["structures"].items()},
                     "left_out": bench.get("left_out", []), "seconds_per_click": bench["seconds_per_click"],
                     "propagation": bench["propagation"],
                     "targets_met": f"{sum(met for _, _, met in rows)} of {len(rows)}"},
