@@ -328,7 +328,7 @@ class InteractiveSession:
     def box(self, corner_a_ijk, corner_b_ijk) -> np.ndarray:
         """An object inside a box on one slice: a positive click at the box centre, the result kept inside the
         box (the net has no box channel: the box sets the zoom and bounds the answer)."""
-        (i0, j0), (i1, j1) = sorted([corner_a_ijk[0], corner_b_ijk[0]]), sorted([corner_a_ijk[1], corner_b_ijk[1]])
+        (i0, i1), (j0, j1) = sorted([corner_a_ijk[0], corner_b_ijk[0]]), sorted([corner_a_ijk[1], corner_b_ijk[1]])
         z = int(corner_a_ijk[2]) if len(corner_a_ijk) > 2 else 0
         self._save()
         centre = ((j0 + j1) // 2, (i0 + i1) // 2)
@@ -344,8 +344,10 @@ class InteractiveSession:
         inside[j0:j1 + 1, i0:i1 + 1] = True
         new = (prob > self.threshold) & inside
         new[centre] = True
-        new = np.where(self.locked[z], self.mask[z] > 0, new)
-        self.mask[z] = np.where(inside, touching(new, centre, 1.5), self.mask[z]).astype(np.uint8)
+        held = self.mask[z] > 0
+        new = np.where(self.locked[z], held, new)
+        kept = np.where(inside, touching(new, centre, 1.5), held)
+        self.mask[z] = np.where(self.locked[z], held, kept).astype(np.uint8)
         return self.mask.copy()
 
     def propagate(self, direction: int = 1, start: int | None = None, max_slices: int | None = None,

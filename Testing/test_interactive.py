@@ -142,19 +142,27 @@ def test_locked_voxels_never_change(acdc, models):
     ry, rx = np.argwhere(rv[z])[0]
     assert np.array_equal(session.click((int(rx), int(ry), z)), mask)
     assert not (session.propagate(1, max_slices=2).astype(bool) & rv).any()
-    session.start_from(rv)  # a locked voxel the object holds keeps it, even under a removing click
+    session.start_from(rv)  # a locked voxel the object holds keeps it, even under a removing click or a box
     assert session.click((int(rx), int(ry), z), positive=False)[z, ry, rx]
+    lv = np.argwhere(label[z] == 3)
+    (y0, x0), (y1, x1) = lv.min(0), lv.max(0)
+    boxed = session.box((int(x0), int(y0), z), (int(x1), int(y1), z)).astype(bool)
+    assert np.array_equal(boxed[z] & rv[z], rv[z]) and boxed[z][label[z] == 3].any()
 
 
 def test_box_keeps_the_result_inside(acdc, models):
+    """A box given by any two opposite corners (i, j, k): a positive click at its centre, the answer kept inside."""
     image, label = acdc
     z = middle(label)
     ys, xs = np.nonzero(label[z] == 3)
-    session = ia.InteractiveSession(image, model=models["grow"], threads=1)
-    mask = session.box((xs.min(), ys.min(), z), (xs.max(), ys.max(), z))
-    inside = np.zeros_like(mask[z], bool)
+    inside = np.zeros(label[z].shape, bool)
     inside[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-    assert mask[z][inside].any() and not mask[z][~inside].any()
+    centre = ((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2)
+    for a, b in (((xs.min(), ys.min(), z), (xs.max(), ys.max(), z)), ((xs.max(), ys.min(), z), (xs.min(), ys.max(), z))):
+        session = ia.InteractiveSession(image, model=models["grow"], threads=1)
+        mask = session.box(a, b)
+        assert mask[z][centre] and not mask[z][~inside].any()
+        assert session.clicks[z].positives == [centre]
 
 
 def test_propagate_stops_where_the_net_finds_nothing(acdc, models):
