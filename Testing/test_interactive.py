@@ -330,6 +330,52 @@ def mrml(monkeypatch):
 
 
 @pytest.mark.slicer
+def test_other_segments_are_read_in_place_and_follow_changes_made_outside(acdc, models, mrml):
+    """What the controller locks, read from the layers in place: the other labels of a shared layer (a labelmap
+    imported whole) and of separate layers, the same as Slicer's export, and again after another segment changed."""
+    import sys
+
+    import slicer
+
+    sys.path.insert(0, str(REPO / "LightSeg"))
+    from LightSegLogic import SegmentClicks
+    from LightSegLogic.measures import exportedSegments
+    from vtk.util import numpy_support
+
+    volume = mrml.volumes.AddArchetypeVolume(str(shared("acdc/imagesTr/patient028_frame01.nii.gz")), "cine")
+    _, label = acdc
+    labelmap = slicer.util.addVolumeFromArray(label.astype(np.uint8), nodeClassName="vtkMRMLLabelMapVolumeNode")
+    labelmap.CopyOrientation(volume)
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    ids = list(segmentation.GetSegmentation().GetSegmentIDs())
+    assert len(ids) == 3 and segmentation.GetSegmentation().GetNumberOfLayers() == 1  # one shared layer
+    values = {i: segmentation.GetSegmentation().GetSegment(i).GetLabelValue() for i in ids}
+    lv = next(i for i in ids if values[i] == 3)
+    clicks = SegmentClicks(volume, segmentation, lv, model=models["grow"], threads=1)
+    assert np.array_equal(clicks.segment_array() > 0, label == 3)
+    assert np.array_equal(clicks.other_segments(), np.isin(label, (1, 2)))
+
+    extra = segmentation.GetSegmentation().AddEmptySegment("extra")  # a separate layer
+    block = np.zeros_like(label, np.uint8)
+    block[:, :20, :20] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(block, segmentation, extra, volume)
+    assert np.array_equal(clicks.other_segments(), np.isin(label, (1, 2)) | (block > 0))
+    block[:, 30:40, :20] = 1  # changed outside: read again, not from what was kept
+    slicer.util.updateSegmentBinaryLabelmapFromArray(block, segmentation, extra, volume)
+    expected = np.isin(label, (1, 2)) | (block > 0)
+    assert np.array_equal(clicks.other_segments(), expected)
+    exported = exportedSegments(slicer.mrmlScene, segmentation, [i for i in ids + [extra] if i != lv], volume)
+    assert np.array_equal(exported.reshape(label.shape) > 0, expected)  # Slicer's own export agrees
+
+    layer = segmentation.GetSegmentation().GetSegment(extra).GetRepresentation("Binary labelmap")
+    scalars = numpy_support.vtk_to_numpy(layer.GetPointData().GetScalars())
+    scalars[:] = 0  # an effect painting in place: the same layer object, modified
+    layer.Modified()
+    assert np.array_equal(clicks.other_segments(), np.isin(label, (1, 2)))
+
+
 def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):
     """The effect's MRML side (LightSegLogic.clicks.SegmentClicks) on a real scene: a click writes the selected
     segment through an oriented labelmap on the volume's grid, other segments keep every voxel, and a change made

@@ -13,6 +13,11 @@ from vtk.util import numpy_support
 from .measures import exportedSegments
 
 
+def holding(values: np.ndarray, labels: list) -> np.ndarray:
+    """Where a labelmap layer holds any of ``labels`` (one comparison for a lone label: most layers hold one)."""
+    return values == labels[0] if len(labels) == 1 else np.isin(values, labels)
+
+
 class SegmentClicks:
     """One segment of a segmentation node refined on the grid of its source volume node.
 
@@ -28,6 +33,8 @@ class SegmentClicks:
         self.session = InteractiveSession(image, model=model, threads=threads)
         self.last_slice = None
         self._steps = 0  # session changes made here since the segment last changed outside
+        self._reference = None  # the volume's geometry, to tell whether a layer lies on its grid
+        self._foreign = None  # (key, union): the other segments of the layers this segment is not in
 
     def ras_to_ijk(self, ras) -> tuple[int, int, int]:
         matrix = vtk.vtkMatrix4x4()
@@ -40,11 +47,41 @@ class SegmentClicks:
 
     def segment_array(self) -> np.ndarray:
         """The segment as it is in the scene, [k, j, i] 0/1 on the volume's grid."""
-        exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, [self.segment_id],
-                                    self.volume_node)
-        if exported is None:
-            return np.zeros(self.session.mask.shape, np.uint8)
-        return (exported.reshape(self.session.mask.shape) > 0).astype(np.uint8)
+        layer = self._layer(self.segment_id)
+        if layer is None:
+            exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, [self.segment_id],
+                                        self.volume_node)
+            return np.zeros(self.session.mask.shape, np.uint8) if exported is None else \
+                (exported.reshape(self.session.mask.shape) > 0).astype(np.uint8)
+        out = np.zeros(self.session.mask.shape, bool)
+        self._paste(out, layer, lambda values: values == self._label(self.segment_id))
+        return out.astype(np.uint8)
+
+    def _label(self, segment_id: str) -> int:
+        return self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+
+    def _layer(self, segment_id: str):
+        """The segment's labelmap layer where it lies on the volume's grid (a segmentation made on this volume), so
+        its voxels can be read in place; None otherwise (then Slicer's export, which resamples, is used)."""
+        image = self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetRepresentation(
+            slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        if image is None or image.GetPointData().GetScalars() is None:
+            return None
+        if self._reference is None:
+            self._reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+                self.volume_node)
+        return image if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, self._reference) else None
+
+    def _paste(self, out: np.ndarray, layer, select) -> None:
+        """``out`` |= ``select(values)`` over the layer's extent, clipped to the volume."""
+        i0, i1, j0, j1, k0, k1 = layer.GetExtent()
+        lo = [max(0, v) for v in (k0, j0, i0)]
+        hi = [min(n, v + 1) for n, v in zip(out.shape, (k1, j1, i1))]
+        if any(h <= low for low, h in zip(lo, hi)):
+            return
+        values = numpy_support.vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(
+            k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)[lo[0] - k0:hi[0] - k0, lo[1] - j0:hi[1] - j0, lo[2] - i0:hi[2] - i0]
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= select(values)
 
     def voxels(self) -> int:
         """How many voxels the segment has in the scene (its layer is read in place, nothing exported)."""
@@ -56,13 +93,34 @@ class SegmentClicks:
             self.segment_id).GetLabelValue()))
 
     def other_segments(self) -> np.ndarray:
-        """The voxels any other segment of the node holds, [k, j, i] bool on the volume's grid."""
-        ids = [i for i in self.segmentation_node.GetSegmentation().GetSegmentIDs() if i != self.segment_id]
-        exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, ids,
-                                    self.volume_node) if ids else None
-        if exported is None:
-            return np.zeros(self.session.mask.shape, bool)
-        return exported.reshape(self.session.mask.shape) > 0
+        """The voxels any other segment of the node holds, [k, j, i] bool on the volume's grid. Read in place, layer
+        by layer; the layers this segment is not in are kept between calls until one of them changes (their
+        modification times), so a click reads again only its own layer: milliseconds where Slicer's export of tens of
+        segments on a large CT takes seconds."""
+        shape = self.session.mask.shape
+        segmentation = self.segmentation_node.GetSegmentation()
+        others = [i for i in segmentation.GetSegmentIDs() if i != self.segment_id]
+        mine = self._layer(self.segment_id)
+        layers = {i: self._layer(i) for i in others}
+        if any(layer is None for layer in layers.values()):
+            exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, others,
+                                        self.volume_node) if others else None
+            return np.zeros(shape, bool) if exported is None else exported.reshape(shape) > 0
+        address = {i: layer.GetAddressAsString("vtkObject") for i, layer in layers.items()}
+        own = mine.GetAddressAsString("vtkObject") if mine is not None else None
+        foreign = {address[i]: layer for i, layer in layers.items() if address[i] != own}
+        key = (tuple(others), tuple(sorted((k, layer.GetMTime()) for k, layer in foreign.items())))
+        if self._foreign is None or self._foreign[0] != key:
+            union = np.zeros(shape, bool)
+            for layer in foreign.values():
+                labels = [self._label(i) for i in others if address[i] == layer.GetAddressAsString("vtkObject")]
+                self._paste(union, layer, lambda values, labels=labels: holding(values, labels))
+            self._foreign = (key, union)
+        out = self._foreign[1].copy()
+        shared = [self._label(i) for i in others if address[i] == own]
+        if mine is not None and shared:  # the other segments in this segment's own layer
+            self._paste(out, mine, lambda values: holding(values, shared))
+        return out
 
     def _sync(self) -> None:
         """Start from the scene: the segment as it is now, and every other segment's voxels locked (a correction
