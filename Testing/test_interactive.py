@@ -357,6 +357,7 @@ def test_other_segments_are_read_in_place_and_follow_changes_made_outside(acdc, 
     assert np.array_equal(clicks.segment_array() > 0, label == 3)
     assert np.array_equal(clicks.other_segments(), np.isin(label, (1, 2)))
 
+    segmentation.GetSegmentation().AddEmptySegment("empty")  # holds nothing, read as nothing
     extra = segmentation.GetSegmentation().AddEmptySegment("extra")  # a separate layer
     block = np.zeros_like(label, np.uint8)
     block[:, :20, :20] = 1

@@ -13,6 +13,9 @@ from vtk.util import numpy_support
 from .measures import exportedSegments
 
 
+OFF_GRID = object()  # a layer not on the volume's grid: read through Slicer's export
+
+
 def holding(values: np.ndarray, labels: list) -> np.ndarray:
     """Where a labelmap layer holds any of ``labels`` (one comparison for a lone label: most layers hold one)."""
     return values == labels[0] if len(labels) == 1 else np.isin(values, labels)
@@ -49,6 +52,8 @@ class SegmentClicks:
         """The segment as it is in the scene, [k, j, i] 0/1 on the volume's grid."""
         layer = self._layer(self.segment_id)
         if layer is None:
+            return np.zeros(self.session.mask.shape, np.uint8)
+        if layer is OFF_GRID:
             exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, [self.segment_id],
                                         self.volume_node)
             return np.zeros(self.session.mask.shape, np.uint8) if exported is None else \
@@ -61,8 +66,8 @@ class SegmentClicks:
         return self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
 
     def _layer(self, segment_id: str):
-        """The segment's labelmap layer where it lies on the volume's grid (a segmentation made on this volume), so
-        its voxels can be read in place; None otherwise (then Slicer's export, which resamples, is used)."""
+        """The segment's labelmap layer, read in place where it lies on the volume's grid (a segmentation made on
+        this volume); None for an empty segment; OFF_GRID where it does not (then Slicer's export, which resamples)."""
         image = self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetRepresentation(
             slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
         if image is None or image.GetPointData().GetScalars() is None:
@@ -70,7 +75,7 @@ class SegmentClicks:
         if self._reference is None:
             self._reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
                 self.volume_node)
-        return image if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, self._reference) else None
+        return image if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, self._reference) else OFF_GRID
 
     def _paste(self, out: np.ndarray, layer, select) -> None:
         """``out`` |= ``select(values)`` over the layer's extent, clipped to the volume."""
@@ -102,12 +107,14 @@ class SegmentClicks:
         others = [i for i in segmentation.GetSegmentIDs() if i != self.segment_id]
         mine = self._layer(self.segment_id)
         layers = {i: self._layer(i) for i in others}
-        if any(layer is None for layer in layers.values()):
+        layers = {i: layer for i, layer in layers.items() if layer is not None}  # empty segments hold nothing
+        if any(layer is OFF_GRID for layer in layers.values()):
             exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, others,
                                         self.volume_node) if others else None
             return np.zeros(shape, bool) if exported is None else exported.reshape(shape) > 0
+        others = list(layers)
         address = {i: layer.GetAddressAsString("vtkObject") for i, layer in layers.items()}
-        own = mine.GetAddressAsString("vtkObject") if mine is not None else None
+        own = mine.GetAddressAsString("vtkObject") if mine is not None and mine is not OFF_GRID else None
         foreign = {address[i]: layer for i, layer in layers.items() if address[i] != own}
         key = (tuple(others), tuple(sorted((k, layer.GetMTime()) for k, layer in foreign.items())))
         if self._foreign is None or self._foreign[0] != key:
@@ -118,7 +125,7 @@ class SegmentClicks:
             self._foreign = (key, union)
         out = self._foreign[1].copy()
         shared = [self._label(i) for i in others if address[i] == own]
-        if mine is not None and shared:  # the other segments in this segment's own layer
+        if shared:  # the other segments in this segment's own layer
             self._paste(out, mine, lambda values: holding(values, shared))
         return out
 
