@@ -2,7 +2,8 @@
 
 First click at the object's deepest point, each next one at the deepest point of the larger error (positive
 for a missed part, negative for a false one), up to 20 clicks per object. Reports Dice after 1/3/5 clicks,
-NoC@85/90 (clicks to reach IoU 0.85/0.90; 20 when never reached), failures (IoU 0.85 never reached), for
+NoC@85/90 (clicks to reach IoU 0.85/0.90; 20 when never reached; NoC@85 per object too, with a 95% bootstrap
+interval of its mean), failures (IoU 0.85 never reached), for
 the issue's structures on held-out patients and, on TotalSegmentator subject s0009 (never trained on), for the
 structures left out of training beside trained ones of the same volume, against a non-learned baseline: seeded region growing
 from the same clicker (the union of SimpleITK ConfidenceConnected regions, one per positive click; where the
