@@ -94,8 +94,7 @@ class SegmentClicks:
         if image is None or image.GetPointData().GetScalars() is None:
             return 0
         values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-        return int(np.count_nonzero(values == self.segmentation_node.GetSegmentation().GetSegment(
-            self.segment_id).GetLabelValue()))
+        return int(np.count_nonzero(values == self._label(self.segment_id)))
 
     def other_segments(self) -> np.ndarray:
         """The voxels any other segment of the node holds, [k, j, i] bool on the volume's grid. Read in place, layer
@@ -103,30 +102,28 @@ class SegmentClicks:
         modification times), so a click reads again only its own layer: milliseconds where Slicer's export of tens of
         segments on a large CT takes seconds."""
         shape = self.session.mask.shape
-        segmentation = self.segmentation_node.GetSegmentation()
-        others = [i for i in segmentation.GetSegmentIDs() if i != self.segment_id]
-        mine = self._layer(self.segment_id)
+        others = [i for i in self.segmentation_node.GetSegmentation().GetSegmentIDs() if i != self.segment_id]
         layers = {i: self._layer(i) for i in others}
-        layers = {i: layer for i, layer in layers.items() if layer is not None}  # empty segments hold nothing
         if any(layer is OFF_GRID for layer in layers.values()):
             exported = exportedSegments(self.segmentation_node.GetScene(), self.segmentation_node, others,
-                                        self.volume_node) if others else None
+                                        self.volume_node)
             return np.zeros(shape, bool) if exported is None else exported.reshape(shape) > 0
-        others = list(layers)
-        address = {i: layer.GetAddressAsString("vtkObject") for i, layer in layers.items()}
+        grouped = {}  # layer address -> (layer, the labels of the other segments in it); empty segments hold nothing
+        for i, layer in layers.items():
+            if layer is not None:
+                grouped.setdefault(layer.GetAddressAsString("vtkObject"), (layer, []))[1].append(self._label(i))
+        mine = self._layer(self.segment_id)
         own = mine.GetAddressAsString("vtkObject") if mine is not None and mine is not OFF_GRID else None
-        foreign = {address[i]: layer for i, layer in layers.items() if address[i] != own}
-        key = (tuple(others), tuple(sorted((k, layer.GetMTime()) for k, layer in foreign.items())))
+        foreign = {address: entry for address, entry in grouped.items() if address != own}
+        key = tuple(sorted((address, layer.GetMTime(), tuple(labels)) for address, (layer, labels) in foreign.items()))
         if self._foreign is None or self._foreign[0] != key:
             union = np.zeros(shape, bool)
-            for layer in foreign.values():
-                labels = [self._label(i) for i in others if address[i] == layer.GetAddressAsString("vtkObject")]
+            for layer, labels in foreign.values():
                 self._paste(union, layer, lambda values, labels=labels: holding(values, labels))
             self._foreign = (key, union)
         out = self._foreign[1].copy()
-        shared = [self._label(i) for i in others if address[i] == own]
-        if shared:  # the other segments in this segment's own layer
-            self._paste(out, mine, lambda values: holding(values, shared))
+        if own in grouped:  # the other segments in this segment's own layer
+            self._paste(out, mine, lambda values: holding(values, grouped[own][1]))
         return out
 
     def _sync(self) -> None:
