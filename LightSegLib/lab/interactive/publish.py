@@ -103,7 +103,7 @@ def figures_markdown(bench: dict) -> str:
         c, g = r["clicks"], r["region_growing"]
         out = " (**left out**)" if r.get("left_out", name in bench.get("left_out", [])) else ""
         cells = [f"{c[k]:g}" for k in keys]
-        if "noc@85_95ci" in c:  # benchmarks since the per-object figures: the mean's 95% bootstrap interval
+        if c.get("noc@85_95ci"):  # the mean's 95% bootstrap interval over patients (none from one patient)
             cells[3] += " ({:g}-{:g})".format(*c["noc@85_95ci"])
         lines.append(f"| {name}{out} | {c['objects']} | " + " | ".join(cells)
                      + f" | {g['noc@85']:g} / {g['dice@5']:g} |")
