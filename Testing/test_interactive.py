@@ -294,6 +294,23 @@ def test_training_the_refiner_alone_leaves_the_folded_net_as_it_was(tmp_path):
     assert any(k.endswith("weight") for k in changed) and all(k.startswith("refiner.") for k in changed), changed
 
 
+def test_session_rounds_keep_what_a_session_keeps():
+    """Training's simulated rounds with ``session_rounds``: of an answer that grows both regions of the previous
+    mask, the kept mask takes only the growth touching the click, the clicked pixel follows the click, and with
+    no single last click (the sample's initial clicks) the whole answer is kept."""
+    from LightSegLib.lab.interactive.train import accepted
+
+    prev = np.zeros((40, 40), np.float32)
+    prev[5:10, 5:10] = prev[25:30, 25:30] = 1
+    answer = ndimage.binary_dilation(prev > 0).astype(np.float32) * 0.9
+    kept = accepted(answer, prev, ((10, 7), True))
+    assert kept[10, 5:10].all() and kept[24:31, 24:31].sum() == prev[25:30, 25:30].sum()
+    assert kept.dtype == np.float32 and set(np.unique(kept)) == {0.0, 1.0}
+    removed = accepted(answer, prev, ((7, 7), False))
+    assert removed[7, 7] == 0 and removed.sum() == prev.sum() - 1
+    assert np.array_equal(accepted(answer, prev, None), (answer > 0.5).astype(np.float32))
+
+
 def trained_model():
     """The shipped click model (LIGHTSEG_CLICK_MODEL names another ONNX file to check a run's export)."""
     path = os.environ.get("LIGHTSEG_CLICK_MODEL")

@@ -4,7 +4,9 @@ Each sample: a structure on a training slice, a zoomed crop around it (sometimes
 first click, sometimes cutting the object), 1-3 interior positives and 0-3 negatives, or a distorted copy of
 the object as the previous mask (refining an automatic result, or the neighbouring slice when propagating).
 Then 0..``max_rounds`` rounds without gradient, each adding a click at the deepest error of the current
-prediction, and one round with gradient. The previous mask is dropped with probability ``drop_prev``.
+prediction, and one round with gradient. The previous mask is dropped with probability ``drop_prev``. With
+``session_rounds`` the rounds carry the mask a session would keep (binary, changed only next to the click) instead
+of the net's whole probability, so the net meets the states a user's clicks build.
 
     python -m LightSegLib.lab.interactive.train --config configs/models/click-refine.toml --out runs/click [--resume]
 """
@@ -65,6 +67,19 @@ def make_sample(s: Slice, name: str, rng: np.random.Generator, prev_mask: float 
         positives = interior_points(gt, int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])), rng)
         negatives = outside_points(gt, int(rng.choice([0, 1, 2, 3], p=[0.5, 0.25, 0.15, 0.1])), rng, others=others)
     return np.ascontiguousarray(image), prev, np.ascontiguousarray(gt), positives, negatives
+
+
+def accepted(prob: np.ndarray, prev: np.ndarray, click) -> np.ndarray:
+    """The mask a session keeps after ``click`` ((y, x), positive) got the answer ``prob``: binary, the clicked
+    pixel following the click, changed only where the change touches the click (the whole answer when there was
+    no single last click, as after the sample's initial clicks)."""
+    new = prob > 0.5
+    if click is not None:
+        (y, x), positive = click
+        new[y, x] = positive
+        old = prev > 0.5
+        new = np.where(ia.touching(new != old, (y, x), radius=1.5), new, old)
+    return new.astype(np.float32)
 
 
 def batch_input(samples, prevs) -> np.ndarray:
@@ -150,6 +165,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
                 state[k] = v.to(device)
     rng = np.random.default_rng(int(t.get("seed", 0)) + step)
     batch, max_rounds, drop = int(t["batch"]), int(t["max_rounds"]), float(t["drop_prev"])
+    as_session = bool(t.get("session_rounds", False))
     every = float(t["checkpoint_minutes"]) * 60
     saved, started, running = time.time(), time.time() - seconds, []
 
@@ -179,13 +195,15 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             if only and name != only:
                 part.eval()
         with torch.no_grad():
+            last = [None] * len(samples)  # each sample's latest simulated click
             for _ in range(rounds):
                 prob = net(torch.from_numpy(batch_input(samples, prevs)).to(device)).sigmoid()[:, 0].cpu().numpy()
                 for b, (_, _, gt, pos, neg) in enumerate(samples):
-                    click = next_click(prob[b] > 0.5, gt)
+                    prevs[b] = accepted(prob[b], prevs[b], last[b]) if as_session else prob[b]
+                    click = next_click(prevs[b] > 0.5, gt)
                     if click is not None:
                         (pos if click[1] else neg).append(click[0])
-                    prevs[b] = prob[b]
+                    last[b] = click
         prevs = [np.zeros_like(p) if rng.random() < drop else p for p in prevs]
         x = torch.from_numpy(batch_input(samples, prevs)).to(device)
         target = torch.from_numpy(np.stack([s[2] for s in samples])[:, None].astype(np.float32)).to(device)
