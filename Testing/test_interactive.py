@@ -311,6 +311,20 @@ def test_session_rounds_keep_what_a_session_keeps():
     assert np.array_equal(accepted(answer, prev, None), (answer > 0.5).astype(np.float32))
 
 
+def test_a_run_with_session_rounds_trains_and_checkpoints(tmp_path):
+    """A few steps of the trainer with ``session_rounds`` on real training crops reach their checkpoint."""
+    from LightSegLib.lab.interactive.train import train
+
+    data = {"acdc": str(shared("acdc")), "lits": str(shared("lits_liver_2d")), "nih": str(shared("nih_pancreas_2d")),
+            "seed": 0, "lits_test": 20, "nih_test": 10}
+    cfg = {"data": data, "model": {"name": "unet", "widths": [4, 8], "fold": 2},
+           "train": {"seed": 0, "threads": 1, "batch": 2, "lr": 1e-3, "steps": 6, "max_rounds": 3,
+                     "drop_prev": 0.15, "checkpoint_minutes": 60, "session_rounds": True}}
+    torch.manual_seed(0)
+    train(cfg, tmp_path / "run", resume=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 6
+
+
 def trained_model():
     """The shipped click model (LIGHTSEG_CLICK_MODEL names another ONNX file to check a run's export)."""
     path = os.environ.get("LIGHTSEG_CLICK_MODEL")

@@ -195,15 +195,15 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             if only and name != only:
                 part.eval()
         with torch.no_grad():
-            last = [None] * len(samples)  # each sample's latest simulated click
+            latest = [None] * len(samples)  # each sample's latest simulated click
             for _ in range(rounds):
                 prob = net(torch.from_numpy(batch_input(samples, prevs)).to(device)).sigmoid()[:, 0].cpu().numpy()
                 for b, (_, _, gt, pos, neg) in enumerate(samples):
-                    prevs[b] = accepted(prob[b], prevs[b], last[b]) if as_session else prob[b]
+                    prevs[b] = accepted(prob[b], prevs[b], latest[b]) if as_session else prob[b]
                     click = next_click(prevs[b] > 0.5, gt)
                     if click is not None:
                         (pos if click[1] else neg).append(click[0])
-                    last[b] = click
+                    latest[b] = click
         prevs = [np.zeros_like(p) if rng.random() < drop else p for p in prevs]
         x = torch.from_numpy(batch_input(samples, prevs)).to(device)
         target = torch.from_numpy(np.stack([s[2] for s in samples])[:, None].astype(np.float32)).to(device)
