@@ -5,6 +5,7 @@ that grows every region of the previous mask by a pixel and follows the clicks, 
 each rule is checked on its own; the trained click model is checked where a run has exported one.
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,6 +324,21 @@ def test_a_run_with_session_rounds_trains_and_checkpoints(tmp_path):
     torch.manual_seed(0)
     train(cfg, tmp_path / "run", resume=False)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 6
+
+
+def test_the_tuning_set_holds_training_patients_only():
+    """Candidates are compared on the tuning set before the held-out benchmark runs: it must share no patient with it."""
+    import tomllib
+
+    from LightSegLib.lab.interactive.data import TUNING, load_slices, tuning_slices
+
+    cfg = tomllib.loads((REPO / "configs" / "models" / "click-refine.toml").read_text())
+    cfg["data"] = {k: str(shared(Path(v).name)) if isinstance(v, str) and "shared/data" in v else v
+                   for k, v in cfg["data"].items()}
+    tuning = {(s.source, s.patient) for s in tuning_slices(cfg)}
+    held_out = {(s.source, s.patient) for s in load_slices(cfg, "test")}
+    assert {src: sum(1 for s, _ in tuning if s == src) for src in TUNING} == TUNING
+    assert held_out and not tuning & held_out
 
 
 def trained_model():
