@@ -65,7 +65,15 @@ if hasattr(slicer, "app"):
             self.scriptedEffect.addOptionsWidget(row)
 
         def activate(self):
+            """Make the controller now (the volume read, the model loaded), as the web app does when click mode starts,
+            so the first click does not wait for it; without a selected segment or a model, the first click makes it."""
             self.clicks = None
+            node = self.scriptedEffect.parameterSetNode()
+            if node.GetSourceVolumeNode() and node.GetSegmentationNode() and node.GetSelectedSegmentID():
+                try:
+                    self._controller()
+                except LightSegError:
+                    pass  # no click model installed: the first click says so
 
         def _controller(self) -> SegmentClicks:
             node = self.scriptedEffect.parameterSetNode()
