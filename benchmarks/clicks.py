@@ -13,8 +13,8 @@ the window's four phases and their mirror images), unless ``--no-shift`` / ``--n
 
     .venv/bin/python benchmarks/clicks.py --model runs/click/click-refine.onnx --threads 2 [--limit 100] [--json out.json]
 
-``--part tuning`` runs the net alone on training patients' objects instead (the tuning set: the last 20 ACDC, 10 LiTS
-and 10 NIH training patients, 40 objects per structure) and reports its mean NoC@85 over the issue's structures:
+``--part tuning`` runs the net alone on training patients' objects instead (the tuning set: 20 ACDC, 10 LiTS and 10
+NIH training patients spread over their ids, 40 objects per structure) and reports its mean NoC@85 over the issue's structures:
 runtime settings and training candidates are compared there, by a rule written first, before the held-out run.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def interval(values: list, patients: list, draws: int = 2000) -> list[float] | N
 
 
 def pick(slices, structure: str, limit: int) -> list[int]:
-    """Up to ``limit`` objects spread evenly over the held-out list (NIH: only the unzoomed full slices)."""
+    """Up to ``limit`` objects spread evenly over the list (NIH: only the unzoomed full slices)."""
     found = [i for i, _ in objects(slices, [structure]) if slices[i].full_view]
     if len(found) <= limit:
         return found

@@ -135,6 +135,7 @@ def tuning_slices(cfg: dict) -> list[Slice]:
         keep[src] = {ids[int(k)] for k in np.linspace(0, len(ids) - 1, min(n, len(ids))).round()}
     return [s for s in slices if s.patient in keep[s.source]]
 
+
 def objects(slices: list[Slice], structures, min_pixels: int = 30) -> list[tuple[int, str]]:
     """(slice index, structure) pairs with at least ``min_pixels`` of the structure."""
     out = []
