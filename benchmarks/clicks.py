@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import SimpleITK as sitk
 from LightSegLib.interactive import InteractiveSession
 from LightSegLib.machine import machine, machine_line
 from LightSegLib.lab.interactive.clicker import dice, iou, next_click
+from LightSegLib.lab.train.config import read_toml
 from LightSegLib.lab.interactive.data import (BENCHMARK, LABELS, S0009, TUNING, load_slices, object_mask, objects,
                                              tuning_slices)
 
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-shift", dest="shift", action="store_false",
                         help="the window alone, not the mean over its four phases (moved by one crop pixel)")
     args = parser.parse_args(argv)
-    cfg = tomllib.loads(Path(args.config).read_text())
+    cfg = read_toml(Path(args.config))
     views = {"flip": args.flip, "shift": args.shift}
     if args.limit is None:
         args.limit = 40 if args.part == "tuning" else 100

@@ -22,6 +22,7 @@ from ...errors import LightSegError
 from ...machine import machine, machine_line
 from ...registry import models_dir, read_registry, sha256_of, validate
 from ..publish.writer import register_model
+from ..train.config import read_toml
 from .export import export, sample_crops
 
 REPO = Path(__file__).resolve().parents[3]
@@ -173,8 +174,12 @@ def training_text(ckpt: dict, history: str = "") -> str:
     t = ckpt["config"]["train"]
     drops = "".join(f", {float(r):g} from step {int(s):,}" for s, r in t.get("lr_drops", []))
     weights = t.get("weights")
-    return (f"{ckpt['step']:,} steps of {t['batch']} crops in {ckpt.get('seconds', 0) / 60:.0f} minutes "
-            f"(config: {t.get('threads', 1)} CPU thread(s); a lent GPU is used where there is one), up to "
+    minutes = f"{ckpt.get('seconds', 0) / 60:.0f} minutes"
+    if "seeded_step" in ckpt:  # the run's clock started where it was rebuilt from an ONNX file
+        minutes = (f"{ckpt['step'] - ckpt['seeded_step']:,} of them in {minutes}, from step {ckpt['seeded_step']:,} "
+                   f"rebuilt from `{Path(ckpt['seeded_from']).name}`")
+    return (f"{ckpt['step']:,} steps of {t['batch']} crops ({minutes}; "
+            f"config: {t.get('threads', 1)} CPU thread(s); a lent GPU is used where there is one), up to "
             f"{t['max_rounds']} click rounds without gradient per sample, the previous mask dropped with probability "
             f"{t['drop_prev']:g}, learning rate {t['lr']:g}{drops}"
             + (", structures drawn in the proportions " + ", ".join(f"{k} {v:g}" for k, v in weights.items())
@@ -184,12 +189,11 @@ def training_text(ckpt: dict, history: str = "") -> str:
 
 
 def config_note(cfg: dict) -> str:
-    """Where the checkpoint's config differs from the recipe's file now (paths compared resolved)."""
-    import tomllib
-
+    """Where the checkpoint's config differs from the recipe's file now (read with what it extends; paths compared
+    resolved)."""
     if not RECIPE.is_file():
         return ""
-    now = tomllib.loads(RECIPE.read_text())
+    now = read_toml(RECIPE)
 
     def flat(d, prefix=""):
         out = {}
@@ -255,10 +259,12 @@ def publish(checkpoint, bench_path, folder=None, log=print) -> dict:
     return entry
 
 
-def commands(checkpoint, bench_path, bench: dict) -> list[str]:
+def commands(checkpoint, bench_path, bench: dict, ckpt: dict) -> list[str]:
     run = Path(checkpoint).parent.as_posix()
     limit = bench.get("limit") or max(r["clicks"]["objects"] for r in bench["structures"].values())
-    return [f"nice -n 15 .venv/bin/python -m LightSegLib.lab.interactive.train --config "
+    seed = ([f".venv/bin/python -m LightSegLib.lab.interactive.seed --config {RECIPE.relative_to(REPO).as_posix()} "
+             f"--out {run} --onnx {ckpt['seeded_from']} --step {ckpt['seeded_step']}"] if "seeded_step" in ckpt else [])
+    return seed + [f"nice -n 15 .venv/bin/python -m LightSegLib.lab.interactive.train --config "
             f"{RECIPE.relative_to(REPO).as_posix()} --out {run} --resume",
             f".venv/bin/python -m LightSegLib.lab.interactive.export {Path(checkpoint).as_posix()} "
             f"{run}/{ia.MODEL_ID}.onnx",
@@ -293,7 +299,7 @@ def build_entry(template: dict, ckpt: dict, bench: dict, bench_path, checkpoint,
                     "left_out": bench.get("left_out", []), "seconds_per_click": bench["seconds_per_click"],
                     "propagation": bench["propagation"],
                     "targets_met": f"{sum(met for _, _, met in rows)} of {len(rows)}"},
-        "reproduce": " && ".join(commands(checkpoint, bench_path, bench)),
+        "reproduce": " && ".join(commands(checkpoint, bench_path, bench, ckpt)),
     })
     if "left_out_vs_trained" in bench:
         entry["metrics"]["left_out_vs_trained"] = bench["left_out_vs_trained"]
@@ -328,7 +334,7 @@ def render_card(entry: dict, history: str, ckpt: dict, checkpoint, bench: dict, 
                              + [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows]),
         "status_reason": ("every target holds." if not missed else
                           f"{len(missed)} of {len(rows)} targets not met, so it stays a preview."),
-        "licences": licences(cfg)[0], "commands": "\n".join(commands(checkpoint, bench_path, bench)),
+        "licences": licences(cfg)[0], "commands": "\n".join(commands(checkpoint, bench_path, bench, ckpt)),
         "config_note": config_note(cfg), "config": json.dumps(cfg, indent=1),
         "entry": json.dumps({k: entry[k] for k in ("params", "macs", "sha256", "architecture", "input",
                                                     "normalization")}, indent=1),

@@ -61,7 +61,8 @@ def seed(cfg: dict, onnx_path: Path, out: Path, step: int, batches=None) -> floa
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "optimizer": None, "architecture": arch, "step": int(step),
                 "seconds": 0.0, "config": cfg, "task": "click-refine", "crop": ia.CROP,
-                "disk_radius": ia.DISK_RADIUS, "seeded_from": str(onnx_path)}, out / "last.pt")
+                "disk_radius": ia.DISK_RADIUS, "seeded_from": str(onnx_path), "seeded_step": int(step)},
+               out / "last.pt")
     return diff
 
 

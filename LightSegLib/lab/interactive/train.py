@@ -150,6 +150,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             p.requires_grad_(name.split(".")[0] == only)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=float(t["lr"]), weight_decay=1e-4)
     step, seconds = 0, 0.0
+    seeded = {}  # where a run started from a shipped ONNX file (seed.py), kept in every checkpoint for its card
     last = out / "last.pt"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -157,6 +158,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         if ckpt.get("optimizer"):  # a seeded checkpoint starts a fresh optimizer
             opt.load_state_dict(ckpt["optimizer"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
+        seeded = {k: ckpt[k] for k in ("seeded_from", "seeded_step") if k in ckpt}
         say(f"resumed at step {step}")
     net.to(device)
     for state in opt.state.values():  # a checkpoint written on one device resumes on the other
@@ -172,7 +174,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
     def save() -> None:
         state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "optimizer": opt.state_dict(), "architecture": arch, "step": step,
                  "seconds": time.time() - started, "config": cfg, "task": "click-refine",
-                 "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS, "structures": structures}
+                 "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS, "structures": structures, **seeded}
         torch.save(state, out / "last.tmp")
         (out / "last.tmp").replace(last)
 
