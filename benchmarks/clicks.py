@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from LightSegLib.interactive import InteractiveSession
 from LightSegLib.machine import machine, machine_line
 from LightSegLib.lab.interactive.clicker import dice, iou, next_click
+from LightSegLib.lab.bootstrap import group_draws
 from LightSegLib.lab.train.config import read_toml
 from LightSegLib.lab.interactive.data import (BENCHMARK, LABELS, S0009, TUNING, load_slices, object_mask, objects,
                                              tuning_slices)
@@ -116,14 +117,10 @@ def interval(values: list, patients: list, draws: int = 2000) -> list[float] | N
     """A 95% bootstrap interval of the mean (fixed seed) that resamples patients, not objects: slices of one patient
     are alike, so how far the figure could move with other patients is what a target a few tenths away should be
     read against. None from a single patient (s0009), which says nothing of other patients."""
-    ids, inverse = np.unique(np.asarray(patients), return_inverse=True)
-    if len(ids) < 2:
+    if len(np.unique(patients)) < 2:
         return None
     values = np.asarray(values, float)
-    members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
-    rng = np.random.default_rng(0)
-    means = [values[np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])].mean()
-             for _ in range(draws)]
+    means = [values[idx].mean() for idx in group_draws(patients, draws)]
     return [round(float(v), 2) for v in np.percentile(means, [2.5, 97.5])]
 
 

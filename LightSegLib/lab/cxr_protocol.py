@@ -36,6 +36,7 @@ from ..errors import LightSegError
 from ..machine import machine
 from ..registry import get_model
 from .binary_metrics import confusion, ece, rank_auc
+from .bootstrap import group_draws
 from .data import cxr as radiographs
 from .data import cxr_augment as shift
 from .train.config import load_config
@@ -88,16 +89,12 @@ def figures(prob, y, children, threshold: float, rounds: int = 1000, seed: int =
     """Point figures at ``threshold``, their 95% intervals (bootstrap over children) and the ECE."""
     prob, y, children = np.asarray(prob, float), np.asarray(y), np.asarray(children)
     point = _point(prob, y, threshold)
-    ids, inverse = np.unique(children, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
-    rng = np.random.default_rng(seed)
     draws = {k: [] for k in point}
-    for _ in range(rounds):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+    for idx in group_draws(children, rounds, seed):
         for k, v in _point(prob[idx], y[idx], threshold).items():
             draws[k].append(v)
     c = confusion(prob, y, threshold)
-    return {"images": len(y), "children": len(ids), "pneumonia": int(y.sum()), "threshold": threshold,
+    return {"images": len(y), "children": len(np.unique(children)), "pneumonia": int(y.sum()), "threshold": threshold,
             **{k: {"value": v, "ci95": [float(np.nanpercentile(draws[k], q)) for q in (2.5, 97.5)]}
                for k, v in point.items()},
             "ece": ece(prob, y)[0], "confusion": {k: c[k] for k in ("tp", "tn", "fp", "fn")}}
