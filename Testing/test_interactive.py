@@ -326,6 +326,32 @@ def test_a_run_with_session_rounds_trains_and_checkpoints(tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 6
 
 
+def test_an_averaging_run_keeps_the_mean_of_its_weights_across_resumes(tmp_path):
+    """``average = [from, every]``: averaged.pt holds the uniform mean of the weights (BatchNorm's running statistics
+    too) at steps 2, 4 and 6, though the run stopped and resumed between them; its integer buffers are the latest."""
+    from LightSegLib.lab.interactive.train import train
+
+    data = {"acdc": str(shared("acdc")), "lits": str(shared("lits_liver_2d")), "nih": str(shared("nih_pancreas_2d")),
+            "seed": 0, "lits_test": 20, "nih_test": 10}
+    cfg = {"data": data, "model": {"name": "unet", "widths": [4, 8], "fold": 2},
+           "train": {"seed": 0, "threads": 1, "batch": 2, "lr": 1e-2, "max_rounds": 1, "drop_prev": 0.15,
+                     "checkpoint_minutes": 60, "average": [2, 2]}}
+    torch.manual_seed(0)
+    states = []
+    for steps in (2, 4, 6):
+        train({**cfg, "train": {**cfg["train"], "steps": steps}}, tmp_path / "run", resume=True)
+        states.append(torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"])
+    averaged = torch.load(tmp_path / "run" / "averaged.pt", weights_only=False)
+    assert averaged["step"] == 6 and averaged["averaged"] == {"from": 2, "every": 2, "count": 3}
+    assert "optimizer" not in averaged and "average" not in averaged
+    assert not torch.equal(states[0]["head.weight"], states[2]["head.weight"])  # the mean is of different weights
+    for k, v in averaged["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, sum(s[k] for s in states) / 3)
+        else:
+            assert torch.equal(v, states[2][k])
+
+
 def test_the_tuning_set_holds_training_patients_only():
     """Candidates are compared on the tuning set before the held-out benchmark runs: it must share no patient with it."""
     from LightSegLib.lab.interactive.data import TUNING, load_slices, tuning_slices

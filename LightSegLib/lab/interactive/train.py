@@ -6,7 +6,10 @@ the object as the previous mask (refining an automatic result, or the neighbouri
 Then 0..``max_rounds`` rounds without gradient, each adding a click at the deepest error of the current
 prediction, and one round with gradient. The previous mask is dropped with probability ``drop_prev``. With
 ``session_rounds`` the rounds carry the mask a session would keep (binary, changed only next to the click) instead
-of the net's whole probability, so the net meets the states a user's clicks build.
+of the net's whole probability, so the net meets the states a user's clicks build. With ``average = [from, every]``
+the run also keeps the uniform mean of its weights (and BatchNorm buffers) every ``every`` steps from step ``from``
+(SWA at a constant rate: where SGD happens to stop varies more than the mean of where it passed) and writes it as
+``averaged.pt``, a checkpoint like ``last.pt``.
 
     python -m LightSegLib.lab.interactive.train --config configs/models/click-refine.toml --out runs/click [--resume]
 """
@@ -150,6 +153,8 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             p.requires_grad_(name.split(".")[0] == only)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=float(t["lr"]), weight_decay=1e-4)
     step, seconds = 0, 0.0
+    average = [int(v) for v in t["average"]] if t.get("average") else None  # [from step, every steps]
+    mean, count = ({}, 0) if average else (None, 0)
     seeded = {}  # where a run started from a shipped ONNX file (seed.py), kept in every checkpoint for its card
     last = out / "last.pt"
     if resume and last.is_file():
@@ -159,6 +164,8 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             opt.load_state_dict(ckpt["optimizer"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
         seeded = {k: ckpt[k] for k in ("seeded_from", "seeded_step") if k in ckpt}
+        if ckpt.get("average"):
+            mean, count = ckpt["average"]["weights"], ckpt["average"]["count"]
         say(f"resumed at step {step}")
     net.to(device)
     for state in opt.state.values():  # a checkpoint written on one device resumes on the other
@@ -175,8 +182,15 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
         state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "optimizer": opt.state_dict(), "architecture": arch, "step": step,
                  "seconds": time.time() - started, "config": cfg, "task": "click-refine",
                  "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS, "structures": structures, **seeded}
+        if mean is not None:
+            state["average"] = {"weights": mean, "count": count}
         torch.save(state, out / "last.tmp")
         (out / "last.tmp").replace(last)
+        if count:
+            state = {k: v for k, v in state.items() if k not in ("optimizer", "average")}
+            state.update(model=mean, averaged={"from": average[0], "every": average[1], "count": count})
+            torch.save(state, out / "averaged.tmp")
+            (out / "averaged.tmp").replace(out / "averaged.pt")
 
     def rate(at: int) -> float:
         """``lr`` until the first of ``lr_drops`` ([step, rate] pairs), then each drop's rate from its step."""
@@ -219,6 +233,14 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             pred, gt = logits > 0, target > 0.5
             iou = ((pred & gt).sum((1, 2, 3)) / (pred | gt).sum((1, 2, 3)).clamp(min=1)).mean().item()
         running.append((loss.item(), iou, rounds))
+        if average and step >= average[0] and (step - average[0]) % average[1] == 0:
+            count += 1
+            for k, v in net.state_dict().items():
+                v = v.detach().cpu()
+                if count == 1 or not v.is_floating_point():  # integer buffers (BatchNorm's batch count): the latest
+                    mean[k] = v.clone()
+                else:
+                    mean[k] += (v - mean[k]) / count
         if step % 25 == 0:
             a = np.array(running)
             say(f"step {step} loss {a[:, 0].mean():.4f} IoU {a[:, 1].mean():.3f} rounds {a[:, 2].mean():.1f} "
