@@ -352,6 +352,25 @@ def test_an_averaging_run_keeps_the_mean_of_its_weights_across_resumes(tmp_path)
             assert torch.equal(v, states[2][k])
 
 
+def test_the_outline_weight_counts_the_band_along_the_true_outline():
+    """``outline_weight``: the BCE of pixels within two of the true outline counts 1 + the weight; elsewhere once."""
+    import torch.nn.functional as F
+
+    from LightSegLib.lab.interactive.train import loss_fn, outline_band
+
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1
+    band = outline_band(target)[0, 0]
+    ring = torch.zeros(16, 16)
+    ring[2:14, 2:14] = 1
+    ring[6:10, 6:10] = 0
+    assert torch.equal(band, ring)
+    logits = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = F.binary_cross_entropy_with_logits(logits, target, reduction="none")[0, 0]
+    extra = loss_fn(logits, target, 4.0) - loss_fn(logits, target)
+    torch.testing.assert_close(extra, 4.0 * (plain * ring).mean())
+
+
 def test_the_tuning_set_holds_training_patients_only():
     """Candidates are compared on the tuning set before the held-out benchmark runs: it must share no patient with it."""
     from LightSegLib.lab.interactive.data import TUNING, load_slices, tuning_slices
