@@ -210,8 +210,8 @@ class InteractiveSession:
         if array.ndim != 3:
             raise LightSegError(f"click refinement needs a 2D or 3D scalar image, got shape {array.shape}")
         self.image = image
-        ct = modality == "CT" or (modality is None and float(array.min()) <= -500.0)
-        self.volume = np.clip(array, *CT_WINDOW) if ct else array
+        self.ct = modality == "CT" or (modality is None and float(array.min()) <= -500.0)
+        self.volume = np.clip(array, *CT_WINDOW) if self.ct else array
         self.runner = OnnxRunner(model or default_model(), threads)
         self.threshold = threshold
         self.flip = flip
@@ -351,11 +351,15 @@ class InteractiveSession:
         return self.mask.copy()
 
     def propagate(self, direction: int = 1, start: int | None = None, max_slices: int | None = None,
-                  min_confidence: float = 0.75, min_overlap: float = 0.3) -> np.ndarray:
+                  min_confidence: float = 0.75, min_overlap: float = 0.3, min_alike: float = 0.5) -> np.ndarray:
         """Extend the object slice by slice from ``start`` (default: the last slice with mask in that direction)
         towards +z (``direction`` 1) or -z (-1). Each slice gets the previous slice's mask and one positive
         click at its deepest point; it stops where the prediction is empty, leaves the previous outline
-        (overlap below ``min_overlap``) or its mean confidence falls below ``min_confidence``."""
+        (overlap below ``min_overlap``), its mean confidence falls below ``min_confidence``, or, on CT, fewer
+        than ``min_alike`` of its pixels lie in the start slice's object's intensity range (10th-90th percentile).
+        The last rule is what stops it where an organ ends: the net, always handed a click, keeps answering a
+        shrinking blob of the tissue beyond (fat below a liver) with full confidence. It needs HU: an MR's
+        intensities drift from slice to slice (on the held-out ACDC LVs it cut propagation short)."""
         step = 1 if direction >= 0 else -1
         filled = np.flatnonzero(self.mask.reshape(self.mask.shape[0], -1).any(1))
         if not filled.size:
@@ -364,6 +368,7 @@ class InteractiveSession:
         if not self.mask[z].any():
             raise LightSegError(f"slice {z} holds no mask to propagate from")
         self._save()
+        lo, hi = np.percentile(self.volume[z][self.mask[z] > 0], [10.0, 90.0]) if self.ct else (-np.inf, np.inf)
         count = 0
         while 0 <= z + step < self.mask.shape[0] and (max_slices is None or count < max_slices):
             prev = self.mask[z].astype(bool)
@@ -375,7 +380,9 @@ class InteractiveSession:
             new = touching(new, seed, radius=max(2.0, 0.1 * np.sqrt(prev.sum()))) if new[seed] else new
             overlap = (new & prev).sum() / max(1, min(new.sum(), prev.sum()))
             confidence = float(prob[new].mean()) if new.any() else 0.0
-            if not new.any() or overlap < min_overlap or confidence < min_confidence:
+            values = self.volume[z + step][new]
+            alike = float(np.mean((values >= lo) & (values <= hi))) if new.any() else 0.0
+            if not new.any() or overlap < min_overlap or confidence < min_confidence or alike < min_alike:
                 break
             z += step
             self.mask[z] = (self.mask[z].astype(bool) | new).astype(np.uint8)

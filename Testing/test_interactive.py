@@ -415,6 +415,32 @@ def test_trained_model_lv_in_clicks_and_propagation(acdc):
     assert dice(mask > 0, lv) > 0.7
 
 
+def test_propagation_on_ct_stops_where_the_liver_ends():
+    """The trained net on a CT volume (the TotalSegmentator example, 3 mm; its labels a model's): a liver from clicks
+    on its middle slice, propagated both ways, stops within two slices of the liver's ends. Without the intensity rule
+    it ran on through the fat below the liver to the volume's first slice (Dice 0.73 against 0.75 with it)."""
+    from LightSegLib.lab.interactive.clicker import dice, iou, next_click
+
+    root = shared("totalseg_example")
+    image = sitk.DICOMOrient(sitk.ReadImage(str(root / "example_ct.nii.gz")), "LPS")
+    liver = sitk.GetArrayFromImage(sitk.DICOMOrient(
+        sitk.ReadImage(str(root / "example_seg_v1_full_5de6e4d.nii.gz")), "LPS")) == 5
+    zs = np.flatnonzero(liver.reshape(len(liver), -1).any(1))
+    z = int(zs[len(zs) // 2])
+    session = ia.InteractiveSession(image, model=trained_model(), threads=1)
+    mask = session.mask
+    for _ in range(5):
+        if iou(mask[z] > 0, liver[z]) >= 0.85:
+            break
+        (y, x), positive = next_click(mask[z] > 0, liver[z])
+        mask = session.click((x, y, z), positive)
+    session.propagate(1, start=z)
+    mask = session.propagate(-1, start=z)
+    got = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
+    assert zs.min() - 2 <= got.min() and got.max() <= zs.max() + 2, (got.min(), got.max(), zs.min(), zs.max())
+    assert dice(mask > 0, liver) > 0.7
+
+
 @pytest.fixture
 def mrml(monkeypatch):
     yield from real_scene(monkeypatch)

@@ -145,6 +145,17 @@ def model_path(model: str | None) -> tuple[Path, object]:
     return path, card
 
 
+def propagate_from(session, clicked_slices) -> None:
+    """Extend the session's object up from each clicked slice to the next clicked one (or the object's end), and
+    down from the lowest: the slices a user clicked keep their clicks' answer."""
+    zs = sorted(set(clicked_slices))
+    for z, limit in zip(zs, [b - a - 1 for a, b in zip(zs, zs[1:])] + [None]):
+        if session.mask[z].any() and limit != 0:
+            session.propagate(1, start=z, max_slices=limit)
+    if zs and session.mask[zs[0]].any():
+        session.propagate(-1, start=zs[0])
+
+
 def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, threads: int, label: int,
            labels: np.ndarray | None = None, propagate: bool = False) -> tuple[np.ndarray, int]:
     """The labelmap [z, y, x] uint8 with object ``label`` made or refined (from its region in ``labels``; every
@@ -161,13 +172,8 @@ def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, thr
     for positive, index in clicks:
         session.click(index, positive=positive)
     before = int(session.mask.reshape(len(session.mask), -1).any(1).sum())
-    if propagate:  # up from each clicked slice to the next one (or the object's end), down from the lowest
-        zs = sorted({index[2] for _, index in clicks})
-        for z, limit in zip(zs, [b - a - 1 for a, b in zip(zs, zs[1:])] + [None]):
-            if session.mask[z].any() and limit != 0:
-                session.propagate(1, start=z, max_slices=limit)
-        if session.mask[zs[0]].any():
-            session.propagate(-1, start=zs[0])
+    if propagate:
+        propagate_from(session, [index[2] for _, index in clicks])
     obj = session.mask.astype(bool)
     out = labels.copy()
     out[region & ~obj] = 0
