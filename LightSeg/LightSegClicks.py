@@ -98,6 +98,8 @@ if hasattr(slicer, "app"):
                 self._apply(clicks.propagate(direction))
             except LightSegError as err:
                 slicer.util.warningDisplay(str(err))
+                return
+            slicer.util.showStatusMessage(f"LightSeg clicks: {clicks.propagated()}", 8000)
 
         def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
             if eventId != vtk.vtkCommand.LeftButtonPressEvent or viewWidget.className() != "qMRMLSliceWidget":

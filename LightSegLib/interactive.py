@@ -222,6 +222,7 @@ class InteractiveSession:
         self.locked = np.zeros(self.volume.shape, bool)
         self.clicks: dict[int, _Slice] = {}
         self._undo: list[tuple[np.ndarray, dict]] = []
+        self.propagated: dict | None = None  # the last propagation: slices added, and where and why it stopped
 
     # -- state
     def _save(self) -> None:
@@ -370,21 +371,32 @@ class InteractiveSession:
         self._save()
         lo, hi = np.percentile(self.volume[z][self.mask[z] > 0], [10.0, 90.0]) if self.ct else (-np.inf, np.inf)
         count = 0
-        while 0 <= z + step < self.mask.shape[0] and (max_slices is None or count < max_slices):
+        while True:
+            if not 0 <= z + step < self.mask.shape[0]:
+                stop = "at the volume's edge"
+                break
+            if max_slices is not None and count >= max_slices:
+                stop = "at the slice limit"
+                break
             prev = self.mask[z].astype(bool)
             seed = deepest_point(prev)
             prob = self._infer(z + step, prev.astype(np.float32), [seed], [], seed)
             new = (prob > self.threshold) & ~self.locked[z + step]
+            if new.any() and new[seed]:
+                new = touching(new, seed, radius=max(2.0, 0.1 * np.sqrt(prev.sum())))
+            values, stop = self.volume[z + step][new], None
             if not new.any():
-                break
-            new = touching(new, seed, radius=max(2.0, 0.1 * np.sqrt(prev.sum()))) if new[seed] else new
-            overlap = (new & prev).sum() / max(1, min(new.sum(), prev.sum()))
-            confidence = float(prob[new].mean()) if new.any() else 0.0
-            values = self.volume[z + step][new]
-            alike = float(np.mean((values >= lo) & (values <= hi))) if new.any() else 0.0
-            if not new.any() or overlap < min_overlap or confidence < min_confidence or alike < min_alike:
+                stop = "where the net found no object"
+            elif (new & prev).sum() / min(new.sum(), prev.sum()) < min_overlap:
+                stop = "where the object left the previous outline"
+            elif float(prob[new].mean()) < min_confidence:
+                stop = "where the net's confidence fell"
+            elif np.mean((values >= lo) & (values <= hi)) < min_alike:
+                stop = "where the tissue no longer looked like the start slice's"
+            if stop:
                 break
             z += step
             self.mask[z] = (self.mask[z].astype(bool) | new).astype(np.uint8)
             count += 1
+        self.propagated = {"slices": count, "stopped": stop}
         return self.mask.copy()

@@ -406,7 +406,8 @@ class LightSegWebApp:
         except LightSegError as err:
             self._show_clicks(str(err))
             return
-        self._show_clicks(f"Propagated {'up' if direction > 0 else 'down'} in {time.perf_counter() - started:.2f} s")
+        self._show_clicks(f"Propagated {'up' if direction > 0 else 'down'} in {time.perf_counter() - started:.2f} s: "
+                          + clicks.propagated())
 
     def _show_clicks(self, message: str) -> None:
         """The segment's size as the scene holds it (and in the legend), then what the last action did."""

@@ -173,12 +173,16 @@ def test_propagate_stops_where_the_net_finds_nothing(acdc, models):
     session = ia.InteractiveSession(image, model=models["nothing"], threads=1)
     session.start_from(start)
     assert np.array_equal(session.propagate(1), start)
+    assert session.propagated == {"slices": 0, "stopped": "where the net found no object"}
     session = ia.InteractiveSession(image, model=models["grow"], threads=1)
     session.start_from(start)
     out = session.propagate(-1, max_slices=2)
     filled = np.flatnonzero(out.reshape(len(out), -1).any(1))
     assert list(filled) == [z - 2, z - 1, z]
+    assert session.propagated == {"slices": 2, "stopped": "at the slice limit"}
     assert np.array_equal(session.undo(), start)
+    session.propagate(1)
+    assert session.propagated["stopped"] == "at the volume's edge"  # a growing disk on MR: no intensity rule
 
 
 def test_mirror_averaging_is_the_mean_of_the_answers_on_the_crop_and_its_mirror(models, tmp_path):
@@ -438,6 +442,7 @@ def test_propagation_on_ct_stops_where_the_liver_ends():
     mask = session.propagate(-1, start=z)
     got = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
     assert zs.min() - 2 <= got.min() and got.max() <= zs.max() + 2, (got.min(), got.max(), zs.min(), zs.max())
+    assert session.propagated["stopped"] == "where the tissue no longer looked like the start slice's"
     assert dice(mask > 0, liver) > 0.7
 
 

@@ -150,6 +150,13 @@ class SegmentClicks:
         self._steps += 1
         return self.labelmap(mask)
 
+    def propagated(self) -> str:
+        """What the last propagation did, for the user: how many slices it added, and where and why it stopped."""
+        done = self.session.propagated
+        if done is None:
+            return "Nothing propagated yet."
+        return f"{done['slices']} slice{'s' if done['slices'] != 1 else ''} added; it stopped {done['stopped']}."
+
     def undo(self):
         """The labelmap before this controller's last step, or None when it has none to take back."""
         self._sync()
