@@ -77,6 +77,10 @@ def test_a_dicom_ct_is_read_as_segment_reads_it_and_the_output_keeps_its_grid(ca
         image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     got = sitk.GetArrayFromImage(written)
     assert info["label"] == 5 and info["propagated_slices"] == len(liver) - 1
+    z = len(liver) // 2  # the liver fills the series: both propagations run to its ends, and say so
+    assert info["propagation"] == [
+        {"from": z, "direction": "up", "slices": len(liver) - 1 - z, "stopped": "at the volume's edge"},
+        {"from": z, "direction": "down", "slices": z, "stopped": "at the volume's edge"}]
     assert dice(got == 5, liver) >= 0.92
 
 

@@ -56,7 +56,7 @@ def run(image: sitk.Image, obj: np.ndarray, seed_slices: list[int], model, threa
             (y, x), positive = nxt
             session.click((x, y, z), positive)
             clicks += 1
-    propagate_from(session, seed_slices)
+    runs = propagate_from(session, seed_slices)
     seconds = time.perf_counter() - t
     result = session.mask.astype(bool)
     spans = [np.flatnonzero(m.reshape(len(m), -1).any(1)) for m in (obj, result)]
@@ -64,7 +64,7 @@ def run(image: sitk.Image, obj: np.ndarray, seed_slices: list[int], model, threa
             "seed_slice_iou": [round(iou(result[z], obj[z]), 3) for z in seed_slices],
             "object_slices": [int(spans[0].min()), int(spans[0].max())],
             "result_slices": [int(spans[1].min()), int(spans[1].max())] if spans[1].size else None,
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 2), "propagation": runs}
 
 
 def main(argv=None) -> dict:

@@ -145,21 +145,25 @@ def model_path(model: str | None) -> tuple[Path, object]:
     return path, card
 
 
-def propagate_from(session, clicked_slices) -> None:
+def propagate_from(session, clicked_slices) -> list[dict]:
     """Extend the session's object up from each clicked slice to the next clicked one (or the object's end), and
-    down from the lowest: the slices a user clicked keep their clicks' answer."""
+    down from the lowest: the slices a user clicked keep their clicks' answer. Returns each propagation's start,
+    direction, slices added and where and why it stopped."""
     zs = sorted(set(clicked_slices))
-    for z, limit in zip(zs, [b - a - 1 for a, b in zip(zs, zs[1:])] + [None]):
+    runs = [(z, 1, limit) for z, limit in zip(zs, [b - a - 1 for a, b in zip(zs, zs[1:])] + [None])]
+    done = []
+    for z, direction, limit in runs + ([(zs[0], -1, None)] if zs else []):
         if session.mask[z].any() and limit != 0:
-            session.propagate(1, start=z, max_slices=limit)
-    if zs and session.mask[zs[0]].any():
-        session.propagate(-1, start=zs[0])
+            session.propagate(direction, start=z, max_slices=limit)
+            done.append({"from": z, "direction": "up" if direction > 0 else "down", **session.propagated})
+    return done
 
 
 def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, threads: int, label: int,
-           labels: np.ndarray | None = None, propagate: bool = False) -> tuple[np.ndarray, int]:
+           labels: np.ndarray | None = None, propagate: bool = False) -> tuple[np.ndarray, int, list[dict]]:
     """The labelmap [z, y, x] uint8 with object ``label`` made or refined (from its region in ``labels``; every
-    other label kept as it is and never painted over), and how many slices propagation added."""
+    other label kept as it is and never painted over), how many slices propagation added to the object, and what
+    each propagation did (``propagate_from``)."""
     from ..interactive import InteractiveSession
 
     session = InteractiveSession(image, model=model, threads=threads)
@@ -172,13 +176,12 @@ def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, thr
     for positive, index in clicks:
         session.click(index, positive=positive)
     before = int(session.mask.reshape(len(session.mask), -1).any(1).sum())
-    if propagate:
-        propagate_from(session, [index[2] for _, index in clicks])
+    runs = propagate_from(session, [index[2] for _, index in clicks]) if propagate else []
     obj = session.mask.astype(bool)
     out = labels.copy()
     out[region & ~obj] = 0
     out[obj] = label
-    return out, int(session.mask.reshape(len(session.mask), -1).any(1).sum()) - before
+    return out, int(session.mask.reshape(len(session.mask), -1).any(1).sum()) - before, runs
 
 
 def run(args) -> int:
@@ -211,7 +214,7 @@ def run(args) -> int:
     check_intensities(image, source.name)
     clicks = [(positive, to_index(image, point)) for positive, point in points]
     start, label = read_start(Path(args.start), image, args.label) if args.start else (None, args.label or 1)
-    labels, propagated = refine(image, clicks, path, threads, label, start, args.propagate)
+    labels, propagated, runs = refine(image, clicks, path, threads, label, start, args.propagate)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
     write_labelmap(out, target, overwrite=args.overwrite, notes=notes)
@@ -219,7 +222,7 @@ def run(args) -> int:
     positive = sum(p for p, _ in clicks)
     info = {"input": str(source), "output": str(target), "label": label, "voxels": voxels,
             "volume_ml": round(voxels * float(np.prod(image.GetSpacing())) / 1000.0, 3), "clicks": len(clicks),
-            "positive": positive, "negative": len(clicks) - positive, "propagated_slices": propagated,
+            "positive": positive, "negative": len(clicks) - positive, "propagated_slices": propagated, "propagation": runs,
             "seconds": round(time.perf_counter() - t, 3), "model": card.id if card else str(path),
             "version": card.version if card else None, "status": card.status if card else None, "notes": notes}
     from ..cli import say
@@ -229,7 +232,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    spread = f", propagated to {propagated} more slices" if args.propagate else ""
+    ends = [r for r in runs if r["direction"] == "down"] + [r for r in runs if r["direction"] == "up"][-1:]
+    spread = (f", propagated to {propagated} more slices ("
+              + "; ".join(f"{r['direction']}: stopped {r['stopped']}" for r in ends) + ")") if args.propagate else ""
     preview = " | preview model: read its card before trusting the result" if info["status"] == "preview" else ""
     print(f"{source.name} -> {target} | label {label}: {voxels:,} voxels, {info['volume_ml']:.2f} mL | "
           f"{len(clicks)} clicks ({positive} adding, {len(clicks) - positive} removing){spread} | "
