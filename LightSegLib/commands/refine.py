@@ -222,8 +222,8 @@ def run(args) -> int:
     positive = sum(p for p, _ in clicks)
     info = {"input": str(source), "output": str(target), "label": label, "voxels": voxels,
             "volume_ml": round(voxels * float(np.prod(image.GetSpacing())) / 1000.0, 3), "clicks": len(clicks),
-            "positive": positive, "negative": len(clicks) - positive, "propagated_slices": propagated, "propagation": runs,
-            "seconds": round(time.perf_counter() - t, 3), "model": card.id if card else str(path),
+            "positive": positive, "negative": len(clicks) - positive, "propagated_slices": propagated,
+            "propagation": runs, "seconds": round(time.perf_counter() - t, 3), "model": card.id if card else str(path),
             "version": card.version if card else None, "status": card.status if card else None, "notes": notes}
     from ..cli import say
 

@@ -176,7 +176,7 @@ def train(cfg: dict, out: Path, resume: bool) -> None:
             opt.load_state_dict(ckpt["optimizer"])
         step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
         seeded = {k: ckpt[k] for k in ("seeded_from", "seeded_step") if k in ckpt}
-        if ckpt.get("average"):
+        if average and ckpt.get("average"):  # a run resumed without ``average`` keeps training, not averaging
             mean, count = ckpt["average"]["weights"], ckpt["average"]["count"]
         say(f"resumed at step {step}")
     net.to(device)
