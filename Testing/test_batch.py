@@ -130,9 +130,11 @@ def test_interrupted_run_resumed_does_only_the_missing_cases(client, tmp_path):
     """``lightseg batch`` interrupted (Ctrl-C) after a few cases, then resumed on another cluster."""
     cohort = repeated(tmp_path / "in", [ED, ES], 20)
     out = tmp_path / "out"
+    # Ctrl-C as in a terminal: a suite started in the background (nohup, `&`) ignores SIGINT, and a child inherits that
     proc = subprocess.Popen([sys.executable, "-m", "LightSegLib.cli", "batch", "--model", FAST,
                              "--workers", "1", "--progress", "none", str(cohort), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = time.monotonic()
     deadline, sent = started + 240, None
     while time.monotonic() < deadline and proc.poll() is None:
