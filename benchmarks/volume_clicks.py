@@ -25,7 +25,7 @@ from LightSegLib.lab.interactive.clicker import dice, iou, next_click
 from LightSegLib.lab.train.config import read_toml
 from LightSegLib.machine import machine, machine_line
 
-# (volume, image, labels, {structure: label value}), paths under the config's data entries
+# (name, the config's data entry, image file, labels file under it, {structure: label value})
 VOLUMES = {
     "held-out": [("s0009", "s0009", "ct.nii.gz", "seg.nii.gz", {"pancreas": 7, "liver": 5})],  # v2 ids (README)
     "training": [("ircadb17", "ircadb", "imagesTr/ircadb1_17.nii.gz", "labelsTr/ircadb1_17.nii.gz", {"liver": 1}),
