@@ -124,6 +124,18 @@ def interval(values: list, patients: list, draws: int = 2000) -> list[float] | N
     return [round(float(v), 2) for v in np.percentile(means, [2.5, 97.5])]
 
 
+LIMITS = {"held-out": 100, "tuning": 40}  # objects per structure, unless --limit (100: 0.3.1's 40 proved within noise)
+
+
+def part_slices(cfg: dict, part: str) -> tuple[list, list]:
+    """The slices whose objects a part measures, and s0009's (the held-out part's left-out comparison; none when
+    tuning)."""
+    if part == "tuning":
+        return tuning_slices(cfg), []
+    slices = load_slices(cfg, "test")
+    return [s for s in slices if s.source != "s0009"], [s for s in slices if s.source == "s0009"]
+
+
 def pick(slices, structure: str, limit: int) -> list[int]:
     """Up to ``limit`` objects spread evenly over the list (NIH: only the unzoomed full slices)."""
     found = [i for i, _ in objects(slices, [structure]) if slices[i].full_view]
@@ -160,7 +172,7 @@ def propagation(model, threads: int, cfg: dict, views: dict) -> dict:
 def tuning(args, cfg: dict, views: dict) -> dict:
     """The net alone on the tuning set's objects (training patients): where candidates are compared before the
     held-out benchmark runs once; no baseline, no s0009, no propagation."""
-    part = tuning_slices(cfg)
+    part, _ = part_slices(cfg, "tuning")
     report = {"model": args.model, "part": "tuning", "patients": TUNING, "threads": args.threads,
               "limit": args.limit, "machine": machine_line(machine(), args.threads), **views, "structures": {}}
     for name in BENCHMARK:
@@ -185,8 +197,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--part", choices=("held-out", "tuning"), default="held-out",
                         help="tuning: training patients' objects, for comparing candidates before the held-out run")
     parser.add_argument("--limit", type=int,
-                        help="objects per structure (up to; held-out 100, since 0.3.1's figures on 40 proved within "
-                             "noise of the targets; tuning 40)")
+                        help=f"objects per structure (up to; default {LIMITS})")
     parser.add_argument("--json")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="no mean with the mirror image's answer")
@@ -196,19 +207,17 @@ def main(argv=None) -> dict:
     cfg = read_toml(Path(args.config))
     views = {"flip": args.flip, "shift": args.shift}
     if args.limit is None:
-        args.limit = 40 if args.part == "tuning" else 100
+        args.limit = LIMITS[args.part]
     if args.part == "tuning":
         report = tuning(args, cfg, views)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
         return report
-    slices = load_slices(cfg, "test")
     report = {"model": args.model, "threads": args.threads, "limit": args.limit,
               "machine": machine_line(machine(), args.threads), **views,
               "left_out": cfg["data"].get("left_out", []), "structures": {}}
     times = []
-    held_out = [s for s in slices if s.source != "s0009"]
-    volume = [s for s in slices if s.source == "s0009"]
+    held_out, volume = part_slices(cfg, "held-out")
     runs = [(name, name, held_out) for name in BENCHMARK] + [(f"s0009 {name}", name, volume) for name in S0009]
     for key, name, part in runs:
         learned, baseline = [], []

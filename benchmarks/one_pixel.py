@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from LightSegLib.lab.interactive.clicker import iou
-from LightSegLib.lab.interactive.data import BENCHMARK, load_slices, object_mask, tuning_slices
+from LightSegLib.lab.interactive.data import BENCHMARK, object_mask
 from LightSegLib.lab.train.config import read_toml
-from clicks import MAX_CLICKS, pick
+from clicks import LIMITS, MAX_CLICKS, part_slices, pick
 
 
 def moved_iou(gt: np.ndarray) -> float:
@@ -36,15 +36,13 @@ def split(noc: np.ndarray, hard: np.ndarray) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/models/click-refine.toml")
-    parser.add_argument("--part", choices=("tuning", "held-out"), default="tuning")
-    parser.add_argument("--limit", type=int, help="objects per structure (tuning 40, held-out 100, as clicks.py)")
+    parser.add_argument("--part", choices=tuple(LIMITS), default="tuning")
+    parser.add_argument("--limit", type=int, help=f"objects per structure (default as clicks.py: {LIMITS})")
     parser.add_argument("--bench", help="clicks.py's held-out JSON report of the same objects")
     args = parser.parse_args(argv)
     cfg = read_toml(Path(args.config))
-    if args.part == "tuning":
-        part, limit = tuning_slices(cfg), args.limit or 40
-    else:
-        part, limit = [s for s in load_slices(cfg, "test") if s.source != "s0009"], args.limit or 100
+    part, _ = part_slices(cfg, args.part)
+    limit = args.limit or LIMITS[args.part]
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
     if bench and (args.part != "held-out" or bench.get("limit") != limit):
         parser.error(f"--bench needs --part held-out and the report's limit ({bench.get('limit')})")
