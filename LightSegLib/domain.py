@@ -9,6 +9,7 @@ and geometry and from the size of what was found. Each returns plain-words reaso
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from .errors import LightSegError
 
@@ -37,17 +38,34 @@ def sample_of(volume: np.ndarray) -> np.ndarray:
     return volume[::2, ::4, ::4]
 
 
-def check_coding(card, sample: np.ndarray) -> None:
-    """Refuse a CT that reads as stored without its HU rescale (values from about 0, soft tissue near 1024): the
-    CT models window HU, and on those values mark half the body. ``hu_offset`` applies a known offset."""
-    if card.modality != "CT" or sample.size == 0:
-        return
+def offset_coding(sample: np.ndarray) -> str | None:
+    """How a volume reads as a CT stored without its HU rescale (values from about 0, soft tissue near 1024), or
+    None. No ACDC cine frame (320) reads so."""
+    if sample.size == 0:
+        return None
     low, high = (float(v) for v in np.percentile(sample, [1, 99]))
     tissue = float(np.mean((sample >= OFFSET_TISSUE[0]) & (sample <= OFFSET_TISSUE[1])))
     if low >= -50.0 and high >= 1000.0 and tissue >= 0.05:
-        raise LightSegError(f"intensities look like a CT stored without its HU rescale (1st percentile {low:g}, "
-                            f"{tissue:.0%} of voxels at {OFFSET_TISSUE[0]:g}-{OFFSET_TISSUE[1]:g}, where soft "
-                            "tissue sits after a +1024 offset): if the scanner stored HU + 1024, give hu_offset=-1024")
+        return (f"intensities look like a CT stored without its HU rescale (1st percentile {low:g}, {tissue:.0%} of "
+                f"voxels at {OFFSET_TISSUE[0]:g}-{OFFSET_TISSUE[1]:g}, where soft tissue sits after a +1024 offset)")
+    return None
+
+
+def check_coding(card, sample: np.ndarray) -> None:
+    """Refuse a CT that reads as stored without its HU rescale: the CT models window HU, and on those values mark
+    half the body. ``hu_offset`` applies a known offset."""
+    reason = offset_coding(sample) if card.modality == "CT" else None
+    if reason:
+        raise LightSegError(f"{reason}: if the scanner stored HU + 1024, give hu_offset=-1024")
+
+
+def apply_hu_offset(image, offset: float):
+    """The image with ``offset`` added (a CT stored as HU + offset without its rescale: the offset the user states);
+    integer images stay integers where the offset is whole."""
+    import SimpleITK as sitk
+
+    whole = float(offset).is_integer() and "int" in image.GetPixelIDTypeAsString()
+    return sitk.ShiftScale(sitk.Cast(image, sitk.sitkInt32 if whole else sitk.sitkFloat32), shift=float(offset))
 
 
 def modality_note(card, low: float, high: float) -> str:

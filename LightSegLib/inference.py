@@ -110,9 +110,8 @@ def segment_image(image: sitk.Image, card: ModelCard | str, runner=None, *, back
     if image.GetDimension() != 3:
         raise LightSegError(f"a 3D volume is needed, got {image.GetDimension()}D")
     check_intensities(image, "input")
-    if hu_offset:  # a CT stored as HU + offset without its rescale: the offset the user states
-        whole = float(hu_offset).is_integer() and "int" in image.GetPixelIDTypeAsString()
-        image = sitk.ShiftScale(sitk.Cast(image, sitk.sitkInt32 if whole else sitk.sitkFloat32), shift=float(hu_offset))
+    if hu_offset:
+        image = domain.apply_hu_offset(image, hu_offset)
     runner = runner or make_runner(card, backend, threads, int8)
     seconds["load"] = time.perf_counter() - t0
 

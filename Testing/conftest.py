@@ -53,6 +53,22 @@ def extension_files() -> list[str]:
     return [line.removeprefix("-- ").strip() for line in (run.stdout + run.stderr).splitlines() if line.startswith("-- ")]
 
 
+def hu_and_offset_files(image, folder: Path) -> dict[str, Path]:
+    """``image`` (a HU CT) written as a scanner stores it (int16, "hu") and without its rescale (uint16 HU + 1024,
+    "uint16"), each with the image's geometry."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    hu = np.clip(np.round(sitk.GetArrayFromImage(image)), -1024, None).astype(np.int16)
+    files = {}
+    for name, array in (("hu", hu), ("uint16", (hu.astype(np.int32) + 1024).astype(np.uint16))):
+        coded = sitk.GetImageFromArray(array)
+        coded.CopyInformation(image)
+        files[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(coded, str(files[name]))
+    return files
+
+
 def shared(relative: str) -> Path:
     """A file of ../shared/data, or skip with the reason (a user's clone does not have it)."""
     path = SHARED_DATA / relative

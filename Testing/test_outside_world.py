@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED_DATA, shared
+from conftest import SHARED_DATA, hu_and_offset_files, shared
 from test_bad_input import CT_SMALL, SAMPLES, assert_refused, cli, dicom_copy, segment
 
 ED = SAMPLES / "acdc_patient002_ED.nii.gz"
@@ -84,20 +84,13 @@ def test_frame_all_refuses_an_output_that_is_the_input(tmp_path):
 
 # ------------------------------------------------------------------ a CT without its HU rescale
 def test_a_ct_stored_without_its_rescale_is_refused_and_the_stated_offset_recovers_it(tmp_path, out):
-    image = sitk.ReadImage(str(CT_SMALL))
-    hu = np.clip(np.round(sitk.GetArrayFromImage(image)), -1024, None).astype(np.int16)  # as a scanner stores it
-    files = {}
-    for name, array in (("ct_hu", hu), ("ct_uint16", (hu.astype(np.int32) + 1024).astype(np.uint16))):
-        coded = sitk.GetImageFromArray(array)
-        coded.CopyInformation(image)
-        files[name] = tmp_path / f"{name}.nii.gz"
-        sitk.WriteImage(coded, str(files[name]))
-    proc = segment(files["ct_uint16"], out / "label.nii.gz")
+    files = hu_and_offset_files(sitk.ReadImage(str(CT_SMALL)), tmp_path)
+    proc = segment(files["uint16"], out / "label.nii.gz")
     assert_refused(proc, "stored without its HU rescale", out)
     assert "--hu-offset -1024" in proc.stderr
-    fixed = segment("--hu-offset", "-1024", files["ct_uint16"], out / "label.nii.gz")
+    fixed = segment("--hu-offset", "-1024", files["uint16"], out / "label.nii.gz")
     assert fixed.returncode == 0, fixed.stderr
-    assert segment(files["ct_hu"], out / "reference.nii.gz").returncode == 0
+    assert segment(files["hu"], out / "reference.nii.gz").returncode == 0
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "label.nii.gz"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(out / "reference.nii.gz"))))
 

@@ -46,6 +46,9 @@ def register(sub) -> None:
     parser.add_argument("--frame", type=int, default=None, metavar="N", help="time frame of a 4D (cine) image")
     parser.add_argument("--allow-gaps", action="store_true",
                         help="accept a DICOM series with missing or unevenly spaced slices (with a note)")
+    parser.add_argument("--hu-offset", type=float, default=None, metavar="HU",
+                        help="add this to the image's values first and read it as CT: -1024 for a CT stored as "
+                             "HU + 1024 without its rescale (noted when an image looks like one)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (an earlier labelmap)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
@@ -160,13 +163,14 @@ def propagate_from(session, clicked_slices) -> list[dict]:
 
 
 def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, threads: int, label: int,
-           labels: np.ndarray | None = None, propagate: bool = False) -> tuple[np.ndarray, int, list[dict]]:
+           labels: np.ndarray | None = None, propagate: bool = False,
+           modality: str | None = None) -> tuple[np.ndarray, int, list[dict]]:
     """The labelmap [z, y, x] uint8 with object ``label`` made or refined (from its region in ``labels``; every
     other label kept as it is and never painted over), how many slices propagation added to the object, and what
     each propagation did (``propagate_from``)."""
     from ..interactive import InteractiveSession
 
-    session = InteractiveSession(image, model=model, threads=threads)
+    session = InteractiveSession(image, model=model, threads=threads, modality=modality)
     if labels is None:
         labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
     region = labels == label
@@ -185,6 +189,7 @@ def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, thr
 
 
 def run(args) -> int:
+    from .. import domain
     from ..inference import default_threads
     from ..io import (LABELMAP_SUFFIXES, check_intensities, check_output, read_image, refuse_input_as_output,
                       suffix_of, write_labelmap)
@@ -212,9 +217,14 @@ def run(args) -> int:
     notes: list[str] = []
     image = read_image(source, frame=args.frame, notes=notes, allow_gaps=args.allow_gaps)
     check_intensities(image, source.name)
+    if args.hu_offset:
+        image = domain.apply_hu_offset(image, args.hu_offset)
+    elif reason := domain.offset_coding(domain.sample_of(sitk.GetArrayViewFromImage(image))):
+        notes.append(f"{reason}: clicks read it as MR and need more of them; if it is one, give --hu-offset -1024")
     clicks = [(positive, to_index(image, point)) for positive, point in points]
     start, label = read_start(Path(args.start), image, args.label) if args.start else (None, args.label or 1)
-    labels, propagated, runs = refine(image, clicks, path, threads, label, start, args.propagate)
+    labels, propagated, runs = refine(image, clicks, path, threads, label, start, args.propagate,
+                                      "CT" if args.hu_offset else None)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
     write_labelmap(out, target, overwrite=args.overwrite, notes=notes)
