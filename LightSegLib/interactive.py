@@ -25,6 +25,7 @@ DISK_RADIUS = 3       # click disks, in crop pixels (the crop is zoomed, so this
 CHANNELS = 4          # image, previous mask, positive disks, negative disks
 MODEL_ID = "click-refine"
 CT_WINDOW = (0.0, 255.0)   # the 8-bit CT coding our CT slices were trained on (about clip(HU, 0, 255))
+MAX_CLIPPED = 0.95    # propagation on CT stops at a region this much clipped by CT_WINDOW: nothing there to see
 
 
 # ---- the encoding shared with training ---------------------------------------------------------------
@@ -130,6 +131,11 @@ def phases(window: Window) -> list[Window]:
     half the crop's resolution, so the four answers' cells interleave and their mean has a finer outline."""
     d = window.side / CROP
     return [Window(window.y0 + a, window.x0 + b, window.side) for a, b in ((0, 0), (d, 0), (0, d), (d, d))]
+
+
+def clipped(values: np.ndarray) -> np.ndarray:
+    """Where CT-coded values sit at the window's floor or ceiling (fat and air, or bone): the net sees them flat."""
+    return (values <= CT_WINDOW[0]) | (values >= CT_WINDOW[1])
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -357,10 +363,12 @@ class InteractiveSession:
         towards +z (``direction`` 1) or -z (-1). Each slice gets the previous slice's mask and one positive
         click at its deepest point; it stops where the prediction is empty, leaves the previous outline
         (overlap below ``min_overlap``), its mean confidence falls below ``min_confidence``, or, on CT, fewer
-        than ``min_alike`` of its pixels lie in the start slice's object's intensity range (10th-90th percentile).
-        The last rule is what stops it where an organ ends: the net, always handed a click, keeps answering a
-        shrinking blob of the tissue beyond (fat below a liver) with full confidence. It needs HU: an MR's
-        intensities drift from slice to slice (on the held-out ACDC LVs it cut propagation short)."""
+        than ``min_alike`` of its pixels lie in the start slice's object's intensity range (10th-90th percentile),
+        or at least MAX_CLIPPED of them sit where CT_WINDOW clips (unless the start slice's object did too).
+        The CT rules are what stop it where an organ ends: the net, always handed a click, keeps answering a
+        shrinking blob of the tissue beyond (fat below a liver) with full confidence, and a fatty object's range
+        reaches down to the window's floor, so a blob of fat passes the range rule. They need HU: an MR's
+        intensities drift from slice to slice (on the held-out ACDC LVs the range rule cut propagation short)."""
         step = 1 if direction >= 0 else -1
         filled = np.flatnonzero(self.mask.reshape(self.mask.shape[0], -1).any(1))
         if not filled.size:
@@ -369,7 +377,9 @@ class InteractiveSession:
         if not self.mask[z].any():
             raise LightSegError(f"slice {z} holds no mask to propagate from")
         self._save()
-        lo, hi = np.percentile(self.volume[z][self.mask[z] > 0], [10.0, 90.0]) if self.ct else (-np.inf, np.inf)
+        tissue = self.volume[z][self.mask[z] > 0]
+        lo, hi = np.percentile(tissue, [10.0, 90.0]) if self.ct else (-np.inf, np.inf)
+        visible = self.ct and np.mean(clipped(tissue)) < MAX_CLIPPED  # else its own slice is as flat: no rule
         count = 0
         while True:
             if not 0 <= z + step < self.mask.shape[0]:
@@ -393,6 +403,8 @@ class InteractiveSession:
                 stop = "where the net's confidence fell"
             elif np.mean((values >= lo) & (values <= hi)) < min_alike:
                 stop = "where the tissue no longer looked like the start slice's"
+            elif visible and np.mean(clipped(values)) >= MAX_CLIPPED:
+                stop = "where the CT window showed only fat, air or bone"
             if stop:
                 break
             z += step
