@@ -82,6 +82,9 @@ if hasattr(slicer, "app"):
             c = self.clicks
             if c is None or (c.volume_node, c.segmentation_node, c.segment_id) != (volume, segmentation, segment):
                 self.clicks = SegmentClicks(volume, segmentation, segment)
+                if self.clicks.session.note:  # e.g. a CT stored without its HU rescale: clicks land worse
+                    slicer.util.warningDisplay(f"{self.clicks.session.note}. If it is one, subtract 1024 from the "
+                                               "volume (Simple Filters: ShiftScale) before clicking.")
             return self.clicks
 
         def _apply(self, labelmap) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import domain
 from .errors import LightSegError
 
 CROP = 128            # the side of the net's input, in pixels
@@ -217,6 +218,9 @@ class InteractiveSession:
             raise LightSegError(f"click refinement needs a 2D or 3D scalar image, got shape {array.shape}")
         self.image = image
         self.ct = modality == "CT" or (modality is None and float(array.min()) <= -500.0)
+        # what the user should know before clicking: a CT stored without its HU rescale reads as MR here
+        reason = None if modality else domain.offset_coding(domain.sample_of(array))
+        self.note = f"{reason}: clicks read it as MR and need more of them" if reason else None
         self.volume = np.clip(array, *CT_WINDOW) if self.ct else array
         self.runner = OnnxRunner(model or default_model(), threads)
         self.threshold = threshold

@@ -360,7 +360,8 @@ class LightSegWebApp:
                 self.state.error = str(err)
                 self.state.click_mode = False
                 return None
-            self._show_clicks(CLICK_HELP[self.state.click_action])
+            note = self.clicks.session.note
+            self._show_clicks(CLICK_HELP[self.state.click_action] + (f" Note: {note}." if note else ""))
         return self.clicks
 
     def _on_slice_click(self, view) -> None:

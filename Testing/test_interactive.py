@@ -83,6 +83,19 @@ def test_crop_and_paste_agree(acdc):
     assert np.allclose(crop_yx, [ia.CROP / 2 - 0.5] * 2, atol=ia.CROP * 0.1)
 
 
+def test_a_ct_stored_without_its_rescale_is_noted_and_nothing_else_is(acdc, models):
+    """The session cannot tell a CT stored as HU + 1024 from MR (it clicks it as MR): it says so in ``note``, which
+    the CLI, the web app and the Slicer effect show. A HU CT, an MR and a stated modality get no note."""
+    image, _ = acdc
+    hu = sitk.ReadImage(str(shared("ircadb/imagesTr/ircadb1_17.nii.gz")))[:, :, 50:53]
+    offset = sitk.Cast(hu, sitk.sitkInt32) + 1024
+    noted = ia.InteractiveSession(offset, model=models["grow"], threads=1)
+    assert not noted.ct and "stored without its HU rescale" in noted.note
+    for plain in (hu, image):
+        assert ia.InteractiveSession(plain, model=models["grow"], threads=1).note is None
+    assert ia.InteractiveSession(offset, model=models["grow"], threads=1, modality="MR").note is None
+
+
 def test_click_undo_reset(acdc, models):
     image, label = acdc
     z = middle(label)
@@ -509,6 +522,28 @@ def test_other_segments_are_read_in_place_and_follow_changes_made_outside(acdc, 
     scalars[:] = 0  # an effect painting in place: the same layer object, modified
     layer.Modified()
     assert np.array_equal(clicks.other_segments(), np.isin(label, (1, 2)))
+
+
+@pytest.mark.slicer
+def test_the_controller_notes_a_ct_volume_node_stored_without_its_rescale(models, mrml):
+    """What the web app and the Slicer effect show: the controller's session reads the volume node's voxels, and a
+    CT node holding HU + 1024 gets the note."""
+    import sys
+
+    import slicer
+
+    sys.path.insert(0, str(REPO / "LightSeg"))
+    from LightSegLogic import SegmentClicks
+
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(str(shared("ircadb/imagesTr/ircadb1_17.nii.gz"))))[50:53]
+    notes = []
+    for array in (hu, hu.astype(np.int32) + 1024):
+        volume = slicer.util.addVolumeFromArray(array)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segment = segmentation.GetSegmentation().AddEmptySegment("liver")
+        notes.append(SegmentClicks(volume, segmentation, segment, model=models["grow"], threads=1).session.note)
+    assert notes[0] is None and "stored without its HU rescale" in notes[1]
 
 
 def test_segment_editor_clicks_on_real_mrml(acdc, models, mrml):

@@ -164,13 +164,15 @@ def propagate_from(session, clicked_slices) -> list[dict]:
 
 def refine(image: sitk.Image, clicks: list[tuple[bool, tuple]], model: Path, threads: int, label: int,
            labels: np.ndarray | None = None, propagate: bool = False,
-           modality: str | None = None) -> tuple[np.ndarray, int, list[dict]]:
+           modality: str | None = None, notes: list | None = None) -> tuple[np.ndarray, int, list[dict]]:
     """The labelmap [z, y, x] uint8 with object ``label`` made or refined (from its region in ``labels``; every
     other label kept as it is and never painted over), how many slices propagation added to the object, and what
-    each propagation did (``propagate_from``)."""
+    each propagation did (``propagate_from``). ``notes`` gets what the session says about the image."""
     from ..interactive import InteractiveSession
 
     session = InteractiveSession(image, model=model, threads=threads, modality=modality)
+    if session.note and notes is not None:
+        notes.append(f"{session.note}; if it is one, give --hu-offset -1024")
     if labels is None:
         labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
     region = labels == label
@@ -219,12 +221,10 @@ def run(args) -> int:
     check_intensities(image, source.name)
     if args.hu_offset:
         image = domain.apply_hu_offset(image, args.hu_offset)
-    elif reason := domain.offset_coding(domain.sample_of(sitk.GetArrayViewFromImage(image))):
-        notes.append(f"{reason}: clicks read it as MR and need more of them; if it is one, give --hu-offset -1024")
     clicks = [(positive, to_index(image, point)) for positive, point in points]
     start, label = read_start(Path(args.start), image, args.label) if args.start else (None, args.label or 1)
     labels, propagated, runs = refine(image, clicks, path, threads, label, start, args.propagate,
-                                      "CT" if args.hu_offset else None)
+                                      "CT" if args.hu_offset else None, notes)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
     write_labelmap(out, target, overwrite=args.overwrite, notes=notes)
