@@ -318,6 +318,30 @@ def test_training_the_refiner_alone_leaves_the_folded_net_as_it_was(tmp_path):
     assert any(k.endswith("weight") for k in changed) and all(k.startswith("refiner.") for k in changed), changed
 
 
+def test_a_run_seeded_widened_answers_as_its_checkpoint_and_trains_on(tmp_path):
+    """``seed --widen 2``: a run's checkpoint twice as wide, answering as before on real training crops, which the
+    trainer resumes at the checkpoint's step; a config whose widths are not the widened ones is refused."""
+    from LightSegLib.errors import LightSegError
+    from LightSegLib.lab.interactive.seed import seed_widened
+    from LightSegLib.lab.interactive.train import train
+    from LightSegLib.lab.nets import build
+
+    data = {"acdc": str(shared("acdc")), "lits": str(shared("lits_liver_2d")), "nih": str(shared("nih_pancreas_2d")),
+            "seed": 0, "lits_test": 20, "nih_test": 10}
+    arch = {"name": "unet", "widths": [4, 8], "fold": 2, "in_channels": ia.CHANNELS, "num_classes": 1}
+    torch.manual_seed(0)
+    torch.save({"model": build(arch).state_dict(), "architecture": arch, "step": 300}, tmp_path / "narrow.pt")
+    cfg = {"data": data, "model": {"name": "unet", "widths": [8, 16], "fold": 2},
+           "train": {"seed": 0, "threads": 1, "batch": 2, "lr": 1e-3, "steps": 302, "max_rounds": 1,
+                     "drop_prev": 0.15, "checkpoint_minutes": 60}}
+    assert seed_widened(cfg, tmp_path / "narrow.pt", tmp_path / "run", 2) < 1e-4
+    train(cfg, tmp_path / "run", resume=True)
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert after["step"] == 302 and after["seeded_step"] == 300 and after["architecture"]["widths"] == [8, 16]
+    with pytest.raises(LightSegError, match="are not 3 x"):
+        seed_widened(cfg, tmp_path / "narrow.pt", tmp_path / "other", 3)
+
+
 def test_session_rounds_keep_what_a_session_keeps():
     """Training's simulated rounds with ``session_rounds``: of an answer that grows both regions of the previous
     mask, the kept mask takes only the growth touching the click, the clicked pixel follows the click, and with

@@ -170,3 +170,33 @@ def test_onnx_export_parity_dynamic_batch_and_size(key, tmp_path):
         b = session.run(["logits"], {"image": x.numpy()})[0]
         assert b.shape == a.shape
         np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_a_widened_unet_answers_as_before_and_its_copies_then_learn_apart(factor):
+    """Widening (Net2Net's split) keeps a trained U-Net's answer, in eval and train mode, with every width times
+    ``factor``; after one training step the copies of a channel differ (the split's noise breaks their symmetry)."""
+    from LightSegLib.lab.nets.widen import widen_unet
+
+    torch.manual_seed(0)
+    net = build(dict(SMALL["unet-fold"]))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)  # some training, so the BatchNorms hold real statistics
+    for _ in range(3):
+        loss = net(torch.randn(4, 2, 32, 32)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    wide = widen_unet(net.eval(), factor).eval()
+    assert wide.widths == [w * factor for w in net.widths]
+    assert count_params(wide) > factor * count_params(net)
+    x = torch.randn(3, 2, 40, 24)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), net(x), atol=1e-4)
+        assert torch.allclose(wide.train()(x), net.train()(x), atol=1e-4)
+    opt = torch.optim.SGD(wide.parameters(), lr=0.1)
+    loss = wide(x).square().mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    first = wide.encoders[0][0][0].weight.detach()  # channel c and its copy c + 4 (width 4)
+    assert not torch.allclose(first[:4], first[4:8])

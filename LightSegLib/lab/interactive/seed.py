@@ -8,6 +8,9 @@ trainer starts a fresh one).
 
     python -m LightSegLib.lab.interactive.seed --config configs/models/click-refine.toml --out runs/click6 \\
         --onnx Resources/Models/click-refine.onnx --step 28000
+
+``--widen F --checkpoint last.pt`` seeds instead from a run's own checkpoint made F times wider without changing its
+answer (``LightSegLib.lab.nets.widen``): the config names the wider widths.
 """
 from __future__ import annotations
 
@@ -66,15 +69,53 @@ def seed(cfg: dict, onnx_path: Path, out: Path, step: int, batches=None) -> floa
     return diff
 
 
+def seed_widened(cfg: dict, checkpoint: Path, out: Path, factor: int) -> float:
+    """Write ``out``/last.pt: ``checkpoint``'s net ``factor`` times wider, at its step, with no optimizer state.
+    Returns the largest logit difference from the checkpoint's net on a calibration batch (eval mode)."""
+    import torch
+
+    from ..nets import build
+    from ..nets.widen import widen_unet
+
+    if (out / "last.pt").exists():
+        raise LightSegError(f"{out / 'last.pt'} exists: seeding would overwrite a run")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    net = build(state["architecture"])
+    net.load_state_dict(state["model"])
+    wide = widen_unet(net.eval(), factor).eval()
+    arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
+    if list(arch["widths"]) != list(wide.widths):
+        raise LightSegError(f"the config's widths {arch['widths']} are not {factor} x {state['architecture']['widths']}")
+    x = torch.from_numpy(calibration_batches(cfg, count=1)[0])
+    with torch.no_grad():
+        diff = float((net(x) - wide(x)).abs().max())
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": wide.state_dict(), "optimizer": None, "architecture": arch, "step": int(state["step"]),
+                "seconds": 0.0, "config": cfg, "task": "click-refine", "crop": ia.CROP,
+                "disk_radius": ia.DISK_RADIUS, "seeded_from": f"{checkpoint} widened x{factor}",
+                "seeded_step": int(state["step"])}, out / "last.pt")
+    return diff
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--onnx", default="Resources/Models/click-refine.onnx")
-    parser.add_argument("--step", type=int, required=True, help="the step the ONNX file's run had reached")
+    parser.add_argument("--step", type=int, help="the step the ONNX file's run had reached")
+    parser.add_argument("--widen", type=int, metavar="F", help="seed from --checkpoint made F times wider")
+    parser.add_argument("--checkpoint", help="a run's last.pt (with --widen)")
     args = parser.parse_args(argv)
-    diff = seed(read_toml(Path(args.config)), Path(args.onnx), Path(args.out), args.step)
-    print(f"{args.out}/last.pt written; largest logit difference from {args.onnx}: {diff:.2e}")
+    cfg = read_toml(Path(args.config))
+    if args.widen:
+        if not args.checkpoint:
+            parser.error("--widen needs --checkpoint")
+        diff, source = seed_widened(cfg, Path(args.checkpoint), Path(args.out), args.widen), args.checkpoint
+    else:
+        if args.step is None:
+            parser.error("--step is needed with --onnx")
+        diff, source = seed(cfg, Path(args.onnx), Path(args.out), args.step), args.onnx
+    print(f"{args.out}/last.pt written; largest logit difference from {source}: {diff:.2e}")
 
 
 if __name__ == "__main__":
