@@ -29,7 +29,7 @@ def _split(shape, copies: np.ndarray, factor: int, noise: float, rng: np.random.
     return torch.from_numpy(1.0 / factor + eps).float()
 
 
-def _conv(new: nn.Module, old: nn.Module, rows, cols, factor_in: int, noise: float, rng, transposed=False) -> None:
+def _conv(new: nn.Module, old: nn.Module, rows, cols, factor: int, noise: float, rng, transposed=False) -> None:
     """``new``'s weight from ``old``'s: output channels gathered by ``rows``, input channels by ``cols`` (None:
     not widened), inputs split when widened."""
     w = old.weight.detach()
@@ -37,7 +37,7 @@ def _conv(new: nn.Module, old: nn.Module, rows, cols, factor_in: int, noise: flo
         w = w.transpose(0, 1)
     w = w[torch.as_tensor(rows)] if rows is not None else w
     if cols is not None:
-        w = w[:, torch.as_tensor(cols)] * _split(w[:, torch.as_tensor(cols)].shape, cols, factor_in, noise, rng)
+        w = w[:, torch.as_tensor(cols)] * _split(w[:, torch.as_tensor(cols)].shape, cols, factor, noise, rng)
     new.weight.data.copy_(w.transpose(0, 1) if transposed else w)
     if old.bias is not None:
         new.bias.data.copy_(old.bias.detach()[torch.as_tensor(rows)] if rows is not None else old.bias.detach())
@@ -54,9 +54,8 @@ def widen_unet(net: UNet, factor: int, noise: float = 0.01, seed: int = 0) -> UN
     """A UNet with every width times ``factor`` that answers as ``net`` does (in eval mode, to float error)."""
     if net.refiner is not None:
         raise ValueError("a U-Net with a full-resolution refiner is not widened")
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and not isinstance(m, nn.ConvTranspose2d)]
-    if any(c.kernel_size != (1, 1) and c.groups != 1 for c in convs):
-        raise ValueError("only standard convs are widened")
+    if any(isinstance(m, nn.Conv2d) and m.groups != 1 for m in net.modules()):
+        raise ValueError("only a U-Net of standard convs is widened (not Ghost convs)")
     rng = np.random.default_rng(seed)
     widths = net.widths
     first = net.encoders[0][0][0]
@@ -64,19 +63,19 @@ def widen_unet(net: UNet, factor: int, noise: float = 0.01, seed: int = 0) -> UN
                 [w * factor for w in widths], fold=net.fold)
     f = factor
 
-    def double(new_block, old_block, width, cols, factor_in):
+    def double(new_block, old_block, width, cols):
         rows = _copies(width, f)
-        _conv(new_block[0][0], old_block[0][0], rows, cols, factor_in, noise, rng)
+        _conv(new_block[0][0], old_block[0][0], rows, cols, f, noise, rng)
         _bn(new_block[0][1], old_block[0][1], rows)
         _conv(new_block[1][0], old_block[1][0], rows, rows, f, noise, rng)
         _bn(new_block[1][1], old_block[1][1], rows)
 
     for k, (new, old) in enumerate(zip(wide.encoders, net.encoders)):
-        double(new, old, widths[k], None if k == 0 else _copies(widths[k - 1], f), f)
+        double(new, old, widths[k], None if k == 0 else _copies(widths[k - 1], f))
     for j, (up_new, up_old, dec_new, dec_old) in enumerate(zip(wide.ups, net.ups, wide.decoders, net.decoders)):
         i = len(widths) - 2 - j
         _conv(up_new, up_old, _copies(widths[i], f), _copies(widths[i + 1], f), f, noise, rng, transposed=True)
         concat = np.concatenate([_copies(widths[i], f), widths[i] + _copies(widths[i], f)])  # [skip, upsampled]
-        double(dec_new, dec_old, widths[i], concat, f)
+        double(dec_new, dec_old, widths[i], concat)
     _conv(wide.head, net.head, None, _copies(widths[0], f), f, noise, rng)
     return wide
