@@ -69,8 +69,9 @@ def run(image: sitk.Image, obj: np.ndarray, seed_slices: list[int], model, threa
 
 
 def every_structure(image, labels: np.ndarray, catalogued: set, model, threads: int, max_clicks: int) -> dict:
-    """Each label value not in the catalogue whose object spans >= 5 slices and holds its middle slice, 1 seed: where
-    propagation's rules meet structures they were not worked out on."""
+    """Each label value not in the catalogue whose object spans >= 5 slices and holds its middle slice, 1 seed: the
+    volume's other structures, beyond the few objects propagation's rules were worked out on (on s0009, never seen
+    before its clipping rule was written)."""
     dices = {}
     for value in sorted(set(np.unique(labels).tolist()) - {0} - catalogued):
         obj = labels == value
