@@ -44,15 +44,28 @@ def calibration_batches(cfg: dict, count: int = 8, size: int = 12, seed: int = 0
     return batches
 
 
+def refuse_existing(out: Path) -> None:
+    if (out / "last.pt").exists():
+        raise LightSegError(f"{out / 'last.pt'} exists: seeding would overwrite a run")
+
+
+def write_seeded(out: Path, weights: dict, arch: dict, cfg: dict, step: int, source: str) -> None:
+    """``out``/last.pt as the trainer writes its own, at ``step``, with no optimizer state (the trainer starts a
+    fresh one), and where it came from for the card."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": weights, "optimizer": None, "architecture": arch, "step": int(step), "seconds": 0.0,
+                "config": cfg, "task": "click-refine", "crop": ia.CROP, "disk_radius": ia.DISK_RADIUS,
+                "seeded_from": source, "seeded_step": int(step)}, out / "last.pt")
+
+
 def seed(cfg: dict, onnx_path: Path, out: Path, step: int, batches=None) -> float:
     """Write ``out``/last.pt; returns the largest logit difference from the ONNX file on a calibration batch
     (``batches``: encoded crops for the BatchNorms; by default training crops made as the trainer makes them)."""
-    import torch
-
     from ..nets import build
 
-    if (out / "last.pt").exists():
-        raise LightSegError(f"{out / 'last.pt'} exists: seeding would overwrite a run")
+    refuse_existing(out)
     arch = dict(cfg["model"], in_channels=ia.CHANNELS, num_classes=1)
     base_arch = dict(arch, refine=0)
     base = build(base_arch)
@@ -61,11 +74,7 @@ def seed(cfg: dict, onnx_path: Path, out: Path, step: int, batches=None) -> floa
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("refiner.") for k in missing):
         raise LightSegError(f"{onnx_path} does not fit the config's architecture: {missing or unexpected}")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict(), "optimizer": None, "architecture": arch, "step": int(step),
-                "seconds": 0.0, "config": cfg, "task": "click-refine", "crop": ia.CROP,
-                "disk_radius": ia.DISK_RADIUS, "seeded_from": str(onnx_path), "seeded_step": int(step)},
-               out / "last.pt")
+    write_seeded(out, net.state_dict(), arch, cfg, step, str(onnx_path))
     return diff
 
 
@@ -77,8 +86,7 @@ def seed_widened(cfg: dict, checkpoint: Path, out: Path, factor: int) -> float:
     from ..nets import build
     from ..nets.widen import widen_unet
 
-    if (out / "last.pt").exists():
-        raise LightSegError(f"{out / 'last.pt'} exists: seeding would overwrite a run")
+    refuse_existing(out)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     net = build(state["architecture"])
     net.load_state_dict(state["model"])
@@ -89,11 +97,7 @@ def seed_widened(cfg: dict, checkpoint: Path, out: Path, factor: int) -> float:
     x = torch.from_numpy(calibration_batches(cfg, count=1)[0])
     with torch.no_grad():
         diff = float((net(x) - wide(x)).abs().max())
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": wide.state_dict(), "optimizer": None, "architecture": arch, "step": int(state["step"]),
-                "seconds": 0.0, "config": cfg, "task": "click-refine", "crop": ia.CROP,
-                "disk_radius": ia.DISK_RADIUS, "seeded_from": f"{checkpoint} widened x{factor}",
-                "seeded_step": int(state["step"])}, out / "last.pt")
+    write_seeded(out, wide.state_dict(), arch, cfg, state["step"], f"{checkpoint} widened x{factor}")
     return diff
 
 
