@@ -62,8 +62,6 @@ def check_coding(card, sample: np.ndarray) -> None:
 def apply_hu_offset(image, offset: float):
     """The image with ``offset`` added (a CT stored as HU + offset without its rescale: the offset the user states);
     integer images stay integers where the offset is whole."""
-    import SimpleITK as sitk
-
     whole = float(offset).is_integer() and "int" in image.GetPixelIDTypeAsString()
     return sitk.ShiftScale(sitk.Cast(image, sitk.sitkInt32 if whole else sitk.sitkFloat32), shift=float(offset))
 
